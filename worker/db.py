@@ -1,0 +1,99 @@
+"""Connections, and running SQL as an API role the way PostgREST does."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+from psycopg.rows import dict_row
+
+from worker.errors import DatabaseUnavailable, ServerNotRunning
+from worker.settings import Settings, get_settings
+
+
+def resolve_db_url(db_url: str | None = None, *, settings: Settings | None = None) -> str:
+    """The database to use: an explicit URL, then SUPARAG_DB_URL, then the local server."""
+    if db_url:
+        return db_url
+    settings = settings or get_settings()
+    if settings.db_url:
+        return settings.db_url
+    from worker.local.postgres import LocalPostgres
+
+    local = LocalPostgres(settings.home, port=settings.db_port)
+    status = local.status()
+    if status is None:
+        raise ServerNotRunning(
+            f"no database configured and the local server in {local.home} is not running: "
+            "run `suparag dev`, or set SUPARAG_DB_URL"
+        )
+    return status.url
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def connect(db_url: str, *, autocommit: bool = False) -> psycopg.Connection[dict[str, Any]]:
+    """A connection with dict rows, or DatabaseUnavailable with a way forward."""
+    try:
+        return psycopg.connect(db_url, autocommit=autocommit, row_factory=dict_row, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(
+            f"no database at {redact(db_url)}: run `suparag dev` or set SUPARAG_DB_URL ({exc})"
+        ) from exc
+
+
+def set_request_context(
+    conn: psycopg.Connection[Any],
+    claims: Mapping[str, Any] | None,
+    *,
+    method: str = "POST",
+    path: str = "/",
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    """Make the current transaction look like a PostgREST request.
+
+    Sets `role` (i.e. `set local role`) from the claims' role, or anon when
+    there are none, and the `request.*` settings PostgREST sets, all local to
+    the transaction. Must be called inside a transaction.
+    """
+    claims = dict(claims or {})
+    claims.setdefault("role", "anon")
+    conn.execute(
+        "select set_config('role', %(role)s, true),"
+        " set_config('request.jwt.claims', %(claims)s, true),"
+        " set_config('request.method', %(method)s, true),"
+        " set_config('request.path', %(path)s, true),"
+        " set_config('request.headers', %(headers)s, true)",
+        {
+            "role": claims["role"],
+            "claims": json.dumps(claims),
+            "method": method,
+            "path": path,
+            "headers": json.dumps({k.lower(): v for k, v in (headers or {}).items()}),
+        },
+    )
+
+
+@contextmanager
+def as_request(
+    conn: psycopg.Connection[Any], claims: Mapping[str, Any] | None, **request: Any
+) -> Iterator[psycopg.Connection[Any]]:
+    """A transaction that runs as the role and JWT claims given, then ends.
+
+    `claims=None` is an anonymous request. The transaction commits on success,
+    as a PostgREST request does.
+    """
+    with conn.transaction():
+        set_request_context(conn, claims, **request)
+        yield conn

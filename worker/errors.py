@@ -1,0 +1,58 @@
+"""Errors suparag raises on purpose. Every message says what to do next.
+
+    SuparagError
+    ├── ConfigError              settings missing or contradictory
+    ├── NotFound                 a named thing does not exist
+    │   └── UserNotFound         no auth.users row for that email or id
+    ├── LocalServerError         the embedded PostgreSQL could not be managed
+    │   ├── PortInUse            another program holds the port
+    │   └── ServerNotRunning     a command needs `suparag dev` first
+    ├── RemoteRefused            an operation that is for local databases only
+    └── (database errors also subclass psycopg's, so driver-level handlers still work)
+        ├── DatabaseUnavailable  psycopg.OperationalError: cannot connect
+        └── MigrationFailed      psycopg.DatabaseError: a migration did not apply
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+
+class SuparagError(Exception):
+    """Base of every error suparag raises deliberately."""
+
+
+class ConfigError(SuparagError):
+    """Settings are missing or contradictory."""
+
+
+class NotFound(SuparagError):
+    """A named object does not exist."""
+
+
+class UserNotFound(NotFound):
+    """No user with that email or id in auth.users."""
+
+
+class LocalServerError(SuparagError):
+    """The embedded PostgreSQL server could not be started, stopped or read."""
+
+
+class PortInUse(LocalServerError):
+    """The port the local server should listen on is taken by another program."""
+
+
+class ServerNotRunning(LocalServerError):
+    """The local server is not running."""
+
+
+class RemoteRefused(SuparagError):
+    """A destructive, local-only operation was pointed at a non-local database."""
+
+
+class DatabaseUnavailable(SuparagError, psycopg.OperationalError):
+    """The database could not be reached."""
+
+
+class MigrationFailed(SuparagError, psycopg.DatabaseError):
+    """A migration failed to apply; nothing of it was committed."""
