@@ -1,0 +1,1 @@
+"""The `suparag` command line."""

@@ -1,0 +1,52 @@
+"""Entry point: `suparag`, one sub-app per command group."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli import db, dev, users
+from cli._common import console, err_console
+from worker.errors import SuparagError
+
+app = typer.Typer(
+    name="suparag",
+    help="A Supabase-native RAG backend: migrations, RLS-bounded search, and the workers "
+    "that embed documents and answer questions.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(dev.app, name="dev")
+app.add_typer(db.app, name="db")
+app.add_typer(users.app, name="users")
+
+
+@app.command()
+def init(
+    directory: Annotated[
+        Path, typer.Argument(help="Project folder; its supabase/ folder is created if missing.")
+    ] = Path("."),
+) -> None:
+    """Write suparag's migrations (and a config.toml if none) into a Supabase project.
+
+    Then `supabase db push` deploys them to your project.
+    """
+    from worker.project import init_project
+
+    result = init_project(directory)
+    for path in result.written:
+        console.print(f"wrote [green]{path}[/green]")
+    for path in result.unchanged:
+        console.print(f"kept  {path}")
+    console.print("Next: `supabase link` to your project, then `supabase db push`.")
+
+
+def main() -> None:
+    """Run the CLI, turning suparag's own errors into a message and exit code 1."""
+    try:
+        app()
+    except SuparagError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise SystemExit(1) from None

@@ -1,0 +1,166 @@
+"""One embedded PostgreSQL per test session; a fresh migrated database per test.
+
+The session migrates a template database once; each test that needs a
+database gets a copy of it (`create database ... template`), so tests cannot
+see each other's rows and run in any order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from worker import migrations
+from worker.db import connect
+from worker.local.postgres import LocalPostgres, ServerStatus
+from worker.users import User, add_user
+
+TEMPLATE = "suparag_template"
+_counter = itertools.count()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def database_url(server: ServerStatus, name: str) -> str:
+    return server.url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerStatus]:
+    home = tmp_path_factory.mktemp("suparag-home")
+    # Durability settings off: a test server that loses data on a crash is fine,
+    # and they make database copies and bulk loads several times faster.
+    server = LocalPostgres(
+        home,
+        port=free_port(),
+        settings={"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
+                  "maintenance_work_mem": "'512MB'"},
+    )
+    status = server.start()
+    yield status
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def template_url(pg_server: ServerStatus) -> str:
+    with connect(pg_server.url, autocommit=True) as conn:
+        conn.execute(f"drop database if exists {TEMPLATE}")
+        conn.execute(f"create database {TEMPLATE}")
+    url = database_url(pg_server, TEMPLATE)
+    with connect(url, autocommit=True) as conn:
+        migrations.apply_standin(conn)
+        migrations.push(conn)
+    return url
+
+
+def create_database(pg_server: ServerStatus, *, template: str) -> str:
+    name = f"t{next(_counter)}"
+    with connect(pg_server.url, autocommit=True) as conn:
+        conn.execute(f"drop database if exists {name} with (force)")
+        conn.execute(f"create database {name} template {template} strategy file_copy")
+    return database_url(pg_server, name)
+
+
+@pytest.fixture
+def db_url(pg_server: ServerStatus, template_url: str) -> str:
+    """A fresh database with the stand-in and every migration applied."""
+    return create_database(pg_server, template=TEMPLATE)
+
+
+@pytest.fixture
+def empty_db_url(pg_server: ServerStatus) -> str:
+    """A fresh database with nothing of ours in it (roles are cluster-wide)."""
+    return create_database(pg_server, template="template1")
+
+
+@pytest.fixture
+def conn(db_url: str) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+    """A superuser connection (the `postgres` role, as migrations run)."""
+    with connect(db_url) as connection:
+        yield connection
+
+
+@dataclass
+class World:
+    """Users in two teams and one document of each kind, with one chunk each."""
+
+    users: dict[str, User]
+    docs: dict[str, Any]  # name -> document id
+
+
+#: name -> (owner, team, visibility)
+DOCS = {
+    "alice_private": ("alice", "a", "private"),
+    "alice_team": ("alice", "a", "team"),
+    "alice_public": ("alice", None, "public"),
+    "bob_private": ("bob", "b", "private"),
+    "bob_team": ("bob", "b", "team"),
+}
+
+#: who reads which documents; "service" is the service_role, "anon" no JWT.
+READABLE = {
+    "anon": {"alice_public"},
+    "alice": {"alice_private", "alice_team", "alice_public"},
+    "carol": {"alice_team", "alice_public"},  # alice's team mate
+    "bob": {"alice_public", "bob_private", "bob_team"},
+    # claims team "a" in user_metadata, which a user can write: must not count
+    "mallory": {"alice_public"},
+    "service": set(DOCS),
+}
+
+
+def unit_vector(index: int, dims: int = 384) -> str:
+    values = ["0"] * dims
+    values[index % dims] = "1"
+    return "[" + ",".join(values) + "]"
+
+
+def make_world(conn: psycopg.Connection[Any]) -> World:
+    users = {
+        "alice": add_user(conn, "alice@example.com", team="a"),
+        "carol": add_user(conn, "carol@example.com", team="a"),
+        "bob": add_user(conn, "bob@example.com", team="b"),
+        "mallory": add_user(conn, "mallory@example.com", user_metadata={"team": "a"}),
+    }
+    docs = {}
+    for position, (name, (owner, team, visibility)) in enumerate(DOCS.items()):
+        row = conn.execute(
+            "insert into public.documents (owner_id, team, visibility, title, content)"
+            " values (%s, %s, %s, %s, %s) returning id",
+            (users[owner].id, team, visibility, name, f"shared handbook text of {name}"),
+        ).fetchone()
+        assert row is not None
+        docs[name] = row["id"]
+        conn.execute(
+            "insert into public.document_chunks"
+            " (document_id, chunk_index, content, embedding, embedding_model, content_hash)"
+            " values (%s, 0, %s, %s, 'test-model', 'h')",
+            (row["id"], f"shared handbook text of {name}", unit_vector(position)),
+        )
+    conn.commit()
+    return World(users=users, docs=docs)
+
+
+@pytest.fixture
+def world(conn: psycopg.Connection[Any]) -> World:
+    return make_world(conn)
+
+
+def claims_of(world: World, caller: str) -> dict[str, Any] | None:
+    """The JWT claims PostgREST would set for caller (None: anon)."""
+    if caller == "anon":
+        return None
+    if caller == "service":
+        return {"role": "service_role"}
+    return world.users[caller].claims()
