@@ -92,8 +92,11 @@ def as_request(
     """A transaction that runs as the role and JWT claims given, then ends.
 
     `claims=None` is an anonymous request. The transaction commits on success,
-    as a PostgREST request does.
+    as a PostgREST request does. The connection must be idle: inside an open
+    transaction this would be a savepoint, and the role would outlive it.
     """
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        raise RuntimeError("as_request needs an idle connection; commit or roll back first")
     with conn.transaction():
         set_request_context(conn, claims, **request)
         yield conn

@@ -1,12 +1,15 @@
 -- suparag: semantic and hybrid search, bounded by the caller's RLS.
 --
 -- Both functions are security invoker: they see exactly the chunks the caller
--- could select, because the document_chunks policy is applied inside the
--- index scan. With plain HNSW a selective policy starves the scan (it stops
--- after ef_search candidates, most of them invisible: pgvector #259, #479), so
--- both turn on pgvector 0.8's iterative scan, which keeps walking the graph
--- until match_count visible rows are found. relaxed_order may hand rows back
--- slightly out of order; the outer query re-sorts by exact distance.
+-- could select, because the RLS policies apply inside every scan. With plain
+-- HNSW a selective policy starves the scan (it stops after ef_search
+-- candidates, most of them invisible: pgvector #259, #479), so
+-- match_documents picks one of two plans per call:
+--   * the caller reads few chunks (a user who sees 1%): an exact scan of
+--     just those, which is small, fast and exact;
+--   * the caller reads many: HNSW with pgvector 0.8's iterative scan, which
+--     keeps walking the graph until match_count visible rows are found.
+-- hybrid_search uses match_documents for its semantic half.
 
 create function public.match_documents(
   query_embedding extensions.vector(384),
@@ -24,12 +27,51 @@ returns table (
   metadata jsonb,
   similarity double precision
 )
-language sql stable
+language plpgsql stable
 security invoker
 set search_path = ''
 set hnsw.iterative_scan = 'relaxed_order'
 set hnsw.ef_search = 100
 as $$
+declare
+  -- Below this many readable chunks an exact scan is both cheaper and exact;
+  -- above it, HNSW. Filtered HNSW loses recall when the filter is very
+  -- selective (the caller's neighbours are far apart in the graph), which is
+  -- exactly the case where the exact scan is small.
+  exact_scan_limit constant integer := 3000;
+  readable integer;
+begin
+  select count(*) into readable
+  from (
+    select 1
+    from public.documents d
+    join public.document_chunks c on c.document_id = d.id
+    where c.embedding is not null
+      and (match_documents.embedding_model is null
+           or c.embedding_model = match_documents.embedding_model)
+      and d.metadata @> filter
+    limit exact_scan_limit
+  ) visible;
+
+  if readable < exact_scan_limit then
+    return query
+    select c.document_id, c.id, c.chunk_index, d.title, c.content, d.metadata,
+           1 - (c.embedding operator(extensions.<=>) query_embedding)
+    from public.documents d
+    join public.document_chunks c on c.document_id = d.id
+    where c.embedding is not null
+      and (match_documents.embedding_model is null
+           or c.embedding_model = match_documents.embedding_model)
+      and d.metadata @> filter
+      and (match_threshold is null
+           or 1 - (c.embedding operator(extensions.<=>) query_embedding) >= match_threshold)
+    -- "+ 0" keeps the planner off the HNSW index: this branch is the exact one.
+    order by (c.embedding operator(extensions.<=>) query_embedding) + 0, c.id
+    limit greatest(match_count, 0);
+    return;
+  end if;
+
+  return query
   with nearest as materialized (
     select c.id, c.document_id, c.chunk_index, c.content,
            c.embedding operator(extensions.<=>) query_embedding as distance
@@ -43,12 +85,16 @@ as $$
     order by c.embedding operator(extensions.<=>) query_embedding
     limit greatest(match_count, 0)
   )
+  -- relaxed_order can return rows slightly out of order: sort them exactly,
+  -- and apply the threshold here, not in the scan (where it would make the
+  -- iterative scan run to its tuple limit).
   select n.document_id, n.id, n.chunk_index, d.title, n.content, d.metadata,
-         1 - n.distance as similarity
+         1 - n.distance
   from nearest n
   join public.documents d on d.id = n.document_id
   where match_threshold is null or 1 - n.distance >= match_threshold
-  order by n.distance
+  order by n.distance, n.id;
+end
 $$;
 
 comment on function public.match_documents(extensions.vector, integer, jsonb, double precision, text) is
@@ -76,8 +122,6 @@ returns table (
 language sql stable
 security invoker
 set search_path = ''
-set hnsw.iterative_scan = 'relaxed_order'
-set hnsw.ef_search = 100
 as $$
   with full_text as materialized (
     select c.id,
@@ -93,22 +137,13 @@ as $$
     order by rank_ix
     limit greatest(match_count, 0) * 2
   ),
-  nearest as materialized (
-    select c.id,
-           c.embedding operator(extensions.<=>) query_embedding as distance
-    from public.document_chunks c
-    where c.embedding is not null
-      and (hybrid_search.embedding_model is null
-           or c.embedding_model = hybrid_search.embedding_model)
-      and (filter = '{}'::jsonb
-           or exists (select 1 from public.documents fd
-                      where fd.id = c.document_id and fd.metadata @> filter))
-    order by c.embedding operator(extensions.<=>) query_embedding
-    limit greatest(match_count, 0) * 2
-  ),
+  -- The semantic half is match_documents itself, so both functions share
+  -- one RLS-bounded, full-result nearest-neighbour search.
   semantic as (
-    select n.id, row_number() over (order by n.distance, n.id) as rank_ix
-    from nearest n
+    select m.chunk_id as id,
+           row_number() over (order by m.similarity desc, m.chunk_id) as rank_ix
+    from public.match_documents(query_embedding, greatest(match_count, 0) * 2, filter,
+                                null, embedding_model) m
   ),
   fused as (
     select coalesce(f.id, s.id) as id,

@@ -1,0 +1,150 @@
+"""Catalog checks: closed by default, pinned search paths, private means private."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+OUR_SCHEMAS = ("public", "suparag_private")
+
+# Functions allowed to run with their owner's rights, and why.
+SECURITY_DEFINER_REASONS = {
+    "suparag_private.enqueue_embedding":
+        "a trigger that writes the private queue on behalf of users who may not",
+}
+
+
+def test_rls_enabled_on_every_table(conn):
+    rows = conn.execute(
+        "select n.nspname || '.' || c.relname as name, c.relrowsecurity"
+        " from pg_class c join pg_namespace n on n.oid = c.relnamespace"
+        " where c.relkind in ('r', 'p') and n.nspname = any(%s)", (list(OUR_SCHEMAS),),
+    ).fetchall()
+    assert {r["name"] for r in rows} >= {
+        "public.documents", "public.document_chunks",
+        "suparag_private.embedding_jobs", "suparag_private.settings",
+    }
+    assert [r["name"] for r in rows if not r["relrowsecurity"]] == []
+
+
+def functions(conn, schema):
+    return conn.execute(
+        "select p.oid::regprocedure::text as signature, n.nspname || '.' || p.proname as name,"
+        " p.prosecdef, coalesce(p.proconfig, '{}') as config"
+        " from pg_proc p join pg_namespace n on n.oid = p.pronamespace"
+        " where n.nspname = %s and p.prokind = 'f'", (schema,),
+    ).fetchall()
+
+
+@pytest.mark.parametrize("schema", OUR_SCHEMAS)
+def test_functions_pin_search_path(conn, schema):
+    found = functions(conn, schema)
+    assert found, f"no functions found in {schema}"
+    unpinned = [f["signature"] for f in found if 'search_path=""' not in f["config"]]
+    assert unpinned == []
+
+
+@pytest.mark.parametrize("schema", OUR_SCHEMAS)
+def test_security_definer_only_with_a_reason(conn, schema):
+    definers = {f["name"] for f in functions(conn, schema) if f["prosecdef"]}
+    assert definers <= set(SECURITY_DEFINER_REASONS)
+
+
+def test_public_functions_are_invoker(conn):
+    assert {f["name"] for f in functions(conn, "public")} >= {
+        "public.match_documents", "public.hybrid_search"}
+    assert [f["name"] for f in functions(conn, "public") if f["prosecdef"]] == []
+
+
+@pytest.mark.parametrize("role", ["anon", "authenticated"])
+def test_private_schema_closed_to_api_roles(conn, role):
+    row = conn.execute("select has_schema_privilege(%s, 'suparag_private', 'usage') as u",
+                       (role,)).fetchone()
+    assert row["u"] is False
+    for fn in functions(conn, "suparag_private"):
+        allowed = conn.execute("select has_function_privilege(%s, %s, 'execute') as x",
+                               (role, fn["signature"])).fetchone()["x"]
+        assert allowed is False, fn["signature"]
+    tables = conn.execute(
+        "select c.oid::regclass::text as t from pg_class c join pg_namespace n"
+        " on n.oid = c.relnamespace where n.nspname = 'suparag_private' and c.relkind = 'r'"
+    ).fetchall()
+    for table in tables:
+        for priv in ("select", "insert", "update", "delete"):
+            held = conn.execute("select has_table_privilege(%s, %s, %s) as x",
+                                (role, table["t"], priv)).fetchone()["x"]
+            assert held is False, (table["t"], priv)
+
+
+@pytest.mark.parametrize("role", ["anon", "authenticated"])
+def test_private_queue_unreachable_in_practice(conn, role):
+    with conn.transaction(force_rollback=True):
+        conn.execute("select set_config('role', %s, true)", (role,))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("select * from suparag_private.embedding_jobs")
+
+
+def test_every_public_object_is_commented(conn):
+    missing = conn.execute(
+        "select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace"
+        " where n.nspname = 'public' and c.relkind = 'r'"
+        " and obj_description(c.oid, 'pg_class') is null"
+        " union all"
+        " select p.proname from pg_proc p join pg_namespace n on n.oid = p.pronamespace"
+        " where n.nspname = 'public' and obj_description(p.oid, 'pg_proc') is null"
+    ).fetchall()
+    assert missing == []
+
+
+def test_search_functions_use_iterative_scans(conn):
+    for fn in ("match_documents",):
+        config = conn.execute(
+            "select proconfig from pg_proc where proname = %s", (fn,)
+        ).fetchone()["proconfig"]
+        assert "hnsw.iterative_scan=relaxed_order" in config
+
+
+def test_standin_matches_supabase_roles(conn):
+    roles = {r["rolname"]: r for r in conn.execute(
+        "select rolname, rolcanlogin, rolbypassrls, rolinherit from pg_roles"
+        " where rolname in ('anon', 'authenticated', 'service_role', 'authenticator')")}
+    assert set(roles) == {"anon", "authenticated", "service_role", "authenticator"}
+    assert roles["service_role"]["rolbypassrls"] is True
+    assert not roles["anon"]["rolbypassrls"] and not roles["authenticated"]["rolbypassrls"]
+    assert roles["authenticator"]["rolcanlogin"] and not roles["authenticator"]["rolinherit"]
+    assert not any(roles[r]["rolcanlogin"] for r in ("anon", "authenticated", "service_role"))
+    members = {r["m"] for r in conn.execute(
+        "select r.rolname as m from pg_auth_members am join pg_roles r on r.oid = am.roleid"
+        " join pg_roles u on u.oid = am.member where u.rolname = 'authenticator'")}
+    assert members >= {"anon", "authenticated", "service_role"}
+
+
+def test_auth_functions_read_request_claims(conn):
+    with conn.transaction(force_rollback=True):
+        conn.execute(
+            "select set_config('request.jwt.claims', %s, true)",
+            ('{"sub": "6f0c2b36-52b6-4fdc-8f7e-0d5f2d7a1c11", "role": "authenticated",'
+             ' "email": "x@example.com", "app_metadata": {"team": "t"}}',),
+        )
+        row = conn.execute(
+            "select auth.uid()::text as uid, auth.role() as role, auth.email() as email,"
+            " auth.jwt() -> 'app_metadata' ->> 'team' as team").fetchone()
+    assert row == {"uid": "6f0c2b36-52b6-4fdc-8f7e-0d5f2d7a1c11", "role": "authenticated",
+                   "email": "x@example.com", "team": "t"}
+    with conn.transaction(force_rollback=True):
+        # No claims at all (anon with no token): uid is null, not an error.
+        row = conn.execute("select auth.uid() as uid, auth.jwt() as jwt").fetchone()
+    assert row == {"uid": None, "jwt": None}
+
+
+def test_realtime_publication_exists(conn):
+    assert conn.execute(
+        "select count(*) as n from pg_publication where pubname = 'supabase_realtime'"
+    ).fetchone()["n"] == 1
+
+
+def test_vector_lives_in_extensions_schema(conn):
+    row = conn.execute(
+        "select n.nspname from pg_extension e join pg_namespace n on n.oid = e.extnamespace"
+        " where e.extname = 'vector'").fetchone()
+    assert row["nspname"] == "extensions"
