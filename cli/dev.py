@@ -20,7 +20,10 @@ app = typer.Typer(
 
 PortOption = Annotated[
     int | None,
-    typer.Option("--db-port", help="Port for the local PostgreSQL [default: SUPARAG_DB_PORT or 54322]."),
+    typer.Option(
+        "--db-port",
+        help="Port for the local PostgreSQL [default: SUPARAG_DB_PORT or 54322].",
+    ),
 ]
 
 

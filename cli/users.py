@@ -16,7 +16,9 @@ app = typer.Typer(help="Manage local users (rows in auth.users) to own documents
 
 @app.command()
 def add(
-    email: Annotated[str, typer.Argument(help="The user's email; other commands accept it as --owner/--as.")],
+    email: Annotated[
+        str, typer.Argument(help="The user's email; other commands accept it as --owner/--as.")
+    ],
     team: Annotated[
         str | None,
         typer.Option(help="Team, stored in app_metadata where the JWT claim (and RLS) reads it."),

@@ -80,8 +80,8 @@ def test_hybrid_search(conn, world, caller):
 
 def test_match_documents_filter_and_threshold(conn, world):
     conn.execute(
-        "update public.documents set metadata = '{\"lang\": \"en\", \"kind\": \"faq\"}' where id = %s",
-        (world.docs["alice_team"],),
+        "update public.documents set metadata = %s where id = %s",
+        ('{"lang": "en", "kind": "faq"}', world.docs["alice_team"]),
     )
     conn.commit()
     rows = run_as(conn, world, "alice",
@@ -232,7 +232,8 @@ teams = st.sampled_from(["a", "b", "c"])
 doc_spec = st.tuples(st.integers(0, 3), teams, visibility)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(specs=st.lists(doc_spec, min_size=1, max_size=12), caller=st.integers(0, 4))
 def test_reads_equal_the_rules(conn, world, specs, caller):
     """For random corpora, every read path returns exactly what the rules allow.
@@ -270,7 +271,8 @@ def test_reads_equal_the_rules(conn, world, specs, caller):
                 "select document_id from public.match_documents(%s::extensions.vector, 100)",
                 (unit_vector(0),))}
             hybrid = {r["document_id"] for r in conn.execute(
-                "select document_id from public.hybrid_search('shared', %s::extensions.vector, 100)",
+                "select document_id"
+                " from public.hybrid_search('shared', %s::extensions.vector, 100)",
                 (unit_vector(0),))}
             # Without the (approximate) HNSW index the function must return
             # every readable row: the exact form of the same rule.

@@ -46,7 +46,9 @@ def redact(url: str) -> str:
 def connect(db_url: str, *, autocommit: bool = False) -> psycopg.Connection[dict[str, Any]]:
     """A connection with dict rows, or DatabaseUnavailable with a way forward."""
     try:
-        return psycopg.connect(db_url, autocommit=autocommit, row_factory=dict_row, connect_timeout=10)
+        return psycopg.connect(
+            db_url, autocommit=autocommit, row_factory=dict_row, connect_timeout=10
+        )
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(
             f"no database at {redact(db_url)}: run `suparag dev` or set SUPARAG_DB_URL ({exc})"

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The two commands of the README, each doing its own set-up on a fresh machine:
+#   bash run.sh demo   start the local stack (embedded PostgreSQL, Supabase stand-in, migrations)
+#   bash run.sh test   run the test suite against real parts
+# Set-up: a virtualenv in .venv (or $SUPARAG_VENV) with suparag and its test tools,
+# reinstalled when pyproject.toml changes. Needs only python3 (>= 3.11) and pip.
+set -euo pipefail
+cd "$(dirname "$0")"
+venv="${SUPARAG_VENV:-.venv}"
+
+setup() {
+  if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+  fi
+  local stamp="$venv/.suparag-installed"
+  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "Installing suparag into $venv ..." >&2
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+    # When a dependency pulls in torch (sentence-transformers), install
+    # `torch==2.13.0` (the CPU build) here first, or pip fetches the CUDA build.
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[test,dev]"
+    touch "$stamp"
+  fi
+}
+
+case "${1:-}" in
+  demo)
+    setup
+    "$venv/bin/suparag" dev
+    "$venv/bin/suparag" users add alice@example.com --team red
+    "$venv/bin/suparag" users add bob@example.com --team blue
+    "$venv/bin/suparag" db status
+    ;;
+  test)
+    setup
+    shift
+    "$venv/bin/ruff" check worker cli tests
+    "$venv/bin/mypy"
+    exec "$venv/bin/python" -m pytest "$@"
+    ;;
+  *)
+    echo "usage: bash run.sh demo | test [pytest args]" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,155 @@
+"""The `suparag` command as a user runs it: a real process, its own home and port."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import free_port
+
+from worker.local.postgres import _bin
+from worker.sqlfiles import migrations_dir
+
+SUPARAG = str(Path(sys.executable).parent / "suparag")
+
+
+class Cli:
+    def __init__(self, home: Path, port: int, cwd: Path) -> None:
+        self.home, self.port, self.cwd = home, port, cwd
+
+    def __call__(self, *args: str, check: bool = True, env: dict[str, str] | None = None,
+                 input: str | None = None) -> subprocess.CompletedProcess[str]:
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("SUPARAG_")}
+        full_env.update(SUPARAG_HOME=str(self.home), SUPARAG_DB_PORT=str(self.port),
+                        COLUMNS="200", **(env or {}))
+        result = subprocess.run([SUPARAG, *args], cwd=self.cwd, env=full_env, text=True,
+                                capture_output=True, timeout=120, input=input)
+        assert "Traceback" not in result.stderr, result.stderr
+        if check:
+            assert result.returncode == 0, result.stderr + result.stdout
+        return result
+
+    def json(self, *args: str) -> object:
+        return json.loads(self(*args, "--json").stdout)
+
+
+@pytest.fixture
+def cli(tmp_path):
+    work = tmp_path / "project"
+    work.mkdir()
+    runner = Cli(home=tmp_path / "home", port=free_port(), cwd=work)
+    yield runner
+    runner("dev", "stop", check=False)
+
+
+def test_dev_lifecycle(cli):
+    started = cli.json("dev")
+    assert started["reused"] is False
+    assert started["db_url"] == f"postgresql://postgres:postgres@127.0.0.1:{cli.port}/postgres"
+    assert len(started["applied"]) == 3
+
+    # psql at that URL shows the schema
+    tables = subprocess.run([_bin("psql"), started["db_url"], "-Atc", r"\dt public.*"],
+                            capture_output=True, text=True, check=True).stdout
+    assert "documents" in tables and "document_chunks" in tables
+
+    again = cli.json("dev")
+    assert again["reused"] is True and again["pid"] == started["pid"] and again["applied"] == []
+
+    status = cli.json("dev", "status")
+    assert status["running"] and status["applied"] == 3 and status["pending"] == 0
+    migrations = cli.json("db", "status")["migrations"]
+    assert [m["status"] for m in migrations] == ["applied"] * 3
+    assert "Up to date" in cli("db", "push").stdout
+
+    user = cli.json("users", "add", "Ann@Example.com", "--team", "red")
+    assert user["email"] == "ann@example.com" and user["team"] == "red"
+
+    cli("dev", "stop")
+    assert cli("dev", "status", check=False).returncode == 1
+    # Data survives a restart.
+    restarted = cli.json("dev")
+    assert restarted["reused"] is False
+    assert [u["email"] for u in cli.json("users", "list")] == ["ann@example.com"]
+
+
+def test_port_taken_is_a_clear_error(cli):
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", cli.port))
+        blocker.listen()
+        result = cli("dev", check=False)
+    assert result.returncode == 1
+    assert f"port {cli.port}" in result.stderr and "taken by another program" in result.stderr
+
+
+def test_stale_lock_after_a_crash(cli):
+    first = cli.json("dev")
+    cli("users", "add", "kept@example.com")
+    os.kill(first["pid"], signal.SIGKILL)
+    time.sleep(1)
+    pidfile = cli.home / "pgdata" / "postmaster.pid"
+    assert pidfile.exists()
+    # Make it worse: the stale file now names a live process that is not postgres.
+    lines = pidfile.read_text().splitlines()
+    lines[0] = str(os.getpid())
+    pidfile.write_text("\n".join(lines) + "\n")
+    assert cli("dev", "status", check=False).returncode == 1
+    second = cli.json("dev")
+    assert second["pid"] != first["pid"]
+    assert [u["email"] for u in cli.json("users", "list")] == ["kept@example.com"]
+
+
+def test_db_reset(cli):
+    cli("dev")
+    cli("users", "add", "gone@example.com")
+    remote = cli("db", "reset", "-y", "--db-url", "postgresql://u@db.example.com:5432/postgres",
+                 check=False)
+    assert remote.returncode == 1 and "refusing" in remote.stderr
+    assert cli.json("users", "list") != []
+    cli("db", "reset", "-y")
+    assert cli.json("users", "list") == []
+    assert [m["status"] for m in cli.json("db", "status")["migrations"]] == ["applied"] * 3
+
+
+def test_commands_without_a_database_explain(cli):
+    result = cli("db", "status", check=False)
+    assert result.returncode == 1
+    assert "suparag dev" in result.stderr and "SUPARAG_DB_URL" in result.stderr
+    result = cli("db", "status", check=False,
+                 env={"SUPARAG_DB_URL": "postgresql://postgres@127.0.0.1:1/postgres"})
+    assert result.returncode == 1 and "no database at" in result.stderr
+
+
+def test_db_url_from_dotenv(cli, tmp_path):
+    started = cli.json("dev")
+    other = Cli(home=tmp_path / "unused-home", port=free_port(), cwd=cli.cwd)
+    (cli.cwd / ".env").write_text(f"SUPARAG_DB_URL={started['db_url']}\n")
+    assert [m["status"] for m in other.json("db", "status")["migrations"]] == ["applied"] * 3
+
+
+def test_init_writes_a_supabase_project(cli, tmp_path):
+    target = tmp_path / "app"
+    out = cli("init", str(target)).stdout
+    written = sorted(p.name for p in (target / "supabase" / "migrations").iterdir())
+    assert written == sorted(p.name for p in migrations_dir().iterdir())
+    assert (target / "supabase" / "config.toml").exists()
+    assert "wrote" in out
+    assert "kept" in cli("init", str(target)).stdout
+    # A landed migration that differs is never overwritten.
+    first = target / "supabase" / "migrations" / written[0]
+    first.write_text(first.read_text() + "\n-- local edit\n")
+    result = cli("init", str(target), check=False)
+    assert result.returncode == 1 and "different content" in result.stderr
+
+
+def test_help_lists_every_group(cli):
+    out = cli("--help").stdout
+    for group in ("dev", "db", "users", "init"):
+        assert group in out

@@ -1,0 +1,110 @@
+"""Migrations: apply from nothing, idempotent push, history the Supabase CLI reads,
+all-or-nothing failure, and landed migrations frozen by hash."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from worker import migrations
+from worker.db import connect
+from worker.errors import MigrationFailed
+from worker.sqlfiles import migrations_dir
+
+# Landed migrations are history: never edit one, add a new file instead.
+# When you add a migration, append its hash here in the same commit.
+LANDED = {
+    "20261121000000_suparag_documents.sql":
+        "324389cfc6f378643000e54b4f31babd8d2ba489630b620b9d40785783c0c874",
+    "20261121000100_suparag_embedding_queue.sql":
+        "14f4177c6fb3c978a7ccb1049e9f3bb7be760bed10f4214967931b58a737f4aa",
+    "20261121000200_suparag_search.sql":
+        "6d44100ba0d3267330d1e6851ee8797b55526b54cedb8e2fb055e4dbd54e50bc",
+}
+
+
+def test_landed_migrations_are_unchanged():
+    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in migrations_dir().glob("*.sql")}
+    assert set(files) == set(LANDED), "add new migrations (with their hash) to LANDED"
+    changed = [name for name, digest in LANDED.items() if files[name] != digest]
+    assert changed == [], f"landed migrations were edited: {changed}; add a new migration instead"
+
+
+def test_push_from_nothing_then_noop(empty_db_url):
+    with connect(empty_db_url, autocommit=True) as conn:
+        migrations.apply_standin(conn)
+        applied = migrations.push(conn)
+        assert [m.path.name for m in applied] == sorted(LANDED)
+        assert migrations.push(conn) == []
+        history = conn.execute(
+            "select version, name, statements from supabase_migrations.schema_migrations"
+            " order by version").fetchall()
+        state = migrations.state(conn)
+    assert [(h["version"], h["name"]) for h in history] == [
+        (m.version, m.name) for m in migrations.discover()]
+    assert history[0]["statements"] == [migrations.discover()[0].sql]
+    assert state.pending == [] and state.unknown == []
+
+
+def test_standin_is_idempotent(db_url):
+    with connect(db_url, autocommit=True) as conn:
+        migrations.apply_standin(conn)
+        migrations.apply_standin(conn)
+        assert migrations.push(conn) == []
+
+
+def test_status_before_push(empty_db_url):
+    with connect(empty_db_url) as conn:
+        state = migrations.state(conn)
+    assert state.applied == [] and len(state.pending) == len(LANDED)
+
+
+def test_unknown_applied_versions_are_reported(db_url):
+    with connect(db_url, autocommit=True) as conn:
+        conn.execute("insert into supabase_migrations.schema_migrations (version, name)"
+                     " values ('29991231000000', 'from_the_future')")
+        assert migrations.state(conn).unknown == ["29991231000000"]
+
+
+def test_failed_push_leaves_nothing(empty_db_url, tmp_path):
+    (tmp_path / "20260101000000_good.sql").write_text("create table public.good (id int);")
+    (tmp_path / "20260101000100_bad.sql").write_text("create table public.bad (id nosuchtype);")
+    with connect(empty_db_url, autocommit=True) as conn:
+        with pytest.raises(MigrationFailed, match=r"20260101000100_bad\.sql"):
+            migrations.push(conn, tmp_path)
+        assert conn.execute("select to_regclass('public.good') as t").fetchone()["t"] is None
+        recorded = conn.execute(
+            "select to_regclass('supabase_migrations.schema_migrations') as t").fetchone()["t"]
+        if recorded is not None:
+            count = conn.execute(
+                "select count(*) as n from supabase_migrations.schema_migrations").fetchone()
+            assert count["n"] == 0
+
+
+def test_misnamed_migration_is_refused(tmp_path):
+    (tmp_path / "add_table.sql").write_text("select 1;")
+    with pytest.raises(MigrationFailed, match="YYYYMMDDHHMMSS"):
+        migrations.discover(tmp_path)
+
+
+def test_wheel_ships_the_sql(tmp_path):
+    """`pip install suparag` must carry the migrations, config and stand-in."""
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "-q", "-w", str(tmp_path), str(root)],
+        check=True, capture_output=True,
+    )
+    wheel = next(tmp_path.glob("suparag-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in LANDED:
+        assert f"worker/_data/migrations/{name}" in names
+    assert "worker/_data/sql/supabase_standin.sql" in names
+    assert "worker/_data/config.toml" in names
+    assert "cli/main.py" in names
