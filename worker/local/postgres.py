@@ -91,18 +91,19 @@ class LocalPostgres:
 
     # -- reading state ----------------------------------------------------------------
 
-    def status(self) -> ServerStatus | None:
-        """The running server for this data directory, or None."""
-        pidfile = self.pgdata / "postmaster.pid"
+    def _pidfile_lines(self) -> list[str]:
         try:
-            lines = pidfile.read_text().splitlines()
+            lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
         except (FileNotFoundError, PermissionError):
-            return None
-        if len(lines) < 4 or not lines[0].strip().isdigit():
+            return []
+        return lines if lines and lines[0].strip().isdigit() else []
+
+    def status(self) -> ServerStatus | None:
+        """The running, ready server for this data directory, or None."""
+        lines = self._pidfile_lines()
+        if len(lines) < 4 or not self._is_our_postmaster(int(lines[0])):
             return None
         pid = int(lines[0])
-        if not self._is_our_postmaster(pid):
-            return None
         status_line = lines[7].strip() if len(lines) > 7 else ""
         if status_line not in ("ready", ""):
             return None
@@ -162,8 +163,10 @@ class LocalPostgres:
         # A postmaster.pid whose process is gone (or is now some other program,
         # after PID reuse) is left by a crash or a killed machine. PostgreSQL
         # refuses to start over a live foreign PID, so remove the file here.
+        # A server of ours that is still starting or stopping keeps its file.
         pidfile = self.pgdata / "postmaster.pid"
-        if pidfile.exists() and self.status() is None:
+        lines = self._pidfile_lines()
+        if pidfile.exists() and not (lines and self._is_our_postmaster(int(lines[0]))):
             pidfile.unlink()
 
     def _check_port_free(self) -> None:
@@ -190,7 +193,10 @@ class LocalPostgres:
         for target in (self.home, install):
             for parent in target.parents:
                 _widen(parent, recursive=False)
-        _widen(install, recursive=True)
+        # Widening walks the whole install tree; the executable bit for
+        # others on the server binary says a previous start already did it.
+        if not (install / "bin" / "postgres").stat().st_mode & stat.S_IXOTH:
+            _widen(install, recursive=True)
         for path in (self.home, self.log_path.parent, self.pgdata, self.log_path):
             if path.exists():
                 os.chown(path, entry.pw_uid, entry.pw_gid)
