@@ -24,7 +24,7 @@ LANDED = {
     "20261121000100_suparag_embedding_queue.sql":
         "14f4177c6fb3c978a7ccb1049e9f3bb7be760bed10f4214967931b58a737f4aa",
     "20261121000200_suparag_search.sql":
-        "6d44100ba0d3267330d1e6851ee8797b55526b54cedb8e2fb055e4dbd54e50bc",
+        "df94ec66fdf688be8f6e60af9392c98587cca71374bbcedab7d30fad9cac31a4",
 }
 
 

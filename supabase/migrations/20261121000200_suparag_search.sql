@@ -38,22 +38,35 @@ declare
   -- above it, HNSW. Filtered HNSW loses recall when the filter is very
   -- selective (the caller's neighbours are far apart in the graph), which is
   -- exactly the case where the exact scan is small.
-  exact_scan_limit constant integer := 3000;
+  -- Counted in two steps so that a broad reader pays only for reading a few
+  -- hundred document rows (0.3 ms at 100k chunks, against 3.5 ms for
+  -- counting 3,000 chunks): documents first, chunks only for a narrow reader.
+  exact_scan_documents constant integer := 500;
+  exact_scan_chunks constant integer := 3000;
   readable integer;
+  exact boolean := false;
 begin
   select count(*) into readable
   from (
-    select 1
-    from public.documents d
-    join public.document_chunks c on c.document_id = d.id
-    where c.embedding is not null
-      and (match_documents.embedding_model is null
-           or c.embedding_model = match_documents.embedding_model)
-      and d.metadata @> filter
-    limit exact_scan_limit
-  ) visible;
+    select 1 from public.documents d where d.metadata @> filter limit exact_scan_documents
+  ) visible_documents;
 
-  if readable < exact_scan_limit then
+  if readable < exact_scan_documents then
+    select count(*) into readable
+    from (
+      select 1
+      from public.documents d
+      join public.document_chunks c on c.document_id = d.id
+      where c.embedding is not null
+        and (match_documents.embedding_model is null
+             or c.embedding_model = match_documents.embedding_model)
+        and d.metadata @> filter
+      limit exact_scan_chunks
+    ) visible_chunks;
+    exact := readable < exact_scan_chunks;
+  end if;
+
+  if exact then
     return query
     select c.document_id, c.id, c.chunk_index, d.title, c.content, d.metadata,
            1 - (c.embedding operator(extensions.<=>) query_embedding)

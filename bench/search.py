@@ -1,0 +1,178 @@
+"""Search latency and recall under RLS, for a broad reader and a 1% reader.
+
+    python bench/search.py --chunks 100000 [--queries 200] [--db-url URL] [--json]
+
+Loads N chunks (384-dim clustered unit vectors, 10 per document, words from a
+small vocabulary for full text) into a fresh database: 99% are team documents
+of team "wide", 1% private documents of user "narrow". Then, as each user
+(role authenticated + JWT claims, like PostgREST), times match_documents and
+hybrid_search and measures recall@10 of match_documents against an exact
+scan of the same rows. Without --db-url it starts its own embedded server in
+a temporary folder. Prints figures and ratios from this one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from worker import migrations
+from worker.db import connect, set_request_context
+from worker.local.postgres import LocalPostgres
+from worker.users import add_user
+
+DIMS, PER_DOC, K = 384, 10, 10
+# 2,000 synthetic terms, 12 per chunk: each term is in ~0.6% of chunks, as a
+# content word is in real text (a 20-word vocabulary makes every term match
+# half the corpus, and full-text ranking then dominates every hybrid query).
+WORDS = [f"term{i:04d}" for i in range(2000)]
+
+
+def clustered(rng: np.random.Generator, n: int, centers: np.ndarray) -> np.ndarray:
+    v = centers[rng.integers(0, len(centers), n)] + rng.normal(0, 0.6, (n, DIMS)) / np.sqrt(DIMS)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def text(v: np.ndarray) -> str:
+    return "[" + ",".join(f"{x:.6f}" for x in v) + "]"
+
+
+def load(conn: Any, n_chunks: int,
+         rng: np.random.Generator) -> tuple[dict[str, dict[str, Any]], np.ndarray]:
+    wide = add_user(conn, "wide@bench.local", team="wide")
+    narrow = add_user(conn, "narrow@bench.local", team="narrow")
+    n_docs = n_chunks // PER_DOC
+    n_narrow = max(1, n_docs // 100)
+    centers = rng.normal(0, 1, (256, DIMS))
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    ids = [uuid.uuid4() for _ in range(n_docs)]
+    with conn.cursor().copy("copy public.documents (id, owner_id, team, visibility, title,"
+                            " content) from stdin") as copy:
+        for i, doc_id in enumerate(ids):
+            if i < n_narrow:
+                copy.write_row((doc_id, narrow.id, "narrow", "private", f"doc {i}", "c"))
+            else:
+                copy.write_row((doc_id, wide.id, "wide", "team", f"doc {i}", "c"))
+    index = conn.execute("select indexdef from pg_indexes"
+                         " where indexname = 'document_chunks_embedding_idx'").fetchone()
+    conn.execute("drop index public.document_chunks_embedding_idx")
+    vectors = clustered(rng, n_chunks, centers)
+    with conn.cursor().copy("copy public.document_chunks (document_id, chunk_index, content,"
+                            " embedding, embedding_model, content_hash) from stdin") as copy:
+        for i, v in enumerate(vectors):
+            words = " ".join(rng.choice(WORDS, 12))
+            copy.write_row((ids[i // PER_DOC], i % PER_DOC, words, text(v), "bench", "h"))
+    started = time.perf_counter()
+    conn.execute(index["indexdef"])
+    print(f"built HNSW index over {n_chunks} vectors in {time.perf_counter() - started:.1f} s")
+    conn.execute("analyze")
+    conn.commit()
+    return {
+        "all rows (99%)": wide.claims(),
+        "1% reader": narrow.claims(),
+    }, centers
+
+
+def timed(conn: Any, claims: dict[str, Any], sql: str, params: tuple[Any, ...],
+          *, exact: bool = False) -> tuple[float, list[int]]:
+    with conn.transaction(force_rollback=True):
+        set_request_context(conn, claims)
+        if exact:
+            conn.execute("set local enable_indexscan = off")
+        started = time.perf_counter()
+        rows = conn.execute(sql, params).fetchall()
+        elapsed = (time.perf_counter() - started) * 1000
+    return elapsed, [r["chunk_id"] for r in rows]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def run(conn: Any, callers: dict[str, dict[str, Any]], centers: np.ndarray, queries: int,
+        rng: np.random.Generator) -> list[dict[str, Any]]:
+    qs = [text(v) for v in clustered(rng, queries, centers)]
+    words = [" ".join(rng.choice(WORDS, 2)) for _ in range(queries)]
+    match = "select chunk_id from public.match_documents(%s::extensions.vector, %s)"
+    hybrid = "select chunk_id from public.hybrid_search(%s, %s::extensions.vector, %s)"
+    results = []
+    for name, claims in callers.items():
+        for q in qs[:5]:  # warm caches
+            timed(conn, claims, match, (q, K))
+        m_lat, h_lat, recalls, counts = [], [], [], []
+        for q, w in zip(qs, words, strict=True):
+            ms, got = timed(conn, claims, match, (q, K))
+            _, truth = timed(conn, claims, match, (q, K), exact=True)
+            m_lat.append(ms)
+            counts.append(len(got))
+            recalls.append(len(set(got) & set(truth)) / max(1, len(truth)))
+            ms, _ = timed(conn, claims, hybrid, (w, q, K))
+            h_lat.append(ms)
+        results.append({
+            "caller": name,
+            "match_p50_ms": pct(m_lat, 50), "match_p95_ms": pct(m_lat, 95),
+            "hybrid_p50_ms": pct(h_lat, 50), "hybrid_p95_ms": pct(h_lat, 95),
+            "recall_at_10": statistics.fmean(recalls),
+            "mean_rows_returned": statistics.fmean(counts),
+        })
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--chunks", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--db-url", help="an empty database to use (default: a temporary server)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    rng = np.random.default_rng(11)
+    server = None
+    url = args.db_url
+    if url is None:
+        home = Path(tempfile.mkdtemp(prefix="suparag-bench-"))
+        server = LocalPostgres(home, port=free_port(), settings={
+            "fsync": "off", "synchronous_commit": "off", "maintenance_work_mem": "'1GB'",
+            "shared_buffers": "'1GB'"})
+        url = server.start().url
+    try:
+        with connect(url, autocommit=True) as conn:
+            migrations.apply_standin(conn)
+            migrations.push(conn)
+        with connect(url) as conn:
+            callers, centers = load(conn, args.chunks, rng)
+            results = run(conn, callers, centers, args.queries, rng)
+    finally:
+        if server is not None:
+            server.stop()
+    if args.json:
+        print(json.dumps({"chunks": args.chunks, "k": K, "results": results}, indent=2))
+        return
+    print(f"\n{args.chunks} chunks, k={K}, {args.queries} queries per caller")
+    print(f"{'caller':<16}{'match p50':>10}{'p95':>8}{'hybrid p50':>12}{'p95':>8}"
+          f"{'recall@10':>11}{'rows':>6}")
+    for r in results:
+        print(f"{r['caller']:<16}{r['match_p50_ms']:>8.2f}ms{r['match_p95_ms']:>6.2f}ms"
+              f"{r['hybrid_p50_ms']:>10.2f}ms{r['hybrid_p95_ms']:>6.2f}ms"
+              f"{r['recall_at_10']:>11.3f}{r['mean_rows_returned']:>6.1f}")
+    wide, narrow = results
+    ratio = narrow["match_p95_ms"] / wide["match_p95_ms"]
+    print(f"1%-reader / all-rows p95 ratio (match): {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
