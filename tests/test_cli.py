@@ -89,6 +89,20 @@ def test_port_taken_is_a_clear_error(cli):
     assert f"port {cli.port}" in result.stderr and "taken by another program" in result.stderr
 
 
+def test_port_with_only_time_wait_connections_is_free(cli):
+    """Right after a server on the port closed its connections, the port is usable."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", cli.port))
+    server.listen()
+    client = socket.create_connection(("127.0.0.1", cli.port))
+    accepted, _ = server.accept()
+    accepted.close()  # the listening side closes first: TIME_WAIT on cli.port
+    client.close()
+    server.close()
+    assert cli.json("dev")["db_url"].endswith(f":{cli.port}/postgres")
+
+
 def test_stale_lock_after_a_crash(cli):
     first = cli.json("dev")
     cli("users", "add", "kept@example.com")

@@ -171,6 +171,10 @@ class LocalPostgres:
 
     def _check_port_free(self) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # As PostgreSQL binds: SO_REUSEADDR, so connections lingering in
+            # TIME_WAIT (say, from a server just stopped) do not count as taken;
+            # only a socket that listens there does.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("127.0.0.1", self.port))
             except OSError as exc:
