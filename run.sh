@@ -16,8 +16,9 @@ setup() {
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "Installing suparag into $venv ..." >&2
     "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-    # When a dependency pulls in torch (sentence-transformers), install
-    # `torch==2.13.0` (the CPU build) here first, or pip fetches the CUDA build.
+    # torch first, pinned to the CPU build: otherwise sentence-transformers
+    # pulls the newest torch with several GB of CUDA packages.
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check "torch==2.13.0"
     "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[test,dev]"
     touch "$stamp"
   fi

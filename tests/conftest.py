@@ -179,3 +179,13 @@ def claims_of(world: World, caller: str) -> dict[str, Any] | None:
     if caller == "service":
         return {"role": "service_role"}
     return world.users[caller].claims()
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    """The real packaged model (all-MiniLM-L6-v2), loaded once per session."""
+    from worker.embedders import SentenceTransformerEmbedder
+
+    model = SentenceTransformerEmbedder()
+    model.embed(["warm up"])
+    return model

@@ -18,6 +18,7 @@ from worker.local.postgres import _bin
 from worker.sqlfiles import migrations_dir
 
 SUPARAG = str(Path(sys.executable).parent / "suparag")
+MIGRATIONS = len(list(migrations_dir().glob("*.sql")))
 
 
 class Cli:
@@ -53,7 +54,7 @@ def test_dev_lifecycle(cli):
     started = cli.json("dev")
     assert started["reused"] is False
     assert started["db_url"] == f"postgresql://postgres:postgres@127.0.0.1:{cli.port}/postgres"
-    assert len(started["applied"]) == 3
+    assert len(started["applied"]) == MIGRATIONS
 
     # psql at that URL shows the schema
     tables = subprocess.run([_bin("psql"), started["db_url"], "-Atc", r"\dt public.*"],
@@ -64,9 +65,9 @@ def test_dev_lifecycle(cli):
     assert again["reused"] is True and again["pid"] == started["pid"] and again["applied"] == []
 
     status = cli.json("dev", "status")
-    assert status["running"] and status["applied"] == 3 and status["pending"] == 0
+    assert status["running"] and status["applied"] == MIGRATIONS and status["pending"] == 0
     migrations = cli.json("db", "status")["migrations"]
-    assert [m["status"] for m in migrations] == ["applied"] * 3
+    assert [m["status"] for m in migrations] == ["applied"] * MIGRATIONS
     assert "Up to date" in cli("db", "push").stdout
 
     user = cli.json("users", "add", "Ann@Example.com", "--team", "red")
@@ -129,7 +130,7 @@ def test_db_reset(cli):
     assert cli.json("users", "list") != []
     cli("db", "reset", "-y")
     assert cli.json("users", "list") == []
-    assert [m["status"] for m in cli.json("db", "status")["migrations"]] == ["applied"] * 3
+    assert [m["status"] for m in cli.json("db", "status")["migrations"]] == ["applied"] * MIGRATIONS
 
 
 def test_commands_without_a_database_explain(cli):
@@ -145,7 +146,8 @@ def test_db_url_from_dotenv(cli, tmp_path):
     started = cli.json("dev")
     other = Cli(home=tmp_path / "unused-home", port=free_port(), cwd=cli.cwd)
     (cli.cwd / ".env").write_text(f"SUPARAG_DB_URL={started['db_url']}\n")
-    assert [m["status"] for m in other.json("db", "status")["migrations"]] == ["applied"] * 3
+    statuses = [m["status"] for m in other.json("db", "status")["migrations"]]
+    assert statuses == ["applied"] * MIGRATIONS
 
 
 def test_init_writes_a_supabase_project(cli, tmp_path):

@@ -25,6 +25,8 @@ LANDED = {
         "14f4177c6fb3c978a7ccb1049e9f3bb7be760bed10f4214967931b58a737f4aa",
     "20261121000200_suparag_search.sql":
         "df94ec66fdf688be8f6e60af9392c98587cca71374bbcedab7d30fad9cac31a4",
+    "20261121000300_suparag_embedding_claims.sql":
+        "fa5bd41fc7ac16d493e6479311c773212a140a8b4af74b517d722a02536e89bd",
 }
 
 
