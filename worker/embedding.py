@@ -15,7 +15,7 @@ import random
 import socket
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import psycopg
@@ -66,9 +66,8 @@ class BatchResult:
         return self.embedded + self.superseded + self.failed + self.retrying
 
     def add(self, other: BatchResult) -> None:
-        for name in ("embedded", "superseded", "failed", "retrying", "chunks_embedded",
-                     "chunks_reused"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 class EmbeddingJobError(Exception):
