@@ -26,7 +26,6 @@ from worker.embedders import Embedder
 
 log = logging.getLogger("suparag.embedding")
 
-CHANNEL = "suparag_embedding_jobs"
 #: The width of document_chunks.embedding.
 COLUMN_DIMENSIONS = 384
 

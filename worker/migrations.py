@@ -79,14 +79,10 @@ def _applied_versions(conn: psycopg.Connection[Any]) -> set[str]:
     exists = conn.execute(
         "select to_regclass('supabase_migrations.schema_migrations') is not null as present"
     ).fetchone()
-    if not exists or not _first(exists):
+    if not exists or not exists["present"]:
         return set()
     rows = conn.execute("select version from supabase_migrations.schema_migrations").fetchall()
-    return {_first(row) for row in rows}
-
-
-def _first(row: Any) -> Any:
-    return next(iter(row.values())) if isinstance(row, dict) else row[0]
+    return {row["version"] for row in rows}
 
 
 def state(conn: psycopg.Connection[Any], directory: Path | None = None) -> MigrationState:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import psycopg
-
 from worker import migrations
 from worker.db import connect
 from worker.errors import RemoteRefused, ServerNotRunning
@@ -73,13 +71,3 @@ def reset(settings: Settings, db_url: str | None = None) -> list[migrations.Migr
     with connect(status.url, autocommit=True) as conn:
         migrations.apply_standin(conn)
         return migrations.push(conn)
-
-
-def database_ok(url: str) -> bool:
-    """Whether a database answers at url."""
-    try:
-        with psycopg.connect(url, connect_timeout=3) as conn:
-            conn.execute("select 1")
-        return True
-    except psycopg.Error:
-        return False
