@@ -73,6 +73,26 @@ class EmbeddingJobError(Exception):
     """A document could not be embedded; the message is stored on the job."""
 
 
+@dataclass
+class _Plan:
+    """One claimed document, chunked: which vectors it can keep and which it needs."""
+
+    job: dict[str, Any]
+    chunks: list[Chunk]
+    hashes: list[str]
+    reusable: dict[str, str]  # content_hash -> stored vector (as text)
+    vectors: dict[str, list[float]] = field(default_factory=dict)  # embed_text -> new vector
+
+    def missing_texts(self) -> list[str]:
+        return [c.embed_text for c, h in zip(self.chunks, self.hashes, strict=True)
+                if h not in self.reusable]
+
+    def vector_text(self, chunk: Chunk, digest: str) -> str:
+        if digest in self.reusable:
+            return self.reusable[digest]
+        return "[" + ",".join(repr(x) for x in self.vectors[chunk.embed_text]) + "]"
+
+
 class EmbeddingWorker:
     """Drains the embedding queue of one database."""
 
@@ -96,7 +116,12 @@ class EmbeddingWorker:
     # -- one batch ------------------------------------------------------------------------
 
     def run_batch(self) -> BatchResult:
-        """Claim up to batch_size due jobs and finish each one; zero claimed means idle."""
+        """Claim up to batch_size due jobs and finish each one; zero claimed means idle.
+
+        The chunks of every claimed document go to the model together, so a
+        batch of small documents costs one model call, not one per document.
+        Each document is still written back (or failed) on its own.
+        """
         conn = self.conn
         with conn.transaction():
             jobs = conn.execute(
@@ -104,72 +129,125 @@ class EmbeddingWorker:
                 (self.config.worker_id, self.config.batch_size, self.config.lease_seconds),
             ).fetchall()
         result = BatchResult()
+        if not jobs:
+            return result
+        try:
+            plans = self._plan(jobs)
+        except Exception as exc:
+            for job in jobs:
+                result.add(self._fail(job, exc))
+            return result
+        ready: list[_Plan] = []
         for job in jobs:
-            result.add(self._run_job(job))
+            plan = plans.get(job["job_id"])
+            if plan is None:
+                result.add(self._superseded(job))
+            elif isinstance(plan, Exception):
+                result.add(self._fail(job, plan))
+            else:
+                ready.append(plan)
+        for plan, error in self._embed_plans(ready):
+            try:
+                if error is not None:
+                    raise error
+                result.add(self._write(plan))
+            except Exception as exc:  # one document's failure must not stop the others
+                result.add(self._fail(plan.job, exc))
         return result
 
-    def drain(self, *, on_batch: Callable[[BatchResult], None] | None = None) -> BatchResult:
-        """Run batches until nothing is due."""
+    def drain(self, *, on_batch: Callable[[BatchResult], None] | None = None,
+              should_stop: Callable[[], bool] | None = None) -> BatchResult:
+        """Run batches until nothing is due (or should_stop says so between batches)."""
         total = BatchResult()
-        while True:
+        while should_stop is None or not should_stop():
             batch = self.run_batch()
             if batch.claimed == 0:
-                return total
+                break
             total.add(batch)
             if on_batch is not None:
                 on_batch(batch)
+        return total
 
-    def _run_job(self, job: dict[str, Any]) -> BatchResult:
-        try:
-            return self._embed_and_write(job)
-        except Exception as exc:  # any failure of one document must not stop the others
-            if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                self.conn.rollback()
-            message = str(exc) if isinstance(exc, EmbeddingJobError) else \
-                f"{type(exc).__name__}: {exc}"
-            log.warning("document %s failed (attempt %s): %s", job["document_id"],
-                        job["attempts"], message)
-            with self.conn.transaction():
-                outcome = self.conn.execute(
-                    "select suparag_private.fail_embedding_job(%s, %s, %s, %s, %s) as outcome",
-                    (job["job_id"], job["content_version"], message, self.config.max_attempts,
-                     self.config.backoff(job["attempts"])),
-                ).fetchone()
-            status = outcome["outcome"] if outcome else None
-            return BatchResult(failed=int(status == "failed"),
-                               retrying=int(status == "queued"),
-                               superseded=int(status is None))
-
-    def _embed_and_write(self, job: dict[str, Any]) -> BatchResult:
+    def _plan(self, jobs: list[dict[str, Any]]) -> dict[int, _Plan | Exception | None]:
+        """Read the claimed documents and chunk them; None marks a superseded job."""
         conn = self.conn
         model = self.embedder.name
+        ids = [job["document_id"] for job in jobs]
         with conn.transaction():
-            doc = conn.execute(
-                "select title, content, content_version from public.documents where id = %s",
-                (job["document_id"],),
-            ).fetchone()
-            reusable = {
-                row["content_hash"]: row["embedding"]
-                for row in conn.execute(
-                    "select content_hash, embedding::text as embedding"
-                    " from public.document_chunks"
-                    " where document_id = %s and embedding_model = %s and embedding is not null",
-                    (job["document_id"], model),
-                )
+            docs = {
+                row["id"]: row for row in conn.execute(
+                    "select id, title, content, content_version from public.documents"
+                    " where id = any(%s)", (ids,))
             }
-        if doc is None or doc["content_version"] != job["content_version"]:
-            return self._superseded(job)
+            reusable: dict[Any, dict[str, str]] = {}
+            for row in conn.execute(
+                "select document_id, content_hash, embedding::text as embedding"
+                " from public.document_chunks"
+                " where document_id = any(%s) and embedding_model = %s"
+                " and embedding is not null",
+                (ids, model),
+            ):
+                reusable.setdefault(row["document_id"], {})[row["content_hash"]] = \
+                    row["embedding"]
+        plans: dict[int, _Plan | Exception | None] = {}
+        for job in jobs:
+            doc = docs.get(job["document_id"])
+            if doc is None or doc["content_version"] != job["content_version"]:
+                plans[job["job_id"]] = None
+                continue
+            try:
+                chunks = self._chunk(doc["title"], doc["content"])
+            except Exception as exc:
+                plans[job["job_id"]] = exc
+                continue
+            plans[job["job_id"]] = _Plan(
+                job=job, chunks=chunks, hashes=[c.content_hash(model) for c in chunks],
+                reusable=reusable.get(job["document_id"], {}),
+            )
+        return plans
 
-        chunks = self._chunk(doc["title"], doc["content"])
-        hashes = [c.content_hash(model) for c in chunks]
-        todo = [c for c, h in zip(chunks, hashes, strict=True) if h not in reusable]
-        vectors = dict(zip((c.index for c in todo), self._embed(todo), strict=True))
+    def _embed_plans(self, plans: list[_Plan]) -> list[tuple[_Plan, Exception | None]]:
+        """Embed every chunk the plans need in one model call (texts deduplicated).
 
-        rows = [
-            (job["document_id"], c.index, c.content,
-             vectors[c.index] if c.index in vectors else reusable[h], model, h)
-            for c, h in zip(chunks, hashes, strict=True)
-        ]
+        If that call fails, each document is embedded alone, so a poison
+        document fails by itself and the others go through.
+        """
+        texts = list(dict.fromkeys(t for p in plans for t in p.missing_texts()))
+        try:
+            vectors = dict(zip(texts, self._embed(texts), strict=True))
+        except Exception as exc:
+            if len(plans) == 1:
+                return [(plans[0], exc)]
+            outcomes: list[tuple[_Plan, Exception | None]] = []
+            for plan in plans:
+                outcomes.extend(self._embed_plans([plan]))
+            return outcomes
+        for plan in plans:
+            plan.vectors = {t: vectors[t] for t in plan.missing_texts()}
+        return [(plan, None) for plan in plans]
+
+    def _fail(self, job: dict[str, Any], exc: BaseException) -> BatchResult:
+        """Record the failure: back off and retry, or `failed` at the cap."""
+        if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            self.conn.rollback()
+        message = str(exc) if isinstance(exc, EmbeddingJobError) else \
+            f"{type(exc).__name__}: {exc}"
+        log.warning("document %s failed (attempt %s): %s", job["document_id"],
+                    job["attempts"], message)
+        with self.conn.transaction():
+            outcome = self.conn.execute(
+                "select suparag_private.fail_embedding_job(%s, %s, %s, %s, %s) as outcome",
+                (job["job_id"], job["content_version"], message, self.config.max_attempts,
+                 self.config.backoff(job["attempts"])),
+            ).fetchone()
+        status = outcome["outcome"] if outcome else None
+        return BatchResult(failed=int(status == "failed"),
+                           retrying=int(status == "queued"),
+                           superseded=int(status is None))
+
+    def _write(self, plan: _Plan) -> BatchResult:
+        """Replace the document's chunks and mark it ready, if it is still that version."""
+        conn, job, model = self.conn, plan.job, self.embedder.name
         with conn.transaction():
             current = conn.execute(
                 "select content_version from public.documents where id = %s for update",
@@ -184,11 +262,9 @@ class EmbeddingWorker:
                 "copy public.document_chunks (document_id, chunk_index, content, embedding,"
                 " embedding_model, content_hash) from stdin"
             ) as copy:
-                for row in rows:
-                    vector = row[3]
-                    text = vector if isinstance(vector, str) else \
-                        "[" + ",".join(repr(x) for x in vector) + "]"
-                    copy.write_row((*row[:3], text, *row[4:]))
+                for chunk, digest in zip(plan.chunks, plan.hashes, strict=True):
+                    copy.write_row((job["document_id"], chunk.index, chunk.content,
+                                    plan.vector_text(chunk, digest), model, digest))
             conn.execute(
                 "update public.documents set embedding_status = 'ready', embedding_model = %s,"
                 " embedded_at = now(), embedding_error = null where id = %s",
@@ -198,8 +274,9 @@ class EmbeddingWorker:
                 "delete from suparag_private.embedding_jobs where id = %s and content_version = %s",
                 (job["job_id"], job["content_version"]),
             )
-        return BatchResult(embedded=1, chunks_embedded=len(todo),
-                           chunks_reused=len(chunks) - len(todo))
+        embedded = len(plan.missing_texts())
+        return BatchResult(embedded=1, chunks_embedded=embedded,
+                           chunks_reused=len(plan.chunks) - embedded)
 
     def _superseded(self, job: dict[str, Any], *, in_transaction: bool = False) -> BatchResult:
         """Release the lease so the job's newer version is picked up at once."""
@@ -221,10 +298,10 @@ class EmbeddingWorker:
             split_tokens=self.embedder.split_tokens,
         )
 
-    def _embed(self, chunks: list[Chunk]) -> list[list[float]]:
-        if not chunks:
+    def _embed(self, texts: list[str]) -> list[list[float]]:
+        if not texts:
             return []
-        vectors = self.embedder.embed([c.embed_text for c in chunks])
+        vectors = self.embedder.embed(texts)
         if vectors and len(vectors[0]) != COLUMN_DIMENSIONS:
             raise EmbeddingJobError(
                 f"model {self.embedder.name} makes {len(vectors[0])}-dimensional vectors; "

@@ -31,6 +31,22 @@ class Settings(BaseSettings):
     db_port: int = Field(
         default=54322, description="Port of the local PostgreSQL (Supabase CLI's default)."
     )
+    embedding_provider: str = Field(
+        default="sentence-transformers",
+        description="`sentence-transformers` (local) or `openai` (any OpenAI-compatible server).",
+    )
+    embedding_model: str | None = Field(
+        default=None,
+        description="Model name or path. Unset: all-MiniLM-L6-v2 (local) or "
+        "text-embedding-3-small (openai, asked for 384 dimensions).",
+    )
+    openai_api_key: str | None = Field(
+        default=None, description="API key for the openai provider (else OPENAI_API_KEY)."
+    )
+    openai_base_url: str | None = Field(
+        default=None,
+        description="Base URL of an OpenAI-compatible server (else OPENAI_BASE_URL, else OpenAI).",
+    )
 
 
 @lru_cache(maxsize=1)

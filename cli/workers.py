@@ -1,0 +1,95 @@
+"""`suparag worker`: keep document_chunks in sync with documents."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from types import FrameType
+from typing import Annotated
+
+import typer
+from rich.logging import RichHandler
+
+from cli._common import DbUrlOption, JsonOption, err_console, print_json
+from worker.db import resolve_db_url
+from worker.embedders import embedder_from_settings
+from worker.embedding import WorkerConfig
+from worker.runner import EmbeddingService, ServiceConfig
+from worker.settings import get_settings
+
+
+def worker(
+    once: Annotated[
+        bool, typer.Option("--once", help="Drain the queue, then exit (for cron and CI).")
+    ] = False,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=1024, help="Documents claimed per batch; their chunks "
+                          "go to the model together.")
+    ] = 16,
+    sweep: Annotated[
+        float, typer.Option(min=0.5, help="Seconds between sweeps of the queue when no "
+                            "wake-up arrives (a job falling due sooner shortens the wait).")
+    ] = 30.0,
+    http_port: Annotated[
+        int | None, typer.Option(help="Serve wake-ups on this port: POST any path wakes the "
+                                 "worker (point suparag_private.settings.worker_url at it for "
+                                 "pg_net); GET /health reports. Off unless given.")
+    ] = None,
+    http_host: Annotated[str, typer.Option(help="Interface for --http-port.")] = "127.0.0.1",
+    max_attempts: Annotated[
+        int, typer.Option(min=1, help="Attempts before a document is marked failed.")
+    ] = 5,
+    lease: Annotated[
+        int, typer.Option(min=10, help="Seconds a claimed job stays ours; after that another "
+                          "worker may take it (a crashed worker's jobs come back).")
+    ] = 300,
+    no_listen: Annotated[
+        bool, typer.Option("--no-listen", help="Do not LISTEN (e.g. behind a transaction-mode "
+                           "pooler); rely on HTTP wake-ups and the sweep.")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every wake-up.")] = False,
+    db_url: DbUrlOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Run the embedding worker: drain the queue, then embed changes as they are committed.
+
+    Wakes on LISTEN/NOTIFY, on HTTP POSTs (--http-port; what the pg_net trigger
+    calls) and on a sweep timer, so a lost wake-up delays nothing for long. Any
+    number of workers may share one database. SIGTERM or Ctrl-C finishes the
+    batch in hand and exits. The model comes from SUPARAG_EMBEDDING_PROVIDER /
+    SUPARAG_EMBEDDING_MODEL (default: the packaged all-MiniLM-L6-v2).
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False)],
+    )
+    for noisy in ("httpx", "sentence_transformers", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    settings = get_settings()
+    url = resolve_db_url(db_url)
+    service = EmbeddingService(
+        url, embedder_from_settings(settings),
+        config=WorkerConfig(batch_size=batch_size, max_attempts=max_attempts,
+                            lease_seconds=lease),
+        service=ServiceConfig(sweep_seconds=sweep, http_host=http_host, http_port=http_port,
+                              listen=not no_listen),
+    )
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        err_console.print(f"{signal.Signals(signum).name}: finishing the batch in hand…")
+        service.stop()
+        # A second signal is not graceful.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    totals = service.run(once=once)
+    if json_out:
+        print_json(vars(totals))
+    else:
+        err_console.print(
+            f"Embedded {totals.embedded} documents ({totals.chunks_embedded} chunks embedded, "
+            f"{totals.chunks_reused} reused); {totals.retrying} to retry, "
+            f"{totals.failed} failed, {totals.superseded} superseded."
+        )
