@@ -27,6 +27,8 @@ LANDED = {
         "df94ec66fdf688be8f6e60af9392c98587cca71374bbcedab7d30fad9cac31a4",
     "20261121000300_suparag_embedding_claims.sql":
         "fa5bd41fc7ac16d493e6479311c773212a140a8b4af74b517d722a02536e89bd",
+    "20261121000400_suparag_document_source.sql":
+        "1dbf94396a7659d136bd3ad9b4d87232e435baad650f1f8de68a897fa96173f1",
 }
 
 
