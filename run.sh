@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The two commands of the README, each doing its own set-up on a fresh machine:
-#   bash run.sh demo   start the local stack (embedded PostgreSQL, Supabase stand-in, migrations)
+#   bash run.sh demo   `suparag demo`: local stack, sample corpus, embeddings, search as each user
 #   bash run.sh test   run the test suite against real parts
 # Set-up: a virtualenv in .venv (or $SUPARAG_VENV) with suparag and its test tools,
 # reinstalled when pyproject.toml changes. Needs only python3 (>= 3.11) and pip.
@@ -27,10 +27,7 @@ setup() {
 case "${1:-}" in
   demo)
     setup
-    "$venv/bin/suparag" dev
-    "$venv/bin/suparag" users add alice@example.com --team red
-    "$venv/bin/suparag" users add bob@example.com --team blue
-    "$venv/bin/suparag" db status
+    exec "$venv/bin/suparag" demo
     ;;
   test)
     setup

@@ -1,0 +1,150 @@
+"""Search as a user: embed the query with the corpus's model, then ask the database as them.
+
+The search itself is `public.match_documents` / `public.hybrid_search`, run
+inside `as_request`, so RLS decides what comes back exactly as it would for a
+PostgREST call with that user's JWT. The query must be embedded by the model
+that embedded the corpus, and that model's name goes to the SQL function, so
+vectors of different models are never compared. Which models exist is read on
+the service connection: it is only model names, and choosing by what the
+caller can read would tell them something about rows they cannot.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from worker.db import as_request
+from worker.embedders import Embedder, embedder_for_model, embedder_from_settings
+from worker.errors import ConfigError, NotFound
+from worker.settings import Settings, get_settings
+from worker.status import models_in_use
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One chunk a search returned.
+
+    `score` is the cosine similarity for a semantic search and the reciprocal
+    rank fusion score for a hybrid one.
+    """
+
+    rank: int
+    document_id: uuid.UUID
+    chunk_index: int
+    title: str
+    content: str
+    metadata: dict[str, Any]
+    score: float
+
+
+def query_embedder(model_name: str) -> Embedder:
+    """The embedder for queries against vectors stored under model_name."""
+    return embedder_for_model(model_name, get_settings())
+
+
+def configured_model(settings: Settings | None = None) -> str | None:
+    """The stored name of the model the configuration names, if it can be built."""
+    try:
+        return embedder_from_settings(settings or get_settings()).name
+    except ConfigError:
+        # e.g. the openai provider without a key: then it cannot be the one to
+        # search with, and choose_model asks for --model instead.
+        return None
+
+
+def choose_model(conn: psycopg.Connection[Any], *, requested: str | None = None,
+                 configured: str | None = None) -> str:
+    """The model whose vectors to search: the only one, or the requested or configured one."""
+    present = [usage.model for usage in models_in_use(conn)]
+    if not present:
+        raise NotFound(
+            "nothing is embedded yet: run `suparag worker --once` to embed the queued documents"
+        )
+    if requested is not None:
+        if requested not in present:
+            raise NotFound(
+                f"no vectors from model {requested!r}; the corpus has: {', '.join(present)}"
+            )
+        return requested
+    if len(present) == 1:
+        return present[0]
+    if configured in present:
+        return configured
+    raise ConfigError(
+        f"the corpus has vectors from several models ({', '.join(present)}): "
+        "choose one with --model"
+    )
+
+
+def parse_filter(pairs: Sequence[str]) -> dict[str, Any]:
+    """`key=value` pairs as a metadata filter; a value is JSON when it parses, else text."""
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"filter {pair!r} is not key=value: e.g. --filter lang=en")
+        try:
+            result[key] = json.loads(raw)
+        except ValueError:
+            result[key] = raw
+    return result
+
+
+def check_options(*, hybrid: bool, threshold: float | None) -> None:
+    """Refuse a threshold on hybrid search: a fused rank has no similarity to cut at."""
+    if hybrid and threshold is not None:
+        raise ConfigError("--threshold applies to semantic search only: drop it or --hybrid")
+
+
+_MATCH = """
+    select document_id, chunk_index, title, content, metadata, similarity as score
+    from public.match_documents(
+      query_embedding => %(vector)s::extensions.vector, match_count => %(k)s,
+      filter => %(filter)s, match_threshold => %(threshold)s, embedding_model => %(model)s)
+"""
+
+_HYBRID = """
+    select document_id, chunk_index, title, content, metadata, score
+    from public.hybrid_search(
+      query_text => %(query)s, query_embedding => %(vector)s::extensions.vector,
+      match_count => %(k)s, filter => %(filter)s, embedding_model => %(model)s)
+"""
+
+
+def search(
+    conn: psycopg.Connection[Any],
+    embedder: Embedder,
+    query: str,
+    *,
+    claims: Mapping[str, Any] | None,
+    k: int = 5,
+    hybrid: bool = False,
+    threshold: float | None = None,
+    metadata_filter: Mapping[str, Any] | None = None,
+) -> list[Hit]:
+    """The top k chunks for query among those the caller (claims; None = anon) may read.
+
+    Only vectors made by `embedder` are compared. `metadata_filter`: documents
+    whose metadata contains it. `threshold`: minimum cosine similarity
+    (semantic search only).
+    """
+    check_options(hybrid=hybrid, threshold=threshold)
+    vector = embedder.embed([query])[0]
+    params = {
+        "query": query,
+        "vector": "[" + ",".join(repr(x) for x in vector) + "]",
+        "k": k,
+        "filter": Jsonb(dict(metadata_filter or {})),
+        "threshold": threshold,
+        "model": embedder.name,
+    }
+    with as_request(conn, claims):
+        rows = conn.execute(_HYBRID if hybrid else _MATCH, params).fetchall()
+    return [Hit(rank=rank, **row) for rank, row in enumerate(rows, start=1)]
