@@ -32,7 +32,7 @@ case "${1:-}" in
   test)
     setup
     shift
-    "$venv/bin/ruff" check worker cli tests
+    "$venv/bin/ruff" check worker cli tests bench
     "$venv/bin/mypy"
     exec "$venv/bin/python" -m pytest "$@"
     ;;

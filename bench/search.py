@@ -1,6 +1,6 @@
 """Search latency and recall under RLS, for a broad reader and a 1% reader.
 
-    python bench/search.py --chunks 100000 [--queries 200] [--db-url URL] [--json]
+    python -m bench.search --chunks 100000 [--queries 200] [--db-url URL] [--json]
 
 Loads N chunks (384-dim clustered unit vectors, 10 per document, words from a
 small vocabulary for full text) into a fresh database: 99% are team documents
@@ -14,23 +14,22 @@ a temporary folder. Prints figures and ratios from this one run.
 from __future__ import annotations
 
 import argparse
-import json
-import socket
 import statistics
-import tempfile
 import time
 import uuid
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from worker import migrations
+from bench._common import BenchError, bench_database, err_console, pct, print_json, progress
 from worker.db import connect, set_request_context
-from worker.local.postgres import LocalPostgres
 from worker.users import add_user
 
 DIMS, PER_DOC, K = 384, 10, 10
+#: A throwaway server: durability off, memory for a fast index build.
+SERVER_SETTINGS = {"fsync": "off", "synchronous_commit": "off",
+                   "maintenance_work_mem": "'1GB'", "shared_buffers": "'1GB'"}
 # 2,000 synthetic terms, 12 per chunk: each term is in ~0.6% of chunks, as a
 # content word is in real text (a 20-word vocabulary makes every term match
 # half the corpus, and full-text ranking then dominates every hybrid query).
@@ -39,7 +38,8 @@ WORDS = [f"term{i:04d}" for i in range(2000)]
 
 def clustered(rng: np.random.Generator, n: int, centers: np.ndarray) -> np.ndarray:
     v = centers[rng.integers(0, len(centers), n)] + rng.normal(0, 0.6, (n, DIMS)) / np.sqrt(DIMS)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
+    unit: np.ndarray = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return unit
 
 
 def text(v: np.ndarray) -> str:
@@ -47,7 +47,7 @@ def text(v: np.ndarray) -> str:
 
 
 def load(conn: Any, n_chunks: int,
-         rng: np.random.Generator) -> tuple[dict[str, dict[str, Any]], np.ndarray]:
+         rng: np.random.Generator) -> tuple[dict[str, dict[str, Any]], np.ndarray, float]:
     wide = add_user(conn, "wide@bench.local", team="wide")
     narrow = add_user(conn, "narrow@bench.local", team="narrow")
     n_docs = n_chunks // PER_DOC
@@ -73,13 +73,15 @@ def load(conn: Any, n_chunks: int,
             copy.write_row((ids[i // PER_DOC], i % PER_DOC, words, text(v), "bench", "h"))
     started = time.perf_counter()
     conn.execute(index["indexdef"])
-    print(f"built HNSW index over {n_chunks} vectors in {time.perf_counter() - started:.1f} s")
+    built = time.perf_counter() - started
+    # On stderr, so --json output stays JSON.
+    err_console.print(f"built HNSW index over {n_chunks} vectors in {built:.1f} s")
     conn.execute("analyze")
     conn.commit()
     return {
         "all rows (99%)": wide.claims(),
         "1% reader": narrow.claims(),
-    }, centers
+    }, centers, built
 
 
 def timed(conn: Any, claims: dict[str, Any], sql: str, params: tuple[Any, ...],
@@ -94,84 +96,84 @@ def timed(conn: Any, claims: dict[str, Any], sql: str, params: tuple[Any, ...],
     return elapsed, [r["chunk_id"] for r in rows]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def pct(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q))
-
-
-def run(conn: Any, callers: dict[str, dict[str, Any]], centers: np.ndarray, queries: int,
-        rng: np.random.Generator) -> list[dict[str, Any]]:
+def measure(conn: Any, callers: dict[str, dict[str, Any]], centers: np.ndarray, queries: int,
+            rng: np.random.Generator) -> list[dict[str, Any]]:
+    """Latency and recall of both search functions, per caller, over the same queries."""
     qs = [text(v) for v in clustered(rng, queries, centers)]
     words = [" ".join(rng.choice(WORDS, 2)) for _ in range(queries)]
-    match = "select chunk_id from public.match_documents(%s::extensions.vector, %s)"
-    hybrid = "select chunk_id from public.hybrid_search(%s, %s::extensions.vector, %s)"
     results = []
-    for name, claims in callers.items():
-        for q in qs[:5]:  # warm caches
-            timed(conn, claims, match, (q, K))
-        m_lat, h_lat, recalls, counts = [], [], [], []
-        for q, w in zip(qs, words, strict=True):
-            ms, got = timed(conn, claims, match, (q, K))
-            _, truth = timed(conn, claims, match, (q, K), exact=True)
-            m_lat.append(ms)
-            counts.append(len(got))
-            recalls.append(len(set(got) & set(truth)) / max(1, len(truth)))
-            ms, _ = timed(conn, claims, hybrid, (w, q, K))
-            h_lat.append(ms)
-        results.append({
-            "caller": name,
-            "match_p50_ms": pct(m_lat, 50), "match_p95_ms": pct(m_lat, 95),
-            "hybrid_p50_ms": pct(h_lat, 50), "hybrid_p95_ms": pct(h_lat, 95),
-            "recall_at_10": statistics.fmean(recalls),
-            "mean_rows_returned": statistics.fmean(counts),
-        })
+    with progress() as bar:
+        task = bar.add_task("queries", total=len(callers) * queries)
+        for name, claims in callers.items():
+            results.append(_measure_caller(conn, name, claims, qs, words,
+                                           lambda: bar.advance(task)))
     return results
 
 
+def _measure_caller(conn: Any, name: str, claims: dict[str, Any], qs: list[str],
+                    words: list[str], advance: Callable[[], None]) -> dict[str, Any]:
+    match = "select chunk_id from public.match_documents(%s::extensions.vector, %s)"
+    hybrid = "select chunk_id from public.hybrid_search(%s, %s::extensions.vector, %s)"
+    for q in qs[:5]:  # warm caches
+        timed(conn, claims, match, (q, K))
+    m_lat, h_lat, recalls, counts = [], [], [], []
+    for q, w in zip(qs, words, strict=True):
+        ms, got = timed(conn, claims, match, (q, K))
+        _, truth = timed(conn, claims, match, (q, K), exact=True)
+        m_lat.append(ms)
+        counts.append(len(got))
+        recalls.append(len(set(got) & set(truth)) / max(1, len(truth)))
+        ms, _ = timed(conn, claims, hybrid, (w, q, K))
+        h_lat.append(ms)
+        advance()
+    return {
+        "caller": name,
+        "match_p50_ms": pct(m_lat, 50), "match_p95_ms": pct(m_lat, 95),
+        "hybrid_p50_ms": pct(h_lat, 50), "hybrid_p95_ms": pct(h_lat, 95),
+        "recall_at_10": statistics.fmean(recalls),
+        "mean_rows_returned": statistics.fmean(counts),
+    }
+
+
+def run(*, chunks: int = 100_000, queries: int = 200,
+        db_url: str | None = None) -> dict[str, Any]:
+    """Load the corpus and measure once; the figures as a dict (see print_report)."""
+    if chunks < PER_DOC or queries < 1:
+        raise BenchError(f"--chunks must be at least {PER_DOC} and --queries at least 1")
+    rng = np.random.default_rng(11)
+    with bench_database(db_url, settings=SERVER_SETTINGS) as url, connect(url) as conn:
+        callers, centers, built = load(conn, chunks, rng)
+        results = measure(conn, callers, centers, queries, rng)
+    return {"chunks": chunks, "k": K, "queries": queries, "index_build_s": built,
+            "results": results}
+
+
+def print_report(r: dict[str, Any]) -> None:
+    """The figures for people."""
+    print(f"\n{r['chunks']} chunks, k={r['k']}, {r['queries']} queries per caller")
+    print(f"{'caller':<16}{'match p50':>10}{'p95':>8}{'hybrid p50':>12}{'p95':>8}"
+          f"{'recall@10':>11}{'rows':>6}")
+    for c in r["results"]:
+        print(f"{c['caller']:<16}{c['match_p50_ms']:>8.2f}ms{c['match_p95_ms']:>6.2f}ms"
+              f"{c['hybrid_p50_ms']:>10.2f}ms{c['hybrid_p95_ms']:>6.2f}ms"
+              f"{c['recall_at_10']:>11.3f}{c['mean_rows_returned']:>6.1f}")
+    wide, narrow = r["results"]
+    ratio = narrow["match_p95_ms"] / wide["match_p95_ms"]
+    print(f"1%-reader / all-rows p95 ratio (match): {ratio:.2f}")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--chunks", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--db-url", help="an empty database to use (default: a temporary server)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    rng = np.random.default_rng(11)
-    server = None
-    url = args.db_url
-    if url is None:
-        home = Path(tempfile.mkdtemp(prefix="suparag-bench-"))
-        server = LocalPostgres(home, port=free_port(), settings={
-            "fsync": "off", "synchronous_commit": "off", "maintenance_work_mem": "'1GB'",
-            "shared_buffers": "'1GB'"})
-        url = server.start().url
-    try:
-        with connect(url, autocommit=True) as conn:
-            migrations.apply_standin(conn)
-            migrations.push(conn)
-        with connect(url) as conn:
-            callers, centers = load(conn, args.chunks, rng)
-            results = run(conn, callers, centers, args.queries, rng)
-    finally:
-        if server is not None:
-            server.stop()
+    result = run(chunks=args.chunks, queries=args.queries, db_url=args.db_url)
     if args.json:
-        print(json.dumps({"chunks": args.chunks, "k": K, "results": results}, indent=2))
-        return
-    print(f"\n{args.chunks} chunks, k={K}, {args.queries} queries per caller")
-    print(f"{'caller':<16}{'match p50':>10}{'p95':>8}{'hybrid p50':>12}{'p95':>8}"
-          f"{'recall@10':>11}{'rows':>6}")
-    for r in results:
-        print(f"{r['caller']:<16}{r['match_p50_ms']:>8.2f}ms{r['match_p95_ms']:>6.2f}ms"
-              f"{r['hybrid_p50_ms']:>10.2f}ms{r['hybrid_p95_ms']:>6.2f}ms"
-              f"{r['recall_at_10']:>11.3f}{r['mean_rows_returned']:>6.1f}")
-    wide, narrow = results
-    ratio = narrow["match_p95_ms"] / wide["match_p95_ms"]
-    print(f"1%-reader / all-rows p95 ratio (match): {ratio:.2f}")
+        print_json(result)
+    else:
+        print_report(result)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,18 @@ from typing import Annotated
 
 import typer
 
-from cli import db, dev, users
+from cli import (
+    bench,
+    db,
+    demo,
+    dev,
+    ingest,
+    jobs,
+    search,
+    status,
+    users,
+    workers,
+)
 from cli._common import console, err_console
 from worker.errors import SuparagError
 
@@ -21,6 +32,13 @@ app = typer.Typer(
 app.add_typer(dev.app, name="dev")
 app.add_typer(db.app, name="db")
 app.add_typer(users.app, name="users")
+app.command()(demo.demo)
+app.command()(workers.worker)
+app.add_typer(jobs.app, name="jobs")
+app.add_typer(bench.app, name="bench")
+app.command()(ingest.ingest)
+app.command()(search.search)
+app.command()(status.status)
 
 
 @app.command()

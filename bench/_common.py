@@ -1,0 +1,354 @@
+"""What the benchmarks share: a database to run on, a corpus, the worker under test, figures.
+
+Each benchmark starts its own embedded PostgreSQL in a temporary folder unless
+given a database URL, measures once, and prints figures and ratios; none of
+them is a pass/fail test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from worker import migrations
+from worker.chunking import chunk_document
+from worker.db import as_request, connect
+from worker.embedders import Embedder
+from worker.embedding import WorkerConfig
+from worker.errors import SuparagError
+from worker.local.postgres import LocalPostgres
+from worker.runner import EmbeddingService, ServiceConfig
+from worker.users import User, add_user
+
+Conn = psycopg.Connection[dict[str, Any]]
+
+#: Progress bars and notes go here, so stdout holds only the figures (or the JSON).
+err_console = Console(stderr=True)
+
+
+class BenchError(SuparagError):
+    """A benchmark could not run to the end (the worker died, a document failed, a timeout)."""
+
+
+# -- figures ---------------------------------------------------------------------------------
+
+def pct(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (linear interpolation, as numpy does)."""
+    return float(np.percentile(values, q))
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    """p50, p95, max and mean of values."""
+    return {"p50": pct(values, 50), "p95": pct(values, 95), "max": float(max(values)),
+            "mean": float(np.mean(values))}
+
+
+def machine() -> dict[str, Any]:
+    """What else was going on: cores and the load average (1, 5, 15 min) right now."""
+    return {"cpus": os.cpu_count(), "load": [round(x, 2) for x in os.getloadavg()]}
+
+
+def print_json(data: Any) -> None:
+    """The result as JSON on stdout."""
+    print(json.dumps(data, indent=2, default=str))
+
+
+def progress() -> Progress:
+    """A transient progress bar on stderr."""
+    return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                    MofNCompleteColumn(), TimeElapsedColumn(), console=err_console,
+                    transient=True)
+
+
+# -- a database ------------------------------------------------------------------------------
+
+def free_port() -> int:
+    """A free port below the kernel's ephemeral range.
+
+    A port from bind(0) is ephemeral: an outgoing connection may take it as
+    its source port before the server binds it (see tests/conftest.py).
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, max(20001, min(low, 32000)))
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def bench_database(db_url: str | None, *,
+                   settings: dict[str, str] | None = None) -> Iterator[str]:
+    """A migrated database: db_url, or a temporary embedded server removed afterwards.
+
+    settings are postgresql.conf values for the temporary server (none: the
+    defaults `suparag dev` runs with). A given database gets the local
+    Supabase stand-in only if it has no `auth.users` (an empty database), and
+    any pending migrations.
+    """
+    server, home = None, None
+    url = db_url
+    if url is None:
+        home = Path(tempfile.mkdtemp(prefix="suparag-bench-"))
+        server = LocalPostgres(home, port=free_port(), settings=settings)
+        err_console.print("starting a temporary embedded PostgreSQL…")
+        url = server.start().url
+    try:
+        with connect(url, autocommit=True) as conn:
+            found = conn.execute("select to_regclass('auth.users') is not null as ok").fetchone()
+            if not (found and found["ok"]):
+                migrations.apply_standin(conn)
+            migrations.push(conn)
+        yield url
+    finally:
+        if server is not None:
+            server.stop()
+        if home is not None:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+# -- a corpus --------------------------------------------------------------------------------
+
+_TOPICS = ["deployment", "billing", "search", "backups", "onboarding", "permissions",
+           "latency", "ingestion", "failover", "pricing", "retention", "alerts"]
+_NOUNS = ["service", "database", "customer", "request", "replica", "invoice", "team", "index",
+          "queue", "worker", "dashboard", "policy", "region", "release", "schema", "token",
+          "document", "cluster", "account", "report", "contract", "budget", "migration",
+          "connection", "cache", "ticket", "incident", "deadline", "partner", "metric"]
+_VERBS = ["updates", "checks", "rejects", "stores", "reads", "schedules", "retries", "sends",
+          "approves", "reviews", "measures", "restores", "splits", "merges", "tracks", "limits"]
+_ADJECTIVES = ["new", "primary", "stale", "private", "shared", "weekly", "slow", "urgent",
+               "regional", "default", "external", "manual", "nightly", "critical", "annual"]
+_TAILS = ["before the end of the quarter", "when the load is high", "for every new account",
+          "unless the owner objects", "after the nightly backup", "within two business days",
+          "during the maintenance window", "as the runbook describes",
+          "if the previous attempt failed", "once legal has signed off"]
+
+
+@dataclass(frozen=True)
+class Doc:
+    """A generated document."""
+
+    title: str
+    content: str
+
+
+def _sentence(rng: random.Random) -> str:
+    words = [rng.choice(["The", "Each", "Our", "Every", "A"]), rng.choice(_ADJECTIVES),
+             rng.choice(_NOUNS), rng.choice(_VERBS), "the", rng.choice(_ADJECTIVES),
+             rng.choice(_NOUNS)]
+    if rng.random() < 0.6:
+        words.append(rng.choice(_TAILS))
+    if rng.random() < 0.3:
+        words += ["and", rng.choice(_VERBS), "its", rng.choice(_NOUNS), "again"]
+    return " ".join(words) + rng.choice([".", ".", ".", "!", "?"])
+
+
+def make_documents(n: int, *, seed: int, paragraphs: tuple[int, int] = (1, 14)) -> list[Doc]:
+    """n markdown documents of paragraphs[0]-paragraphs[1] paragraphs of 3-7 sentences.
+
+    The default, 1-14, makes 1-6 chunks of all-MiniLM-L6-v2 (254 tokens).
+    Deterministic for a seed: the same texts every run.
+    """
+    rng = random.Random(seed)
+    docs = []
+    for i in range(n):
+        topic = rng.choice(_TOPICS)
+        subject = f"{rng.choice(_ADJECTIVES)} {rng.choice(_NOUNS)}"
+        title = f"{topic.capitalize()} notes {i}: the {subject}"
+        parts = []
+        for p in range(rng.randint(*paragraphs)):
+            if p and rng.random() < 0.25:
+                parts.append(f"## {rng.choice(_ADJECTIVES).capitalize()} {rng.choice(_NOUNS)}s")
+            parts.append(" ".join(_sentence(rng) for _ in range(rng.randint(3, 7))))
+        docs.append(Doc(title=title, content="\n\n".join(parts)))
+    return docs
+
+
+def embed_texts(embedder: Embedder, doc: Doc) -> list[str]:
+    """The texts the worker gives the model for doc: the same chunk_document call."""
+    chunks = chunk_document(doc.title, doc.content, max_tokens=embedder.max_tokens,
+                            count_tokens=embedder.count_tokens,
+                            split_tokens=embedder.split_tokens)
+    return [c.embed_text for c in chunks]
+
+
+def bench_user(conn: Conn, name: str) -> User:
+    """The user owning a benchmark's documents (created if missing), committed."""
+    user = add_user(conn, f"{name}@bench.local", team="bench")
+    conn.commit()
+    return user
+
+
+def insert_documents(conn: Conn, user: User, docs: Sequence[Doc]) -> list[uuid.UUID]:
+    """Insert docs as user (role authenticated), in one transaction; their ids, in order."""
+    ids = [uuid.uuid4() for _ in docs]
+    with as_request(conn, user.claims()), conn.cursor() as cur:
+        cur.executemany(
+            "insert into public.documents (id, owner_id, team, visibility, title, content)"
+            " values (%s, %s, 'bench', 'team', %s, %s)",
+            [(i, user.id, d.title, d.content) for i, d in zip(ids, docs, strict=True)],
+        )
+    return ids
+
+
+def status_counts(conn: Conn, user: User) -> tuple[int, int]:
+    """(ready, failed) among user's documents."""
+    row = conn.execute(
+        "select count(*) filter (where embedding_status = 'ready') as ready,"
+        " count(*) filter (where embedding_status = 'failed') as failed"
+        " from public.documents where owner_id = %s", (user.id,)).fetchone()
+    assert row is not None
+    return int(row["ready"]), int(row["failed"])
+
+
+def remove_users(conn: Conn, users: Sequence[User]) -> None:
+    """Remove the benchmark's users from a given database, and so their documents and chunks."""
+    conn.execute("delete from auth.users where id = any(%s)", ([u.id for u in users],))
+
+
+def check_queue_empty(conn: Conn) -> None:
+    """BenchError if jobs are queued: the worker would embed them too and skew the figures."""
+    row = conn.execute("select count(*) as n from suparag_private.embedding_jobs"
+                       " where status = 'queued'").fetchone()
+    if row and row["n"]:
+        raise BenchError(f"that database has {row['n']} queued embedding jobs: drain them "
+                         "first (`suparag worker --once --db-url ...`) so the worker under "
+                         "test embeds only the benchmark's documents")
+
+
+# -- the worker under test -------------------------------------------------------------------
+
+class RunningWorker:
+    """The embedding worker being measured, from start to stop.
+
+    By default the real `suparag worker` command in a process of its own
+    (what an operator runs); in_process runs an EmbeddingService on a thread
+    of this process instead, sharing this process's loaded model.
+    """
+
+    def __init__(self, db_url: str, embedder: Embedder, *, batch_size: int,
+                 in_process: bool) -> None:
+        self.db_url, self.embedder = db_url, embedder
+        self.batch_size, self.in_process = batch_size, in_process
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
+        self._service: EmbeddingService | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def description(self) -> str:
+        if self.in_process:
+            return f"EmbeddingService on a thread of this process, batch size {self.batch_size}"
+        return f"`suparag worker --batch-size {self.batch_size}` in its own process"
+
+    def __enter__(self) -> RunningWorker:
+        if self.in_process:
+            self._service = EmbeddingService(
+                self.db_url, self.embedder, config=WorkerConfig(batch_size=self.batch_size),
+                service=ServiceConfig())
+            self._thread = threading.Thread(target=self._service.run, name="bench-worker",
+                                            daemon=True)
+            self._thread.start()
+            return self
+        env = dict(os.environ)
+        # The model the bench loaded, whatever SUPARAG_* or .env say.
+        env.update(SUPARAG_EMBEDDING_PROVIDER="sentence-transformers",
+                   SUPARAG_EMBEDDING_MODEL=self.embedder.name)
+        self._log = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", "from cli.main import main; main()", "worker",
+             "--batch-size", str(self.batch_size), "--db-url", self.db_url],
+            env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
+        return self
+
+    def check(self) -> None:
+        """Raise BenchError if the worker has stopped by itself."""
+        if self._proc is not None and self._proc.poll() is not None:
+            raise BenchError(f"the worker exited with code {self._proc.returncode}:\n"
+                             f"{self._log_tail()}")
+        if self._thread is not None and not self._thread.is_alive():
+            raise BenchError("the in-process worker stopped; see the log above")
+
+    def _log_tail(self, lines: int = 15) -> str:
+        if self._log is None:
+            return ""
+        self._log.seek(0)
+        text = self._log.read().decode(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def __exit__(self, *exc: object) -> None:
+        if self._service is not None and self._thread is not None:
+            self._service.stop()
+            self._thread.join(timeout=60)
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.send_signal(signal.SIGTERM)
+                try:
+                    self._proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
+                    self._proc.wait()
+            self._log.close()
+
+
+def wait_until(done: Callable[[], bool], *, worker: RunningWorker, timeout: float,
+               interval: float, what: str) -> None:
+    """Poll done() every interval seconds; BenchError on timeout or a dead worker."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        worker.check()
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def warm_up(conn: Conn, worker: RunningWorker, user: User, *, docs: int) -> None:
+    """Have the worker load its model and embed a few batches, then let it go idle.
+
+    Afterwards the worker waits on LISTEN with nothing to do, as a deployed
+    worker does between changes.
+    """
+    err_console.print("warming up the worker (model load, first batches)…")
+    insert_documents(conn, user, make_documents(docs, seed=999, paragraphs=(1, 4)))
+
+    def all_ready() -> bool:
+        ready, failed = status_counts(conn, user)
+        if failed:
+            raise BenchError(f"{failed} warm-up documents failed to embed")
+        return ready == docs
+
+    wait_until(all_ready, worker=worker, timeout=300, interval=0.05, what="the warm-up")
+    time.sleep(1.0)  # idle: any leftover wake-up has been handled
+    worker.check()

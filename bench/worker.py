@@ -1,0 +1,200 @@
+"""The embedding worker's throughput against the bare model's, on the same chunks.
+
+    python -m bench.worker [--docs 200] [--batch-size 16] [--in-process] [--db-url URL] [--json]
+
+1. Bare model: the N documents are chunked exactly as the worker chunks them
+   (chunk_document with the model's tokenizer), grouped as the worker's
+   claims group them (batch-size documents, in insert order, texts
+   deduplicated per batch), and each group goes to embedder.embed, the call
+   the worker makes. Timed over those calls only, after a warm-up call:
+   chunks per second. The even-numbered batches run before step 2 and the
+   odd-numbered ones after it, so a change in the machine's background load
+   during the run weighs on both sides alike.
+2. End to end: the worker (by default the real `suparag worker` in its own
+   process) is started, warmed up (model loaded, a few batches embedded) and
+   left idle on LISTEN. All N documents are inserted as a user in one
+   transaction; the clock runs from the COMMIT's return until every one of
+   them is `ready`, polled every 20 ms: chunks per second.
+
+The ratio end-to-end / bare is what the worker costs over the model
+(claims, chunking, reads, write-back, index updates, wake-up). Goal: >= 0.85.
+Both sides use torch's default thread count (all cores) and the same texts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from bench._common import (
+    BenchError,
+    RunningWorker,
+    bench_database,
+    bench_user,
+    check_queue_empty,
+    embed_texts,
+    err_console,
+    insert_documents,
+    machine,
+    make_documents,
+    print_json,
+    progress,
+    remove_users,
+    status_counts,
+    wait_until,
+    warm_up,
+)
+from worker.db import connect
+from worker.embedders import Embedder, SentenceTransformerEmbedder
+
+GOAL_RATIO = 0.85
+POLL_SECONDS = 0.02
+
+
+def _torch_threads() -> int | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return int(torch.get_num_threads())
+
+
+def worker_batches(texts_per_doc: list[list[str]], batch_size: int) -> list[list[str]]:
+    """What each of the worker's model calls gets: a claim's texts, deduplicated."""
+    return [
+        list(dict.fromkeys(t for texts in texts_per_doc[i:i + batch_size] for t in texts))
+        for i in range(0, len(texts_per_doc), batch_size)
+    ]
+
+
+def time_model(embedder: Embedder, groups: list[list[str]], label: str) -> float:
+    """Seconds embedder.embed takes over groups, one call each."""
+    elapsed = 0.0
+    with progress() as bar:
+        task = bar.add_task(label, total=len(groups))
+        for group in groups:
+            started = time.perf_counter()
+            embedder.embed(group)
+            elapsed += time.perf_counter() - started
+            bar.advance(task)
+    return elapsed
+
+
+def run(*, docs: int = 200, batch_size: int = 16, in_process: bool = False,
+        db_url: str | None = None, seed: int = 7) -> dict[str, Any]:
+    """Measure both rates once; the figures as a dict (see print_report)."""
+    if docs < 1:
+        raise BenchError("--docs must be at least 1")
+    before = machine()
+    embedder = SentenceTransformerEmbedder()
+    corpus = make_documents(docs, seed=seed)
+    with bench_database(db_url) as url, connect(url, autocommit=True) as conn:
+        check_queue_empty(conn)
+        err_console.print(f"loading {embedder.name}…")
+        embedder.embed(["load the model"])
+        texts_per_doc = [embed_texts(embedder, d) for d in corpus]
+        chunks = sum(len(t) for t in texts_per_doc)
+        groups = worker_batches(texts_per_doc, batch_size)
+        embedder.embed(groups[0])  # warm-up: first-call allocations, not the model's speed
+        # The database is up and idle meanwhile, as it is for the worker between batches.
+        even = time_model(embedder, groups[0::2], "bare model, even batches")
+        warm, user = bench_user(conn, "bench-warm-up"), bench_user(conn, "bench-worker")
+        try:
+            with RunningWorker(url, embedder, batch_size=batch_size,
+                               in_process=in_process) as running:
+                warm_up(conn, running, warm, docs=min(batch_size, 4))
+                ids = insert_documents(conn, user, corpus)
+                started = time.perf_counter()
+                with progress() as bar:
+                    task = bar.add_task("end to end", total=docs)
+
+                    def all_ready() -> bool:
+                        ready, failed = status_counts(conn, user)
+                        if failed:
+                            raise BenchError(f"{failed} documents failed to embed")
+                        bar.update(task, completed=ready)
+                        return ready == docs
+
+                    wait_until(all_ready, worker=running, interval=POLL_SECONDS,
+                               timeout=max(300.0, 40 * even), what="the documents")
+                e2e_seconds = time.perf_counter() - started
+            row = conn.execute("select count(*) as n from public.document_chunks"
+                               " where document_id = any(%s)", (ids,)).fetchone()
+            stored = int(row["n"]) if row else 0
+            if stored != chunks:
+                raise BenchError(f"the worker stored {stored} chunks where the bare run embedded "
+                                 f"{chunks}: the two did not embed the same texts")
+            odd = time_model(embedder, groups[1::2], "bare model, odd batches")
+        finally:
+            if db_url is not None:
+                remove_users(conn, [warm, user])
+    bare_seconds = even + odd
+    model_rate, e2e_rate = chunks / bare_seconds, chunks / e2e_seconds
+    ratio = e2e_rate / model_rate
+    sizes = [len(t) for t in texts_per_doc]
+    return {
+        "bench": "worker",
+        "docs": docs,
+        "chunks": chunks,
+        "chunks_per_doc": {"min": min(sizes), "mean": chunks / docs, "max": max(sizes)},
+        "batch_size": batch_size,
+        "model": embedder.name,
+        "worker": running.description,
+        "database": "given --db-url" if db_url else "temporary embedded PostgreSQL",
+        "torch_threads": _torch_threads(),
+        "model_seconds": bare_seconds,
+        "model_chunks_per_s": model_rate,
+        "model_chunks_per_s_even_before": sum(map(len, groups[0::2])) / even,
+        "model_chunks_per_s_odd_after": sum(map(len, groups[1::2])) / odd if odd else None,
+        "end_to_end_seconds": e2e_seconds,
+        "end_to_end_chunks_per_s": e2e_rate,
+        "poll_ms": POLL_SECONDS * 1000,
+        "ratio": ratio,
+        "goal_ratio": GOAL_RATIO,
+        "pass": ratio >= GOAL_RATIO,
+        "machine_before": before,
+        "machine_after": machine(),
+    }
+
+
+def print_report(r: dict[str, Any]) -> None:
+    """The figures for people."""
+    per = r["chunks_per_doc"]
+    print(f"\n{r['docs']} documents, {r['chunks']} chunks ({per['min']}-{per['max']} per "
+          f"document, mean {per['mean']:.1f}), model {r['model']}, "
+          f"torch threads {r['torch_threads']}")
+    print(f"worker: {r['worker']}; database: {r['database']}")
+    after = r["model_chunks_per_s_odd_after"]
+    print(f"bare model   {r['model_chunks_per_s']:8.1f} chunks/s  ({r['model_seconds']:.2f} s; "
+          f"even batches before {r['model_chunks_per_s_even_before']:.1f}, odd after "
+          f"{'-' if after is None else f'{after:.1f}'})")
+    print(f"end to end   {r['end_to_end_chunks_per_s']:8.1f} chunks/s  "
+          f"({r['end_to_end_seconds']:.2f} s, commit to all ready, polled every "
+          f"{r['poll_ms']:.0f} ms)")
+    verdict = "PASS" if r["pass"] else "MISS"
+    print(f"ratio        {r['ratio']:8.3f}  (goal >= {r['goal_ratio']}: {verdict})")
+    print(f"load average before {r['machine_before']['load']}, after "
+          f"{r['machine_after']['load']} on {r['machine_after']['cpus']} cores")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--docs", type=int, default=200, help="documents to embed")
+    parser.add_argument("--batch-size", type=int, default=16,
+                        help="documents per worker batch (and per bare model call)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run the worker on a thread here instead of `suparag worker`")
+    parser.add_argument("--db-url", help="a database to use (default: a temporary server)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    result = run(docs=args.docs, batch_size=args.batch_size, in_process=args.in_process,
+                 db_url=args.db_url)
+    if args.json:
+        print_json(result)
+    else:
+        print_report(result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""`suparag bench`: the benchmarks in bench/, each printing figures measured in one run."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli._common import JsonOption, print_json
+
+app = typer.Typer(
+    help="Benchmarks: figures and ratios measured in one run, never pass/fail tests. Each "
+    "starts its own temporary embedded PostgreSQL unless given --db-url; progress goes to "
+    "stderr, so --json output is clean.",
+    no_args_is_help=True,
+)
+
+BenchDbUrl = Annotated[
+    str | None,
+    typer.Option("--db-url", help="A database to run in instead of a temporary embedded "
+                 "server (migrated if needed; the bench's documents are deleted afterwards).",
+                 show_default=False),
+]
+InProcess = Annotated[
+    bool,
+    typer.Option("--in-process", help="Run the worker on a thread of this process instead of "
+                 "the real `suparag worker` command in its own process."),
+]
+BatchSize = Annotated[
+    int, typer.Option(min=1, max=1024, help="Documents per worker batch (as `suparag worker "
+                      "--batch-size`).")
+]
+
+
+@app.command()
+def worker(
+    docs: Annotated[int, typer.Option(min=1, help="Documents to embed (1-6 chunks each).")] = 200,
+    batch_size: BatchSize = 16,
+    in_process: InProcess = False,
+    db_url: BenchDbUrl = None,
+    json_out: JsonOption = False,
+) -> None:
+    """The worker's end-to-end embedding rate against the bare model's. Goal: ratio >= 0.85.
+
+    Bare model: the same documents chunked as the worker chunks them, in the
+    worker's batches, through the same embed call. End to end: a warm, idle
+    worker; all documents inserted in one transaction; the clock runs from
+    the commit until every document is ready.
+    """
+    from bench import worker as bench_worker
+
+    result = bench_worker.run(docs=docs, batch_size=batch_size, in_process=in_process,
+                              db_url=db_url)
+    if json_out:
+        print_json(result)
+    else:
+        bench_worker.print_report(result)
+
+
+@app.command()
+def freshness(
+    n: Annotated[int, typer.Option("--n", min=1, help="Documents to insert.")] = 40,
+    rate: Annotated[
+        float, typer.Option(min=0.01, help="Inserts per second, each its own transaction.")
+    ] = 2.0,
+    max_paragraphs: Annotated[
+        int, typer.Option(min=1, help="Each document has 1 to this many paragraphs of 3-7 "
+                          "sentences; 3 makes notes of one or two chunks, 14 up to six.")
+    ] = 3,
+    batch_size: BatchSize = 16,
+    in_process: InProcess = False,
+    db_url: BenchDbUrl = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Commit-to-embedded latency of single inserts at a steady rate. Goal: p95 <= 500 ms.
+
+    Measured by the client (commit return to the first 5 ms poll that sees
+    the document ready) and by the database's own clock (embedded_at -
+    created_at), next to the model's own time for the same texts; p50, p95
+    and max of each.
+    """
+    from bench import freshness as bench_freshness
+
+    result = bench_freshness.run(n=n, rate=rate, max_paragraphs=max_paragraphs,
+                                 batch_size=batch_size, in_process=in_process, db_url=db_url)
+    if json_out:
+        print_json(result)
+    else:
+        bench_freshness.print_report(result)
+
+
+@app.command()
+def search(
+    chunks: Annotated[
+        int, typer.Option(min=10, help="Chunks to load (random 384-dim vectors, 10 per "
+                          "document).")
+    ] = 100_000,
+    queries: Annotated[int, typer.Option(min=1, help="Queries per caller.")] = 200,
+    db_url: Annotated[
+        str | None,
+        typer.Option("--db-url", help="An empty database to load the corpus into (it stays "
+                     "there) instead of a temporary embedded server.", show_default=False),
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Search latency and recall@10 under RLS, for a reader of 99% and a reader of 1%.
+
+    Times match_documents and hybrid_search as each user (role authenticated
+    with JWT claims, as PostgREST runs them) and compares match_documents'
+    rows with an exact scan of the same caller's rows. Give --db-url an
+    empty database: the bench rebuilds the chunk index.
+    """
+    from bench import search as bench_search
+
+    result = bench_search.run(chunks=chunks, queries=queries, db_url=db_url)
+    if json_out:
+        print_json(result)
+    else:
+        bench_search.print_report(result)

@@ -1,0 +1,104 @@
+"""`suparag bench ...` end to end at tiny sizes: the JSON carries the figures, and they add up.
+
+No timing thresholds: a benchmark's figures are reported, never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from worker.db import connect
+
+SUPARAG = str(Path(sys.executable).parent / "suparag")
+
+
+def bench(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SUPARAG_")}
+    env["COLUMNS"] = "200"  # one error line, unwrapped
+    result = subprocess.run([SUPARAG, "bench", *args], env=env, text=True,
+                            capture_output=True, timeout=600)
+    assert "Traceback" not in result.stderr, result.stderr
+    if check:
+        assert result.returncode == 0, result.stderr + result.stdout
+    return result
+
+
+def bench_json(*args: str) -> dict[str, Any]:
+    data = json.loads(bench(*args, "--json").stdout)  # stdout is JSON only: progress is on stderr
+    assert isinstance(data, dict)
+    return data
+
+
+def assert_summary(figures: dict[str, float]) -> None:
+    assert set(figures) >= {"p50", "p95", "max", "mean"}
+    assert 0 < figures["p50"] <= figures["p95"] <= figures["max"]
+
+
+def leftovers(db_url: str) -> dict[str, int]:
+    with connect(db_url) as conn:
+        row = conn.execute(
+            "select (select count(*) from auth.users where email like '%%@bench.local') as users,"
+            " (select count(*) from public.documents) as docs,"
+            " (select count(*) from public.document_chunks) as chunks,"
+            " (select count(*) from suparag_private.embedding_jobs) as jobs").fetchone()
+    assert row is not None
+    return dict(row)
+
+
+def test_bench_worker(db_url):
+    """The real `suparag worker` embeds the same chunks the bare model did; figures add up."""
+    r = bench_json("worker", "--docs", "3", "--batch-size", "2", "--db-url", db_url)
+    assert r["bench"] == "worker" and r["docs"] == 3 and r["batch_size"] == 2
+    assert "suparag worker --batch-size 2" in r["worker"] and "own process" in r["worker"]
+    per = r["chunks_per_doc"]
+    assert 1 <= per["min"] <= per["mean"] <= per["max"] and r["chunks"] == per["mean"] * 3
+    assert r["model_seconds"] > 0 and r["end_to_end_seconds"] > 0
+    # Two worker batches: one timed before the end-to-end run, one after.
+    assert r["model_chunks_per_s_even_before"] > 0 and r["model_chunks_per_s_odd_after"] > 0
+    assert r["model_chunks_per_s"] == pytest.approx(r["chunks"] / r["model_seconds"])
+    assert r["end_to_end_chunks_per_s"] == pytest.approx(r["chunks"] / r["end_to_end_seconds"])
+    assert r["ratio"] == pytest.approx(r["end_to_end_chunks_per_s"] / r["model_chunks_per_s"])
+    assert r["goal_ratio"] == 0.85 and r["pass"] == (r["ratio"] >= 0.85)
+    assert r["torch_threads"] >= 1 and r["machine_after"]["cpus"] >= 1
+    # A given database is left as it was: the bench users, documents and chunks are gone.
+    assert leftovers(db_url) == {"users": 0, "docs": 0, "chunks": 0, "jobs": 0}
+
+
+def test_bench_freshness(db_url):
+    r = bench_json("freshness", "--n", "3", "--rate", "4", "--max-paragraphs", "1",
+                   "--in-process", "--db-url", db_url)
+    assert r["bench"] == "freshness" and r["n"] == 3 and r["rate_per_s"] == 4
+    assert "thread of this process" in r["worker"]
+    assert r["chunks_per_doc"]["max"] == 1  # one short paragraph is one chunk
+    for key in ("commit_to_ready_ms", "db_created_to_embedded_ms", "model_alone_ms"):
+        assert_summary(r[key])
+    assert set(r["pipeline_ms"]) == {"p50", "p95", "max", "mean"}
+    assert r["goal_p95_ms"] == 500 and r["pass"] == (r["commit_to_ready_ms"]["p95"] <= 500)
+    assert leftovers(db_url) == {"users": 0, "docs": 0, "chunks": 0, "jobs": 0}
+
+
+def test_bench_search_on_its_own_server():
+    """Without --db-url the bench starts (and removes) a temporary server."""
+    r = bench_json("search", "--chunks", "200", "--queries", "3")
+    assert r["chunks"] == 200 and r["k"] == 10 and r["queries"] == 3 and r["index_build_s"] > 0
+    assert [c["caller"] for c in r["results"]] == ["all rows (99%)", "1% reader"]
+    for caller in r["results"]:
+        # Both readers are small enough for match_documents' exact branch: full, exact results.
+        assert caller["recall_at_10"] == 1.0 and caller["mean_rows_returned"] == 10.0
+        assert 0 < caller["match_p50_ms"] <= caller["match_p95_ms"]
+        assert 0 < caller["hybrid_p50_ms"] <= caller["hybrid_p95_ms"]
+
+
+def test_bench_refuses_a_busy_queue(conn, world, db_url):
+    """Queued jobs would be embedded too and skew the figures: a one-line error, exit 1."""
+    result = bench("worker", "--docs", "2", "--db-url", db_url, check=False)
+    assert result.returncode == 1
+    assert "queued embedding jobs" in result.stderr and "suparag worker --once" in result.stderr
+    assert result.stdout == ""
