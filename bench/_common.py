@@ -12,7 +12,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from worker.db import as_request, connect
 from worker.embedders import Embedder
 from worker.embedding import WorkerConfig
 from worker.errors import SuparagError
-from worker.local.postgres import LocalPostgres
+from worker.local.postgres import LocalPostgres, free_port
 from worker.runner import EmbeddingService, ServiceConfig
 from worker.users import User, add_user
 
@@ -81,31 +80,6 @@ def progress() -> Progress:
 
 
 # -- a database ------------------------------------------------------------------------------
-
-def free_port() -> int:
-    """A free port below the kernel's ephemeral range.
-
-    A port from bind(0) is ephemeral: an outgoing connection may take it as
-    its source port before the server binds it (see tests/conftest.py).
-    """
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(20000, max(20001, min(low, 32000)))
-        with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 @contextmanager
 def bench_database(db_url: str | None, *,

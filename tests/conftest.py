@@ -8,11 +8,8 @@ see each other's rows and run in any order.
 from __future__ import annotations
 
 import itertools
-import random
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -20,31 +17,11 @@ import pytest
 
 from worker import migrations
 from worker.db import connect
-from worker.local.postgres import LocalPostgres, ServerStatus
+from worker.local.postgres import LocalPostgres, ServerStatus, free_port
 from worker.users import User, add_user
 
 TEMPLATE = "suparag_template"
 _counter = itertools.count()
-
-
-def free_port() -> int:
-    """A free port below the kernel's ephemeral range.
-
-    A port from bind(0) is ephemeral: an outgoing connection (the tests make
-    many) may take it as its source port before the server binds it.
-    """
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(20000, min(low, 32000))
-        with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port below the ephemeral range")
 
 
 def database_url(server: ServerStatus, name: str) -> str:

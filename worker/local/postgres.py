@@ -14,6 +14,7 @@ import errno
 import importlib.util
 import os
 import pwd
+import random
 import socket
 import stat
 import subprocess
@@ -254,3 +255,29 @@ class LocalPostgres:
         except FileNotFoundError:
             return ""
         return f"last lines of {self.log_path}:\n" + "\n".join(tail)
+
+
+def free_port() -> int:
+    """A free local TCP port below the kernel's ephemeral range (for tests and benches).
+
+    A port from bind(0) is ephemeral: an outgoing connection (tests and
+    benches make many) may take it as its source port before the server
+    binds it.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, max(20001, min(low, 32000)))
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
