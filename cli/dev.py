@@ -1,4 +1,4 @@
-"""`suparag dev`: the local database (and, later, the API and workers)."""
+"""`suparag dev`: the local database and the Supabase-compatible API (later, the workers)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,16 @@ from typing import Annotated
 
 import typer
 
-from cli._common import JsonOption, console, print_json
+from cli._common import JsonOption, console, err_console, print_json
 from worker import migrations
 from worker.db import connect
 from worker.local import stack
-from worker.settings import get_settings
+from worker.settings import Settings, get_settings
 
 app = typer.Typer(
     help="Run the local stack: an embedded PostgreSQL with pgvector that looks like a "
-    "Supabase project, with suparag's migrations applied.",
+    "Supabase project, with suparag's migrations applied, and an API on one port that "
+    "the official Supabase clients use (/rest/v1, /auth/v1).",
     no_args_is_help=False,
 )
 
@@ -22,30 +23,54 @@ PortOption = Annotated[
     int | None,
     typer.Option(
         "--db-port",
-        help="Port for the local PostgreSQL [default: SUPARAG_DB_PORT or 54322].",
+        help="Port for the local PostgreSQL \\[default: SUPARAG_DB_PORT or 54322].",
     ),
+]
+ApiPortOption = Annotated[
+    int | None,
+    typer.Option(
+        "--api-port",
+        help="Port for the local API \\[default: SUPARAG_API_PORT, else one below the DB "
+        "port: 54321].",
+    ),
+]
+NoApiOption = Annotated[
+    bool, typer.Option("--no-api", help="Start only the database, not the HTTP API.")
 ]
 
 
-@app.callback(invoke_without_command=True)
-def dev(ctx: typer.Context, db_port: PortOption = None, json_out: JsonOption = False) -> None:
-    """Start the local database (or reuse it), apply pending migrations, print its URL.
+def _keys_info(settings: Settings) -> dict[str, str]:
+    keys = stack.project_keys(settings)
+    return {"anon_key": keys.anon_key, "service_role_key": keys.service_role_key,
+            "jwt_secret": keys.jwt_secret}
 
-    Data lives in SUPARAG_HOME (default ./.suparag); running it again reuses it.
-    The server keeps running in the background until `suparag dev stop`.
+
+@app.callback(invoke_without_command=True)
+def dev(ctx: typer.Context, db_port: PortOption = None, api_port: ApiPortOption = None,
+        no_api: NoApiOption = False, json_out: JsonOption = False) -> None:
+    """Start the local database and API (or reuse them), apply pending migrations.
+
+    Returns once both are up and prints the DB URL, the API URL and its keys.
+    Data, keys (keys.json) and logs live in SUPARAG_HOME (default ./.suparag);
+    running it again reuses them. Both keep running in the background until
+    `suparag dev stop`.
     """
     if ctx.invoked_subcommand is not None:
         return
     settings = get_settings()
-    with console.status("Starting the local database…", spinner="dots"):
-        started = stack.start(settings, port=db_port)
+    with err_console.status("Starting the local database and API…", spinner="dots"):
+        started = stack.start(settings, port=db_port, api_port=api_port, api=not no_api)
     if json_out:
-        print_json({
+        info: dict[str, object] = {
             "db_url": started.server.url,
             "pid": started.server.pid,
             "reused": started.reused,
             "applied": [m.path.name for m in started.applied],
-        })
+        }
+        if started.api is not None:
+            info.update(api_url=started.api.url, api_pid=started.api.pid,
+                        api_reused=started.api_reused, **_keys_info(settings))
+        print_json(info)
         return
     verb = "Reusing" if started.reused else "Started"
     if db_port is not None and db_port != started.server.port:
@@ -57,20 +82,38 @@ def dev(ctx: typer.Context, db_port: PortOption = None, json_out: JsonOption = F
     for migration in started.applied:
         console.print(f"  applied [green]{migration.path.name}[/green]")
     console.print(f"\nDB URL: [bold]{started.server.url}[/bold]")
+    if started.api is not None and started.keys is not None:
+        if api_port is not None and api_port != started.api.port:
+            console.print(
+                f"[yellow]note:[/yellow] the API already runs on port {started.api.port}; "
+                f"run `suparag dev stop` first to move it to {api_port}."
+            )
+        console.print(f"API URL: [bold]{started.api.url}[/bold]")
+        console.print(f"anon key: {started.keys.anon_key}", soft_wrap=True)
+        console.print(f"service_role key: {started.keys.service_role_key}", soft_wrap=True)
     console.print("Stop it with `suparag dev stop`.")
 
 
 @app.command()
 def status(json_out: JsonOption = False) -> None:
-    """Show whether the local database runs, its URL, and its migrations."""
+    """Show whether the local database and API run: URLs, keys, migrations, logs.
+
+    Exits 1 when the database is not running.
+    """
     settings = get_settings()
     server = stack.local_server(settings)
     running = server.status()
+    api = stack.local_api(settings)
+    api_running = api.status()
     info: dict[str, object] = {
         "running": running is not None,
         "home": str(server.home),
         "log": str(server.log_path),
+        "api_running": api_running is not None,
+        "api_log": str(api.log_path),
     }
+    if api_running is not None:
+        info.update(api_url=api_running.url, api_pid=api_running.pid, **_keys_info(settings))
     if running is not None:
         info.update(db_url=running.url, pid=running.pid)
         with connect(running.url) as conn:
@@ -86,15 +129,27 @@ def status(json_out: JsonOption = False) -> None:
         console.print(f"DB URL: [bold]{running.url}[/bold]")
         console.print(f"Migrations: {info['applied']} applied, {info['pending']} pending")
         console.print(f"Logs: {server.log_path}")
+    if not json_out and api_running is None:
+        console.print("API: [yellow]stopped[/yellow] (start it with `suparag dev`).")
+    elif not json_out:
+        console.print(f"API: [green]running[/green] (pid {info['api_pid']})")
+        console.print(f"API URL: [bold]{info['api_url']}[/bold]")
+        console.print(f"anon key: {info['anon_key']}", soft_wrap=True)
+        console.print(f"service_role key: {info['service_role_key']}", soft_wrap=True)
+        console.print(f"JWT secret: {info['jwt_secret']}", soft_wrap=True)
+        console.print(f"API logs: {api.log_path}")
     if running is None:
         raise typer.Exit(code=1)
 
 
 @app.command()
 def stop() -> None:
-    """Stop the local database. Its data stays for the next `suparag dev`."""
+    """Stop the local API and database. Data and keys stay for the next `suparag dev`."""
     settings = get_settings()
-    if stack.local_server(settings).stop():
+    api_ran, db_ran = stack.stop(settings)
+    if api_ran:
+        console.print("Stopped the local API.")
+    if db_ran:
         console.print("Stopped the local database.")
     else:
         console.print("The local database was not running.")

@@ -8,14 +8,18 @@ from typing import Annotated
 import typer
 
 from cli import (
+    ask,
     bench,
     db,
     demo,
     dev,
+    export,
     ingest,
     jobs,
     search,
     status,
+    token,
+    usage,
     users,
     workers,
 )
@@ -38,7 +42,11 @@ app.add_typer(jobs.app, name="jobs")
 app.add_typer(bench.app, name="bench")
 app.command()(ingest.ingest)
 app.command()(search.search)
+app.command()(ask.ask)
+app.command()(usage.usage)
+app.add_typer(export.app, name="export")
 app.command()(status.status)
+app.command()(token.token)
 
 
 @app.command()

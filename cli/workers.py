@@ -1,9 +1,10 @@
-"""`suparag worker`: keep document_chunks in sync with documents."""
+"""`suparag worker`: keep document_chunks in sync with documents, and answer questions."""
 
 from __future__ import annotations
 
 import logging
 import signal
+from enum import StrEnum
 from types import FrameType
 from typing import Annotated
 
@@ -16,6 +17,13 @@ from worker.embedders import embedder_from_settings
 from worker.embedding import WorkerConfig
 from worker.runner import EmbeddingService, ServiceConfig
 from worker.settings import get_settings
+
+
+class Only(StrEnum):
+    """Which queue a worker serves."""
+
+    embeddings = "embeddings"
+    answers = "answers"
 
 
 def worker(
@@ -47,17 +55,26 @@ def worker(
         bool, typer.Option("--no-listen", help="Do not LISTEN (e.g. behind a transaction-mode "
                            "pooler); rely on HTTP wake-ups and the sweep.")
     ] = False,
+    only: Annotated[
+        Only | None,
+        typer.Option("--only", help="Serve one queue: `embeddings` (documents) or `answers` "
+                     "(questions). Default: both.", show_default=False),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every wake-up.")] = False,
     db_url: DbUrlOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Run the embedding worker: drain the queue, then embed changes as they are committed.
+    """Run the workers: embed documents and answer questions as they are committed.
 
     Wakes on LISTEN/NOTIFY, on HTTP POSTs (--http-port; what the pg_net trigger
-    calls) and on a sweep timer, so a lost wake-up delays nothing for long. Any
+    calls), on Supabase Realtime changes of the queue (when SUPABASE_URL and
+    SUPABASE_SERVICE_ROLE_KEY are set) and on a sweep timer, so a lost wake-up
+    delays nothing for long. Any
     number of workers may share one database. SIGTERM or Ctrl-C finishes the
     batch in hand and exits. The model comes from SUPARAG_EMBEDDING_PROVIDER /
-    SUPARAG_EMBEDDING_MODEL (default: the packaged all-MiniLM-L6-v2).
+    SUPARAG_EMBEDDING_MODEL (default: the packaged all-MiniLM-L6-v2). Questions
+    are answered as their askers, by SUPARAG_LLM_MODEL when set, else
+    extractively (quoted passages). Model calls are metered (`suparag usage`).
     """
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
@@ -65,14 +82,26 @@ def worker(
     )
     for noisy in ("httpx", "sentence_transformers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from worker.answering import AnswerConfig, AnswerWorker
+    from worker.llm import llm_from_settings
+    from worker.usage import MeteredEmbedder
+
     settings = get_settings()
     url = resolve_db_url(db_url)
+    embedder = embedder_from_settings(settings)
+    answers = None
+    if only != Only.embeddings:
+        answers = AnswerWorker(url, embedder, llm=llm_from_settings(settings),
+                               config=AnswerConfig(max_attempts=max_attempts,
+                                                   lease_seconds=lease))
     service = EmbeddingService(
-        url, embedder_from_settings(settings),
+        url, MeteredEmbedder(embedder, url, feature="embedding.documents"),
         config=WorkerConfig(batch_size=batch_size, max_attempts=max_attempts,
                             lease_seconds=lease),
         service=ServiceConfig(sweep_seconds=sweep, http_host=http_host, http_port=http_port,
-                              listen=not no_listen),
+                              listen=not no_listen, supabase_url=settings.supabase_url,
+                              supabase_key=settings.supabase_service_role_key),
+        answers=answers, embeddings=only != Only.answers,
     )
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -85,11 +114,17 @@ def worker(
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     totals = service.run(once=once)
+    answered = service.answer_totals
     if json_out:
-        print_json(vars(totals))
-    else:
+        print_json({**vars(totals),
+                    "answers": vars(answered) if answered is not None else None})
+        return
+    if only != Only.answers:
         err_console.print(
             f"Embedded {totals.embedded} documents ({totals.chunks_embedded} chunks embedded, "
             f"{totals.chunks_reused} reused); {totals.retrying} to retry, "
             f"{totals.failed} failed, {totals.superseded} superseded."
         )
+    if answered is not None:
+        err_console.print(f"Answered {answered.answered} questions; {answered.retrying} to "
+                          f"retry, {answered.failed} failed.")

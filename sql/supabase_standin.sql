@@ -121,3 +121,132 @@ begin
   end if;
 end
 $$;
+
+-- Realtime change capture (local only) -----------------------------------------
+-- Supabase Realtime decodes the WAL; here there is no decoder, so the local API's
+-- Realtime server (worker/api/realtime.py) attaches an AFTER ROW trigger to every
+-- table in the supabase_realtime publication (suparag_realtime.sync_triggers, on
+-- its start and on every join). The trigger writes the change to a table and
+-- notifies `suparag_realtime`; the server reads new rows by transaction id and
+-- prunes them. Rows, not notification payloads, carry the data, so a change of
+-- any size is delivered. Nothing is captured unless a server is running
+-- (suparag_realtime.consumers), so nothing piles up when no one listens.
+create schema if not exists suparag_realtime;
+revoke all on schema suparag_realtime from public, anon, authenticated, service_role;
+
+create table if not exists suparag_realtime.changes (
+  id bigint generated always as identity primary key,
+  -- Rows are read by transaction, not by id: ids are taken before commit, so a
+  -- reader that followed ids could step over a transaction still in flight.
+  xid xid8 not null default pg_catalog.pg_current_xact_id(),
+  schema_name text not null,
+  table_name text not null,
+  op text not null check (op in ('INSERT', 'UPDATE', 'DELETE')),
+  record jsonb,
+  -- What logical decoding would carry: the replica identity (primary key by
+  -- default, the whole row with `replica identity full`), {} when unchanged.
+  old_record jsonb,
+  captured_at timestamptz not null default now()
+);
+comment on table suparag_realtime.changes is
+  'Local stand-in for the WAL that Supabase Realtime decodes: row changes of tables in the supabase_realtime publication, kept until the local Realtime server has delivered them.';
+create index if not exists changes_xid_idx on suparag_realtime.changes (xid);
+alter table suparag_realtime.changes enable row level security;
+
+create table if not exists suparag_realtime.consumers (
+  id text primary key,
+  alive_until timestamptz not null
+);
+comment on table suparag_realtime.consumers is
+  'Running local Realtime servers; each renews alive_until while it runs. Changes are captured only while one is alive.';
+alter table suparag_realtime.consumers enable row level security;
+
+-- security definer: the writer (a user, through the API) may not write the
+-- capture table. UTC, so timestamps in records read as Realtime sends them.
+create or replace function suparag_realtime.capture() returns trigger
+language plpgsql security definer
+set search_path = ''
+set timezone = 'UTC'
+as $$
+declare
+  replident "char";
+  identity text[];
+  old_identity jsonb;
+begin
+  if not exists (select from suparag_realtime.consumers where alive_until > now()) then
+    return null;
+  end if;
+  if tg_op <> 'INSERT' then
+    select c.relreplident into replident from pg_catalog.pg_class c where c.oid = tg_relid;
+    if replident = 'f' then
+      old_identity := to_jsonb(old);
+    elsif replident = 'n' then
+      old_identity := '{}';
+    else
+      select coalesce(array_agg(a.attname::text), '{}') into identity
+        from pg_catalog.pg_index i
+        join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = any (i.indkey)
+       where i.indrelid = tg_relid
+         and case when replident = 'i' then i.indisreplident else i.indisprimary end;
+      select coalesce(jsonb_object_agg(o.key, o.value), '{}') into old_identity
+        from jsonb_each(to_jsonb(old)) o where o.key = any (identity);
+      -- Logical decoding sends the old key of an UPDATE only when the key changed.
+      if tg_op = 'UPDATE' and old_identity = (
+           select coalesce(jsonb_object_agg(n.key, n.value), '{}')
+             from jsonb_each(to_jsonb(new)) n where n.key = any (identity)) then
+        old_identity := '{}';
+      end if;
+    end if;
+  end if;
+  insert into suparag_realtime.changes (schema_name, table_name, op, record, old_record)
+  values (tg_table_schema, tg_table_name, tg_op,
+          case when tg_op <> 'DELETE' then to_jsonb(new) end, old_identity);
+  -- One payload per transaction, so PostgreSQL folds a bulk write into one wake-up.
+  perform pg_notify('suparag_realtime', pg_catalog.pg_current_xact_id()::text);
+  return null;
+end
+$$;
+comment on function suparag_realtime.capture() is
+  'AFTER ROW trigger on tables in the supabase_realtime publication: records the change for the local Realtime server.';
+revoke all on function suparag_realtime.capture() from public, anon, authenticated, service_role;
+
+create or replace function suparag_realtime.sync_triggers() returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  t record;
+begin
+  -- Two servers (or two joins) syncing at once must not race on create trigger.
+  perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('suparag_realtime.sync_triggers'));
+  for t in
+    select p.schemaname, p.tablename
+      from pg_catalog.pg_publication_tables p
+     where p.pubname = 'supabase_realtime' and p.schemaname <> 'suparag_realtime'
+       and not exists (
+         select from pg_catalog.pg_trigger g
+          where g.tgrelid = format('%I.%I', p.schemaname, p.tablename)::regclass
+            and g.tgname = 'suparag_realtime_capture')
+  loop
+    execute format('create trigger suparag_realtime_capture after insert or update or delete'
+                   ' on %I.%I for each row execute function suparag_realtime.capture()',
+                   t.schemaname, t.tablename);
+  end loop;
+  for t in
+    select n.nspname, c.relname
+      from pg_catalog.pg_trigger g
+      join pg_catalog.pg_class c on c.oid = g.tgrelid
+      join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+     where g.tgname = 'suparag_realtime_capture'
+       and not exists (
+         select from pg_catalog.pg_publication_tables p
+          where p.pubname = 'supabase_realtime'
+            and p.schemaname = n.nspname and p.tablename = c.relname)
+  loop
+    execute format('drop trigger suparag_realtime_capture on %I.%I', t.nspname, t.relname);
+  end loop;
+end
+$$;
+comment on function suparag_realtime.sync_triggers() is
+  'Attach the capture trigger to every table in the supabase_realtime publication, and detach it from tables that left.';
+revoke all on function suparag_realtime.sync_triggers() from public, anon, authenticated, service_role;

@@ -11,6 +11,8 @@ OUR_SCHEMAS = ("public", "suparag_private")
 SECURITY_DEFINER_REASONS = {
     "suparag_private.enqueue_embedding":
         "a trigger that writes the private queue on behalf of users who may not",
+    "suparag_private.enqueue_answer":
+        "a trigger that queues an answer job for a user's question; users may not write it",
 }
 
 

@@ -29,6 +29,10 @@ LANDED = {
         "fa5bd41fc7ac16d493e6479311c773212a140a8b4af74b517d722a02536e89bd",
     "20261121000400_suparag_document_source.sql":
         "1dbf94396a7659d136bd3ad9b4d87232e435baad650f1f8de68a897fa96173f1",
+    "20261121000500_suparag_questions.sql":
+        "f1d349933d484bb04c45429bef7f2bbaf6703d334950528729ce21b91896aec6",
+    "20261121000600_suparag_realtime_jobs.sql":
+        "8cedaa97d9eaeb4b1a5cee4bcd8dd3d58129def9c4496e7606739c4d42b07d18",
 }
 
 

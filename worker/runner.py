@@ -1,13 +1,20 @@
-"""The long-running embedding worker: drain, then wait for a wake-up or the sweep.
+"""The long-running worker: drain, then wait for a wake-up or the sweep.
+
+It runs the embedding worker and, when given one, the answer worker
+(worker.answering), each over its own queue; `embeddings=False` runs answers only.
 
 Wake-ups are hints and the queue is the truth. A worker drains the queue when
 it starts and whenever something wakes it:
 
-- LISTEN on `suparag_embedding_jobs`, which the enqueue trigger notifies in the
-  same transaction as the change (needs a direct or session-mode connection;
-  Supabase's transaction-mode pooler drops LISTEN);
+- LISTEN on `suparag_embedding_jobs` (and `suparag_answer_jobs` for answers),
+  which the enqueue triggers notify in the same transaction as the change
+  (needs a direct or session-mode connection; Supabase's transaction-mode
+  pooler drops LISTEN);
 - an HTTP POST to its wake endpoint, which the pg_net trigger calls on hosted
   Supabase when `suparag_private.settings.worker_url` is set;
+- with SUPABASE_URL and the service_role key, Supabase Realtime
+  `postgres_changes` (INSERT, UPDATE) on `suparag_private.embedding_jobs`, which
+  needs neither a direct connection nor an address the database can reach;
 - its sweep timer, shortened to the moment the next backed-off job or expired
   lease falls due, so nothing waits on a wake-up that was lost.
 
@@ -18,6 +25,8 @@ Stopping (SIGTERM, Ctrl-C) lets the batch in hand finish and write back.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -26,14 +35,18 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg import sql
 
 from worker.db import connect, redact
 from worker.embedders import Embedder
 from worker.embedding import BatchResult, EmbeddingWorker, WorkerConfig
 from worker.errors import ConfigError
+
+if TYPE_CHECKING:
+    from worker.answering import AnswerResult, AnswerWorker
 
 log = logging.getLogger("suparag.worker")
 
@@ -64,9 +77,11 @@ class Wakeups:
 class _Listener(threading.Thread):
     """LISTEN on its own autocommit connection; reconnects with backoff."""
 
-    def __init__(self, db_url: str, wakeups: Wakeups, stopping: threading.Event) -> None:
+    def __init__(self, db_url: str, wakeups: Wakeups, stopping: threading.Event,
+                 channels: tuple[str, ...] = (CHANNEL,)) -> None:
         super().__init__(name="suparag-listen", daemon=True)
         self.db_url, self.wakeups, self.stopping = db_url, wakeups, stopping
+        self.channels = channels
         self.listening = threading.Event()
 
     def run(self) -> None:
@@ -74,7 +89,8 @@ class _Listener(threading.Thread):
         while not self.stopping.is_set():
             try:
                 with connect(self.db_url, autocommit=True) as conn:
-                    conn.execute(f"listen {CHANNEL}")
+                    for channel in self.channels:
+                        conn.execute(sql.SQL("listen {}").format(sql.Identifier(channel)))
                     self.listening.set()
                     # Anything queued while we were not listening is found now.
                     self.wakeups.wake("listen-start")
@@ -87,6 +103,82 @@ class _Listener(threading.Thread):
                 log.warning("LISTEN connection lost (%s); retrying in %.0f s", exc, delay)
                 self.stopping.wait(delay)
                 delay = min(delay * 2, 30.0)
+
+
+class _RealtimeWaker(threading.Thread):
+    """Supabase Realtime postgres_changes on the embedding queue; reconnects with backoff.
+
+    An event is only a hint (its payload is ignored): the worker drains the queue.
+    """
+
+    TOPIC = "suparag-embedding-jobs"
+
+    def __init__(self, url: str, key: str, wakeups: Wakeups, stopping: threading.Event) -> None:
+        super().__init__(name="suparag-realtime", daemon=True)
+        self.url, self.key = url.rstrip("/"), key
+        self.wakeups, self.stopping = wakeups, stopping
+        self.subscribed = threading.Event()
+
+    def run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        delay = 1.0
+        while not self.stopping.is_set():
+            if await self._session():
+                delay = 1.0
+            if self.stopping.is_set():
+                return
+            log.warning("Realtime wake-ups lost; resubscribing in %.0f s", delay)
+            deadline = time.monotonic() + delay
+            while time.monotonic() < deadline and not self.stopping.is_set():
+                await asyncio.sleep(0.2)
+            delay = min(delay * 2, 30.0)
+
+    async def _session(self) -> bool:
+        """Subscribe and wake on every event until the connection is lost or we stop.
+
+        Returns whether the subscription was made (so the backoff starts over).
+        """
+        from realtime import (
+            AsyncRealtimeClient,
+            RealtimePostgresChangesListenEvent,
+            RealtimeSubscribeStates,
+        )
+
+        client = AsyncRealtimeClient(f"{self.url}/realtime/v1", token=self.key,
+                                     auto_reconnect=False, max_retries=1)
+        lost = asyncio.Event()
+        subscribed = False
+
+        def on_state(state: RealtimeSubscribeStates, error: Exception | None) -> None:
+            nonlocal subscribed
+            if state == RealtimeSubscribeStates.SUBSCRIBED:
+                subscribed = True
+                self.subscribed.set()
+                # Anything queued while we were not subscribed is found now.
+                self.wakeups.wake("realtime-start")
+            else:
+                log.warning("Realtime subscription %s (%s)", state.value.lower(), error)
+                lost.set()
+
+        try:
+            channel = client.channel(self.TOPIC)
+            for event in (RealtimePostgresChangesListenEvent.Insert,
+                          RealtimePostgresChangesListenEvent.Update):
+                channel.on_postgres_changes(
+                    event, callback=lambda _payload: self.wakeups.wake("realtime"),
+                    schema="suparag_private", table="embedding_jobs")
+            await channel.subscribe(on_state)
+            while not (self.stopping.is_set() or lost.is_set()) and client.is_connected:
+                await asyncio.sleep(0.2)
+        except Exception as exc:  # any failure to reach Realtime: retry, never crash
+            log.warning("Realtime unavailable at %s (%s)", self.url, exc)
+        finally:
+            self.subscribed.clear()
+            with contextlib.suppress(Exception):  # already closed or never connected
+                await client.close()
+        return subscribed
 
 
 class _WakeHandler(BaseHTTPRequestHandler):
@@ -134,17 +226,30 @@ class ServiceConfig:
     http_host: str = "127.0.0.1"
     http_port: int | None = None  # None: no HTTP endpoint; 0: any free port
     listen: bool = True
+    # Both set: also wake on Supabase Realtime postgres_changes of the embedding queue.
+    supabase_url: str | None = None
+    supabase_key: str | None = None
 
 
 class EmbeddingService:
-    """Runs an EmbeddingWorker until stopped, woken by LISTEN, HTTP or the sweep."""
+    """Runs an EmbeddingWorker (and an AnswerWorker, if given) until stopped.
+
+    Woken by LISTEN, HTTP or the sweep. `embeddings=False` runs answers only.
+    """
 
     def __init__(self, db_url: str, embedder: Embedder, *,
                  config: WorkerConfig | None = None,
                  service: ServiceConfig | None = None,
-                 on_batch: Callable[[BatchResult], None] | None = None) -> None:
+                 on_batch: Callable[[BatchResult], None] | None = None,
+                 answers: AnswerWorker | None = None,
+                 embeddings: bool = True) -> None:
+        if not embeddings and answers is None:
+            raise ConfigError("nothing to run: enable embeddings or give an answer worker")
         self.db_url = db_url
         self.worker = EmbeddingWorker(db_url, embedder, config=config)
+        self.answers = answers
+        self.embeddings = embeddings
+        self.answer_totals: AnswerResult | None = None
         self.service = service or ServiceConfig()
         self.on_batch = on_batch
         self.wakeups = Wakeups()
@@ -154,6 +259,7 @@ class EmbeddingService:
         self.last_batch_at: float | None = None
         self._listener: _Listener | None = None
         self._http: _WakeServer | None = None
+        self._realtime: _RealtimeWaker | None = None
 
     # -- control --------------------------------------------------------------------------
 
@@ -175,9 +281,11 @@ class EmbeddingService:
             "worker_id": self.worker.config.worker_id,
             "model": self.worker.embedder.name,
             "listening": self._listener is not None and self._listener.listening.is_set(),
+            "realtime": self._realtime is not None and self._realtime.subscribed.is_set(),
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "last_batch_at": self.last_batch_at,
             "totals": vars(self.totals),
+            "answers": vars(self.answer_totals) if self.answer_totals is not None else None,
             "wakeups": dict(self.wakeups.counts),
         }
 
@@ -185,8 +293,9 @@ class EmbeddingService:
 
     def run(self, *, once: bool = False) -> BatchResult:
         """Drain the backlog; unless once, keep draining on every wake-up until stopped."""
-        log.info("embedding worker %s on %s with %s", self.worker.config.worker_id,
-                 redact(self.db_url), self.worker.embedder.name)
+        log.info("worker %s on %s with %s (%s)", self.worker.config.worker_id,
+                 redact(self.db_url), self.worker.embedder.name,
+                 " and ".join(self._queues()))
         try:
             if not once:
                 self._start_wakeups()  # first, so nothing committed during the drain is missed
@@ -210,21 +319,52 @@ class EmbeddingService:
                 self.on_batch(batch)
 
         try:
-            self.worker.drain(on_batch=batch_done, should_stop=self.stopping.is_set)
+            if self.embeddings:
+                self.worker.drain(on_batch=batch_done, should_stop=self.stopping.is_set)
+            if self.answers is not None:
+                self._drain_answers()
         except psycopg.OperationalError as exc:
             # The database went away: keep running; the sweep retries the drain.
             log.warning("database unavailable (%s); retrying at the next sweep", exc)
             self.worker.close()
+            if self.answers is not None:
+                self.answers.close()
+
+    def _drain_answers(self) -> None:
+        from worker.answering import AnswerResult
+
+        assert self.answers is not None
+        if self.answer_totals is None:
+            self.answer_totals = AnswerResult()
+        totals = self.answer_totals
+
+        def batch_done(batch: AnswerResult) -> None:
+            self.last_batch_at = time.time()
+            totals.add(batch)
+            log.info("answers: %d answered, %d retrying, %d failed", batch.answered,
+                     batch.retrying, batch.failed)
+
+        self.answers.drain(on_batch=batch_done, should_stop=self.stopping.is_set)
+
+    def _queues(self) -> list[str]:
+        return (["embeddings"] if self.embeddings else []) + \
+            (["answers"] if self.answers is not None else [])
 
     def _seconds_until_due(self) -> float:
         """Sleep until the next sweep, or sooner if a waiting job falls due first."""
         sweep = self.service.sweep_seconds
+        tables = (["embedding_jobs"] if self.embeddings else []) + \
+            (["answer_jobs"] if self.answers is not None else [])
+        due = sql.SQL(" union all ").join(
+            sql.SQL("select run_after, leased_until from suparag_private.{}"
+                    " where status = 'queued'").format(sql.Identifier(t))
+            for t in tables)
         try:
             with self.worker.conn.transaction():
                 row = self.worker.conn.execute(
-                    "select extract(epoch from min(greatest(run_after,"
-                    " coalesce(leased_until, run_after))) - now()) as wait"
-                    " from suparag_private.embedding_jobs where status = 'queued'"
+                    sql.SQL("select extract(epoch from min(greatest(run_after,"
+                            " coalesce(leased_until, run_after))) - now()) as wait"
+                            " from ({}) due").format(due)
                 ).fetchone()
         except psycopg.OperationalError:
             self.worker.close()
@@ -236,8 +376,21 @@ class EmbeddingService:
 
     def _start_wakeups(self) -> None:
         if self.service.listen:
-            self._listener = _Listener(self.db_url, self.wakeups, self.stopping)
+            from worker.answering import CHANNEL as ANSWER_CHANNEL
+
+            channels = ((CHANNEL,) if self.embeddings else ()) + \
+                ((ANSWER_CHANNEL,) if self.answers is not None else ())
+            self._listener = _Listener(self.db_url, self.wakeups, self.stopping, channels)
             self._listener.start()
+        if self.embeddings and self.service.supabase_url and self.service.supabase_key:
+            try:
+                import realtime  # noqa: F401
+            except ImportError as exc:
+                raise ConfigError("Realtime wake-ups (SUPABASE_URL is set) need the realtime "
+                                  "client: pip install realtime") from exc
+            self._realtime = _RealtimeWaker(self.service.supabase_url, self.service.supabase_key,
+                                            self.wakeups, self.stopping)
+            self._realtime.start()
         if self.service.http_port is not None:
             address = (self.service.http_host, self.service.http_port)
             try:
@@ -258,4 +411,8 @@ class EmbeddingService:
             self._http.server_close()
         if self._listener is not None:
             self._listener.join(timeout=5)
+        if self._realtime is not None:
+            self._realtime.join(timeout=5)
         self.worker.close()
+        if self.answers is not None:
+            self.answers.close()

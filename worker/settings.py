@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     db_port: int = Field(
         default=54322, description="Port of the local PostgreSQL (Supabase CLI's default)."
     )
+    api_port: int | None = Field(
+        default=None,
+        description="Port of the local Supabase-compatible API (`suparag dev`). Unset: one "
+        "below the database port, i.e. 54321 by default, as `supabase start`.",
+    )
     embedding_provider: str = Field(
         default="sentence-transformers",
         description="`sentence-transformers` (local) or `openai` (any OpenAI-compatible server).",
@@ -46,6 +51,34 @@ class Settings(BaseSettings):
     openai_base_url: str | None = Field(
         default=None,
         description="Base URL of an OpenAI-compatible server (else OPENAI_BASE_URL, else OpenAI).",
+    )
+    llm_model: str | None = Field(
+        default=None,
+        description="Chat model that writes answers (e.g. gpt-4o-mini). Unset: answers are "
+        "extractive (the best passages, quoted with citations).",
+    )
+    llm_base_url: str | None = Field(
+        default=None,
+        description="Base URL of the OpenAI-compatible chat server (else SUPARAG_OPENAI_BASE_URL, "
+        "else OPENAI_BASE_URL, else OpenAI).",
+    )
+    llm_api_key: str | None = Field(
+        default=None,
+        description="API key for the chat server (else SUPARAG_OPENAI_API_KEY, else "
+        "OPENAI_API_KEY).",
+    )
+    llm_timeout_seconds: float = Field(
+        default=60.0, description="Give up on a chat request that is silent this long."
+    )
+    # Supabase's own names, without the SUPARAG_ prefix, as the dashboard and CLI print them.
+    supabase_url: str | None = Field(
+        default=None, validation_alias="SUPABASE_URL",
+        description="Project URL (https://<ref>.supabase.co). With a service key, `suparag "
+        "worker` also wakes on Realtime postgres_changes of the embedding queue.",
+    )
+    supabase_service_role_key: str | None = Field(
+        default=None, validation_alias="SUPABASE_SERVICE_ROLE_KEY",
+        description="The project's service_role key, for the Realtime wake-ups (never logged).",
     )
 
 

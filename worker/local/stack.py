@@ -1,4 +1,4 @@
-"""The local stack: the embedded server, made to look like Supabase, migrated."""
+"""The local stack: the embedded server, made to look like Supabase, migrated, and the API."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from worker import migrations
+from worker.api.keys import ProjectKeys, load_or_create
+from worker.api.process import ApiStatus, LocalApi
 from worker.db import connect
 from worker.errors import RemoteRefused, ServerNotRunning
 from worker.local.postgres import LocalPostgres, ServerStatus
@@ -19,6 +21,9 @@ class DevStarted:
     server: ServerStatus
     reused: bool
     applied: list[migrations.Migration]
+    api: ApiStatus | None = None
+    api_reused: bool = False
+    keys: ProjectKeys | None = None
 
 
 def local_server(settings: Settings, *, port: int | None = None) -> LocalPostgres:
@@ -26,15 +31,48 @@ def local_server(settings: Settings, *, port: int | None = None) -> LocalPostgre
     return LocalPostgres(settings.home, port=port or settings.db_port)
 
 
-def start(settings: Settings, *, port: int | None = None) -> DevStarted:
-    """Start (or reuse) the local server, apply the stand-in, then pending migrations."""
+def local_api(settings: Settings, *, port: int | None = None,
+              db_port: int | None = None) -> LocalApi:
+    """The API process of this project (pidfile and log under settings.home).
+
+    Its port: the one given, else SUPARAG_API_PORT, else one below the
+    database's (54321 next to 54322, Supabase's pair), so two projects with
+    different SUPARAG_DB_PORTs never fight over the API port.
+    """
+    chosen = port or settings.api_port or (db_port or settings.db_port) - 1
+    return LocalApi(settings.home, port=chosen)
+
+
+def project_keys(settings: Settings) -> ProjectKeys:
+    """The JWT secret and API keys of this project, made on first use."""
+    return load_or_create(settings.home.expanduser().resolve())
+
+
+def start(settings: Settings, *, port: int | None = None, api_port: int | None = None,
+          api: bool = False) -> DevStarted:
+    """Start (or reuse) the local server, apply the stand-in, then pending migrations.
+
+    With api, also start (or reuse) the API on top of it, as
+    `supabase start` does, and return once it answers.
+    """
     server = local_server(settings, port=port)
     reused = server.status() is not None
     status = server.start()
     with connect(status.url, autocommit=True) as conn:
         migrations.apply_standin(conn)
         applied = migrations.push(conn)
-    return DevStarted(server=status, reused=reused, applied=applied)
+    if not api:
+        return DevStarted(server=status, reused=reused, applied=applied)
+    keys = project_keys(settings)
+    api_status, api_reused = local_api(settings, port=api_port, db_port=port).start(status.url)
+    return DevStarted(server=status, reused=reused, applied=applied, api=api_status,
+                      api_reused=api_reused, keys=keys)
+
+
+def stop(settings: Settings) -> tuple[bool, bool]:
+    """Stop the API, then the database. Returns whether each was running."""
+    api_ran = local_api(settings).stop()
+    return api_ran, local_server(settings).stop()
 
 
 def require_local(settings: Settings, db_url: str | None) -> ServerStatus:

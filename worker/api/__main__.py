@@ -1,0 +1,31 @@
+"""`python -m worker.api --db-url URL --home DIR --port N`: serve the local API.
+
+`suparag dev` starts this detached, with its output in SUPARAG_HOME/logs/api.log.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import uvicorn
+
+from worker.api.app import create_app
+from worker.api.keys import load_or_create
+from worker.api.realtime import realtime_routes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m worker.api", description=__doc__)
+    parser.add_argument("--db-url", required=True)
+    parser.add_argument("--home", type=Path, required=True, help="where keys.json lives")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=54321)
+    args = parser.parse_args()
+    keys = load_or_create(args.home)
+    app = create_app(args.db_url, keys, routes=realtime_routes(args.db_url, keys))
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""The ASGI app: `/rest/v1` and `/auth/v1` over one connection pool.
+
+`create_app` takes extra routes so that the other Supabase services
+(`/realtime/v1`, `/functions/v1`) mount next to these without changing them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute
+
+from worker.api.auth import AuthApi, AuthError
+from worker.api.errors import ApiError
+from worker.api.keys import ProjectKeys
+from worker.api.rest import RestApi
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return exc.response()
+
+
+async def _auth_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, AuthError)
+    return exc.response()
+
+
+def create_app(db_url: str, keys: ProjectKeys, *, routes: Sequence[BaseRoute] = (),
+               pool_size: int = 8) -> Starlette:
+    """The local API for the database at db_url, its tokens signed with keys."""
+    pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+        db_url, min_size=1, max_size=pool_size, open=False, timeout=10,
+        # A restarted or reset local database leaves dead connections behind.
+        check=ConnectionPool.check_connection,
+        kwargs={"autocommit": True, "row_factory": dict_row},
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        pool.open(wait=True, timeout=30)
+        try:
+            yield
+        finally:
+            pool.close()
+
+    rest, auth = RestApi(pool, keys), AuthApi(pool, keys)
+    app = Starlette(
+        routes=[*rest.routes(), *auth.routes(), *routes],
+        exception_handlers={ApiError: _api_error, AuthError: _auth_error},
+        # Browser apps on another local port call the API directly, as with `supabase start`.
+        middleware=[Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"],
+                               allow_headers=["*"], expose_headers=["Content-Range"])],
+        lifespan=lifespan,
+    )
+    app.state.pool = pool
+    app.state.keys = keys
+    return app

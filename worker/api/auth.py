@@ -1,0 +1,269 @@
+"""`/auth/v1`: enough of Supabase Auth (GoTrue) for local development.
+
+Sign up and sign in with email and password, refresh, `GET /user`, sign out.
+Users are rows of `auth.users`; passwords are stored as scrypt hashes in
+`encrypted_password`. Sign-ups are confirmed at once, as with `supabase start`'s
+default (`enable_confirmations = false`). Refresh tokens live in this process
+only: restarting the API signs every session out (access tokens stay valid
+until they expire, as upstream). Errors use GoTrue's shape `{code, error_code, msg}`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import threading
+import time
+import uuid
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from worker.api.context import bearer_token, request_claims
+from worker.api.keys import ACCESS_TOKEN_LIFETIME, InvalidToken, ProjectKeys
+from worker.users import User
+
+MIN_PASSWORD = 6
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+
+
+class AuthError(Exception):
+    """An error GoTrue would answer with `{code, error_code, msg}`."""
+
+    def __init__(self, status: int, error_code: str, msg: str,
+                 **extra: Any) -> None:
+        super().__init__(msg)
+        self.status, self.error_code, self.msg, self.extra = status, error_code, msg, extra
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"code": self.status, "error_code": self.error_code,
+                             "msg": self.msg, **self.extra}, status_code=self.status)
+
+
+def hash_password(password: str) -> str:
+    """An scrypt hash with its parameters and salt, for auth.users.encrypted_password."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, **_SCRYPT)
+    return "scrypt${n}${r}${p}${salt}${digest}".format(
+        **_SCRYPT, salt=base64.b64encode(salt).decode(), digest=base64.b64encode(digest).decode())
+
+
+def check_password(password: str, stored: str | None) -> bool:
+    """Whether password matches a hash from hash_password."""
+    if not stored or not stored.startswith("scrypt$"):
+        return False
+    _, n, r, p, salt, digest = stored.split("$")
+    actual = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n),
+                            r=int(r), p=int(p))
+    return hmac.compare_digest(actual, base64.b64decode(digest))
+
+
+_USER_COLUMNS = """id, aud, role, email, encrypted_password, email_confirmed_at, last_sign_in_at,
+  raw_app_meta_data, raw_user_meta_data, is_anonymous, created_at, updated_at"""
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def user_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A user as GoTrue returns it (what supabase-py's `User` model parses)."""
+    return {
+        "id": str(row["id"]), "aud": row["aud"] or "authenticated",
+        "role": row["role"] or "authenticated", "email": row["email"], "phone": "",
+        "email_confirmed_at": _iso(row["email_confirmed_at"]),
+        "confirmed_at": _iso(row["email_confirmed_at"]),
+        "last_sign_in_at": _iso(row["last_sign_in_at"]),
+        "app_metadata": row["raw_app_meta_data"] or {},
+        "user_metadata": row["raw_user_meta_data"] or {},
+        "identities": [], "is_anonymous": bool(row["is_anonymous"]),
+        "created_at": _iso(row["created_at"]), "updated_at": _iso(row["updated_at"]),
+    }
+
+
+def _as_user(row: dict[str, Any]) -> User:
+    return User(id=row["id"], email=row["email"], app_metadata=row["raw_app_meta_data"] or {},
+                user_metadata=row["raw_user_meta_data"] or {})
+
+
+class AuthApi:
+    """The `/auth/v1` routes."""
+
+    def __init__(self, pool: ConnectionPool[psycopg.Connection[Any]], keys: ProjectKeys) -> None:
+        self.pool, self.keys = pool, keys
+        # refresh token -> (user id, session id)
+        self._refresh: dict[str, tuple[str, str]] = {}
+        self._lock = threading.Lock()
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/auth/v1/health", self.health, methods=["GET"]),
+            Route("/auth/v1/signup", self.signup, methods=["POST"]),
+            Route("/auth/v1/token", self.token, methods=["POST"]),
+            Route("/auth/v1/user", self.user, methods=["GET"]),
+            Route("/auth/v1/logout", self.logout, methods=["POST"]),
+        ]
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"name": "GoTrue", "version": "suparag-local",
+                             "description": "suparag's local stand-in for Supabase Auth"})
+
+    @staticmethod
+    async def _body(request: Request) -> dict[str, Any]:
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError as exc:
+            raise AuthError(400, "bad_json", "Could not parse request body as JSON") from exc
+        if not isinstance(body, dict):
+            raise AuthError(400, "bad_json", "Request body must be a JSON object")
+        return body
+
+    def _require_apikey(self, request: Request) -> None:
+        """Like Supabase's gateway: no valid project key, no entry."""
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        key = headers.get("apikey")
+        request_claims({"apikey": key} if key else headers, self.keys)
+
+    # -- endpoints --------------------------------------------------------------
+
+    async def signup(self, request: Request) -> Response:
+        self._require_apikey(request)
+        body = await self._body(request)
+        email, password = body.get("email"), body.get("password")
+        if not isinstance(email, str) or "@" not in email:
+            raise AuthError(400, "validation_failed", "Unable to validate email address: "
+                            "invalid format")
+        if not isinstance(password, str) or len(password) < MIN_PASSWORD:
+            raise AuthError(422, "weak_password",
+                            f"Password should be at least {MIN_PASSWORD} characters.",
+                            weak_password={"reasons": ["length"]})
+        data: dict[str, Any] = body["data"] if isinstance(body.get("data"), dict) else {}
+        row = await run_in_threadpool(self._create_user, email, password, data)
+        return JSONResponse(self._session(request, row))
+
+    async def token(self, request: Request) -> Response:
+        self._require_apikey(request)
+        body = await self._body(request)
+        grant = request.query_params.get("grant_type")
+        if grant == "password":
+            row = await run_in_threadpool(self._password_grant, body)
+        elif grant == "refresh_token":
+            row = await run_in_threadpool(self._refresh_grant, body)
+        else:
+            raise AuthError(400, "unsupported_grant_type",
+                            "grant_type must be password or refresh_token here")
+        return JSONResponse(self._session(request, row))
+
+    async def user(self, request: Request) -> Response:
+        claims = self._user_claims(request)
+        row = await run_in_threadpool(self._fetch, claims["sub"])
+        if row is None:
+            raise AuthError(403, "user_not_found", "User from sub claim in JWT does not exist")
+        return JSONResponse(user_json(row))
+
+    async def logout(self, request: Request) -> Response:
+        claims = self._user_claims(request)
+        scope = request.query_params.get("scope", "global")
+        with self._lock:
+            for token, (user_id, session_id) in list(self._refresh.items()):
+                same_session = session_id == claims.get("session_id")
+                if user_id == claims["sub"] and (
+                    scope == "global" or (scope == "local") == same_session
+                ):
+                    del self._refresh[token]
+        return Response(status_code=204)
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _user_claims(self, request: Request) -> dict[str, Any]:
+        token = bearer_token({k.lower(): v for k, v in request.headers.items()
+                              if k.lower() == "authorization"})
+        if token is None:
+            raise AuthError(401, "no_authorization", "This endpoint requires a Bearer token")
+        try:
+            claims = self.keys.verify(token)
+        except InvalidToken as exc:
+            raise AuthError(403, "bad_jwt", f"invalid JWT: unable to parse or verify "
+                            f"signature, {exc}") from exc
+        if not claims.get("sub"):
+            raise AuthError(403, "bad_jwt", "invalid claim: missing sub claim")
+        return claims
+
+    def _session(self, request: Request, row: dict[str, Any]) -> dict[str, Any]:
+        session_id = str(uuid.uuid4())
+        refresh = secrets.token_urlsafe(24)
+        with self._lock:
+            self._refresh[refresh] = (str(row["id"]), session_id)
+        issuer = str(request.base_url).rstrip("/") + "/auth/v1"
+        access = self.keys.access_token(_as_user(row), session_id=session_id, issuer=issuer)
+        return {"access_token": access, "token_type": "bearer",
+                "expires_in": ACCESS_TOKEN_LIFETIME,
+                "expires_at": int(time.time()) + ACCESS_TOKEN_LIFETIME,
+                "refresh_token": refresh, "user": user_json(row)}
+
+    def _fetch(self, user_id: str) -> dict[str, Any] | None:
+        with self.pool.connection() as conn:
+            row: dict[str, Any] | None = conn.execute(
+                f"select {_USER_COLUMNS} from auth.users where id = %s::uuid", (user_id,)
+            ).fetchone()
+            return row
+
+    def _create_user(self, email: str, password: str, data: dict[str, Any]) -> dict[str, Any]:
+        app_metadata = {"provider": "email", "providers": ["email"]}
+        with self.pool.connection() as conn:
+            # An account an operator made with `suparag users add` has no password yet:
+            # the first sign-up with its email sets one (and keeps its team).
+            row: dict[str, Any] | None = conn.execute(
+                f"""
+                insert into auth.users (email, encrypted_password, raw_app_meta_data,
+                                        raw_user_meta_data, email_confirmed_at, last_sign_in_at)
+                values (lower(%(email)s), %(hash)s, %(app)s, %(data)s, now(), now())
+                on conflict (email) do update
+                  set encrypted_password = excluded.encrypted_password,
+                      raw_user_meta_data = auth.users.raw_user_meta_data
+                                           || excluded.raw_user_meta_data,
+                      last_sign_in_at = now(), updated_at = now()
+                  where auth.users.encrypted_password is null
+                returning {_USER_COLUMNS}
+                """,
+                {"email": email, "hash": hash_password(password), "app": Jsonb(app_metadata),
+                 "data": Jsonb(data)},
+            ).fetchone()
+        if row is None:
+            raise AuthError(422, "user_already_exists", "User already registered")
+        return row
+
+    def _password_grant(self, body: dict[str, Any]) -> dict[str, Any]:
+        email, password = body.get("email"), body.get("password")
+        if not isinstance(email, str) or not isinstance(password, str):
+            raise AuthError(400, "validation_failed", "email and password are required")
+        with self.pool.connection() as conn:
+            row: dict[str, Any] | None = conn.execute(
+                f"select {_USER_COLUMNS} from auth.users where email = lower(%s)", (email,)
+            ).fetchone()
+            if row is None or not check_password(password, row["encrypted_password"]):
+                raise AuthError(400, "invalid_credentials", "Invalid login credentials")
+            conn.execute("update auth.users set last_sign_in_at = now() where id = %s",
+                         (row["id"],))
+        return row
+
+    def _refresh_grant(self, body: dict[str, Any]) -> dict[str, Any]:
+        token = body.get("refresh_token")
+        with self._lock:
+            found = self._refresh.pop(token, None) if isinstance(token, str) else None
+        if found is None:
+            raise AuthError(400, "refresh_token_not_found",
+                            "Invalid Refresh Token: Refresh Token Not Found")
+        row = self._fetch(found[0])
+        if row is None:
+            raise AuthError(400, "user_not_found", "User not found")
+        return row

@@ -1,0 +1,40 @@
+"""Who is calling: the verified JWT of a request, as PostgREST and Supabase's gateway read it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from worker.api.errors import ApiError
+from worker.api.keys import InvalidToken, ProjectKeys
+
+_CHALLENGE = 'Bearer error="invalid_token", error_description="{}"'
+
+
+def bearer_token(headers: Mapping[str, str]) -> str | None:
+    """The token of `Authorization: Bearer ...`, else the `apikey` header, else None."""
+    auth = headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return headers.get("apikey") or None
+
+
+def request_claims(headers: Mapping[str, str], keys: ProjectKeys) -> dict[str, Any]:
+    """The verified claims of the request, or a PostgREST-shaped 401.
+
+    Supabase's gateway refuses a request without a key, so a missing token is
+    a 401 here too rather than PostgREST's bare anon.
+    """
+    token = bearer_token(headers)
+    if token is None:
+        raise ApiError(401, "PGRST301", "No API key found in request",
+                       hint="Send the anon key (see `suparag dev status`) as the apikey "
+                       "header or as Authorization: Bearer.",
+                       headers={"WWW-Authenticate": "Bearer"})
+    try:
+        return keys.verify(token)
+    except InvalidToken as exc:
+        code = "PGRST303" if exc.expired else "PGRST301"
+        raise ApiError(401, code, str(exc),
+                       headers={"WWW-Authenticate": _CHALLENGE.format(exc)}) from exc

@@ -1,0 +1,132 @@
+"""The API as a background process of `suparag dev`, like `supabase start`'s services.
+
+`python -m worker.api` runs detached (its own session, so it outlives the CLI),
+with its pid in SUPARAG_HOME/api.pid and its output in SUPARAG_HOME/logs/api.log.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+from worker.errors import LocalServerError, PortInUse
+
+MODULE = "worker.api"
+
+
+@dataclass(frozen=True)
+class ApiStatus:
+    """A running local API."""
+
+    pid: int
+    port: int
+    db_url: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+class LocalApi:
+    """The API process of one suparag home folder."""
+
+    def __init__(self, home: Path, *, port: int) -> None:
+        self.home = home.expanduser().resolve()
+        self.port = port
+        self.pidfile = self.home / "api.pid"
+        self.log_path = self.home / "logs" / "api.log"
+
+    def status(self) -> ApiStatus | None:
+        """The running API of this home, or None (a stale pidfile counts as not running)."""
+        try:
+            recorded = json.loads(self.pidfile.read_text())
+            pid, port = int(recorded["pid"]), int(recorded["port"])
+            db_url = str(recorded.get("db_url", ""))
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
+        try:
+            cmdline = psutil.Process(pid).cmdline()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            return None
+        # After a crash the pid may belong to another program: check it is ours.
+        if MODULE not in cmdline or str(self.home) not in cmdline:
+            return None
+        return ApiStatus(pid=pid, port=port, db_url=db_url)
+
+    def start(self, db_url: str) -> tuple[ApiStatus, bool]:
+        """Start the API against db_url, or reuse a running one. Returns (status, reused)."""
+        running = self.status()
+        if running is not None and running.db_url == db_url:
+            return running, True
+        if running is not None:  # the database moved (another port): follow it
+            self.stop()
+        self._check_port_free()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", MODULE, "--db-url", db_url, "--home", str(self.home),
+                 "--port", str(self.port)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.pidfile.write_text(json.dumps({"pid": proc.pid, "port": self.port,
+                                            "db_url": db_url}))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                self.pidfile.unlink(missing_ok=True)
+                raise LocalServerError(
+                    f"the local API exited at start (code {proc.returncode}); "
+                    f"see {self.log_path}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/auth/v1/health",
+                             timeout=2).status_code == 200:
+                    return ApiStatus(pid=proc.pid, port=self.port, db_url=db_url), False
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self._terminate(proc.pid)
+        raise LocalServerError(f"the local API did not come up in 60 s; see {self.log_path}")
+
+    def stop(self) -> bool:
+        """Stop the API if it runs. Returns whether it was running."""
+        running = self.status()
+        self.pidfile.unlink(missing_ok=True)
+        if running is None:
+            return False
+        self._terminate(running.pid)
+        return True
+
+    @staticmethod
+    def _terminate(pid: int) -> None:
+        try:
+            os.kill(pid, signal.SIGTERM)
+            psutil.Process(pid).wait(timeout=15)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            return
+        except psutil.TimeoutExpired:
+            os.kill(pid, signal.SIGKILL)
+
+    def _check_port_free(self) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", self.port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise PortInUse(
+                        f"port {self.port} on 127.0.0.1 is taken by another program: stop it, "
+                        "or choose another port with SUPARAG_API_PORT or --api-port"
+                    ) from exc
+                raise LocalServerError(f"cannot use port {self.port}: {exc}") from exc
