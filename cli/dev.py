@@ -1,4 +1,4 @@
-"""`suparag dev`: the local database and the Supabase-compatible API (later, the workers)."""
+"""`suparag dev`: the local database, the Supabase-compatible API and the workers."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from worker.settings import Settings, get_settings
 app = typer.Typer(
     help="Run the local stack: an embedded PostgreSQL with pgvector that looks like a "
     "Supabase project, with suparag's migrations applied, and an API on one port that "
-    "the official Supabase clients use (/rest/v1, /auth/v1).",
+    "the official Supabase clients use (/rest/v1, /auth/v1, /realtime/v1, /functions/v1), "
+    "and the workers that embed documents and answer questions.",
     no_args_is_help=False,
 )
 
@@ -35,7 +36,11 @@ ApiPortOption = Annotated[
     ),
 ]
 NoApiOption = Annotated[
-    bool, typer.Option("--no-api", help="Start only the database, not the HTTP API.")
+    bool, typer.Option("--no-api", help="Do not start the HTTP API.")
+]
+NoWorkersOption = Annotated[
+    bool, typer.Option("--no-workers", help="Do not start the workers (run `suparag worker` "
+                       "yourself, e.g. to watch it or to use other options).")
 ]
 
 
@@ -47,19 +52,23 @@ def _keys_info(settings: Settings) -> dict[str, str]:
 
 @app.callback(invoke_without_command=True)
 def dev(ctx: typer.Context, db_port: PortOption = None, api_port: ApiPortOption = None,
-        no_api: NoApiOption = False, json_out: JsonOption = False) -> None:
-    """Start the local database and API (or reuse them), apply pending migrations.
+        no_api: NoApiOption = False, no_workers: NoWorkersOption = False,
+        json_out: JsonOption = False) -> None:
+    """Start the local database, API and workers (or reuse them), apply pending migrations.
 
-    Returns once both are up and prints the DB URL, the API URL and its keys.
-    Data, keys (keys.json) and logs live in SUPARAG_HOME (default ./.suparag);
-    running it again reuses them. Both keep running in the background until
+    Returns once they are up and prints the DB URL, the API URL and its keys.
+    The workers (`suparag worker`: embeddings and answers) then load the model
+    and drain both queues; their log is SUPARAG_HOME/logs/worker.log. Data,
+    keys (keys.json) and logs live in SUPARAG_HOME (default ./.suparag);
+    running it again reuses them. All keep running in the background until
     `suparag dev stop`.
     """
     if ctx.invoked_subcommand is not None:
         return
     settings = get_settings()
-    with err_console.status("Starting the local database and API…", spinner="dots"):
-        started = stack.start(settings, port=db_port, api_port=api_port, api=not no_api)
+    with err_console.status("Starting the local database, API and workers…", spinner="dots"):
+        started = stack.start(settings, port=db_port, api_port=api_port, api=not no_api,
+                              workers=not no_workers)
     if json_out:
         info: dict[str, object] = {
             "db_url": started.server.url,
@@ -70,6 +79,9 @@ def dev(ctx: typer.Context, db_port: PortOption = None, api_port: ApiPortOption 
         if started.api is not None:
             info.update(api_url=started.api.url, api_pid=started.api.pid,
                         api_reused=started.api_reused, **_keys_info(settings))
+        if started.workers is not None:
+            info.update(worker_pid=started.workers.pid, worker_reused=started.workers_reused,
+                        worker_log=str(stack.local_workers(settings).log_path))
         print_json(info)
         return
     verb = "Reusing" if started.reused else "Started"
@@ -91,12 +103,16 @@ def dev(ctx: typer.Context, db_port: PortOption = None, api_port: ApiPortOption 
         console.print(f"API URL: [bold]{started.api.url}[/bold]")
         console.print(f"anon key: {started.keys.anon_key}", soft_wrap=True)
         console.print(f"service_role key: {started.keys.service_role_key}", soft_wrap=True)
+    if started.workers is not None:
+        verb = "Reusing" if started.workers_reused else "Started"
+        console.print(f"{verb} the workers (pid {started.workers.pid}, log "
+                      f"{stack.local_workers(settings).log_path}).")
     console.print("Stop it with `suparag dev stop`.")
 
 
 @app.command()
 def status(json_out: JsonOption = False) -> None:
-    """Show whether the local database and API run: URLs, keys, migrations, logs.
+    """Show whether the local database, API and workers run: URLs, keys, migrations, logs.
 
     Exits 1 when the database is not running.
     """
@@ -105,13 +121,19 @@ def status(json_out: JsonOption = False) -> None:
     running = server.status()
     api = stack.local_api(settings)
     api_running = api.status()
+    workers = stack.local_workers(settings)
+    workers_running = workers.status()
     info: dict[str, object] = {
         "running": running is not None,
         "home": str(server.home),
         "log": str(server.log_path),
         "api_running": api_running is not None,
         "api_log": str(api.log_path),
+        "worker_running": workers_running is not None,
+        "worker_log": str(workers.log_path),
     }
+    if workers_running is not None:
+        info.update(worker_pid=workers_running.pid)
     if api_running is not None:
         info.update(api_url=api_running.url, api_pid=api_running.pid, **_keys_info(settings))
     if running is not None:
@@ -138,15 +160,27 @@ def status(json_out: JsonOption = False) -> None:
         console.print(f"service_role key: {info['service_role_key']}", soft_wrap=True)
         console.print(f"JWT secret: {info['jwt_secret']}", soft_wrap=True)
         console.print(f"API logs: {api.log_path}")
+    if not json_out and workers_running is None:
+        console.print("Workers: [yellow]stopped[/yellow] (start them with `suparag dev` or "
+                      "`suparag worker`).")
+    elif not json_out:
+        console.print(f"Workers: [green]running[/green] (pid {info['worker_pid']})")
+        console.print(f"Worker logs: {workers.log_path}")
     if running is None:
         raise typer.Exit(code=1)
 
 
 @app.command()
 def stop() -> None:
-    """Stop the local API and database. Data and keys stay for the next `suparag dev`."""
+    """Stop the workers, the local API and the database. Data and keys stay.
+
+    The workers get SIGTERM and finish the batch in hand first.
+    """
     settings = get_settings()
-    api_ran, db_ran = stack.stop(settings)
+    with err_console.status("Stopping…", spinner="dots"):
+        workers_ran, api_ran, db_ran = stack.stop(settings)
+    if workers_ran:
+        console.print("Stopped the workers.")
     if api_ran:
         console.print("Stopped the local API.")
     if db_ran:

@@ -29,9 +29,9 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from worker import usage
-from worker.db import as_request, connect
+from worker.db import as_request
 from worker.embedders import Embedder
-from worker.embedding import WorkerConfig
+from worker.embedding import QueueWorker, WorkerConfig
 from worker.llm import LLM, Message, Usage
 from worker.users import find_user
 
@@ -134,26 +134,15 @@ _HISTORY = """
 """
 
 
-class AnswerWorker:
+class AnswerWorker(QueueWorker[AnswerResult]):
     """Drains the answer queue of one database."""
 
     def __init__(self, db_url: str, embedder: Embedder, *, llm: LLM | None = None,
                  config: AnswerConfig | None = None) -> None:
-        self.db_url = db_url
+        super().__init__(db_url, AnswerResult)
         self.embedder = embedder
         self.llm = llm
         self.config = config or AnswerConfig()
-        self._conn: psycopg.Connection[dict[str, Any]] | None = None
-
-    @property
-    def conn(self) -> psycopg.Connection[dict[str, Any]]:
-        if self._conn is None or self._conn.closed:
-            self._conn = connect(self.db_url)
-        return self._conn
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
 
     # -- batches --------------------------------------------------------------------------
 
@@ -177,19 +166,6 @@ class AnswerWorker:
             except Exception as exc:  # one question's failure must not stop the others
                 result.add(self._fail(job, exc))
         return result
-
-    def drain(self, *, on_batch: Callable[[AnswerResult], None] | None = None,
-              should_stop: Callable[[], bool] | None = None) -> AnswerResult:
-        """Run batches until nothing is due (or should_stop says so between batches)."""
-        total = AnswerResult()
-        while should_stop is None or not should_stop():
-            batch = self.run_batch()
-            if batch.claimed == 0:
-                break
-            total.add(batch)
-            if on_batch is not None:
-                on_batch(batch)
-        return total
 
     # -- one question ---------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 import psycopg
 
@@ -94,14 +94,22 @@ class _Plan:
         return "[" + ",".join(repr(x) for x in self.vectors[chunk.embed_text]) + "]"
 
 
-class EmbeddingWorker:
-    """Drains the embedding queue of one database."""
+class _Tally(Protocol):
+    @property
+    def claimed(self) -> int: ...
 
-    def __init__(self, db_url: str, embedder: Embedder, *,
-                 config: WorkerConfig | None = None) -> None:
+    def add(self, other: Self) -> None: ...
+
+
+TallyT = TypeVar("TallyT", bound=_Tally)
+
+
+class QueueWorker(Generic[TallyT]):
+    """A worker of one queue: its own connection, and batches until nothing is due."""
+
+    def __init__(self, db_url: str, tally: Callable[[], TallyT]) -> None:
         self.db_url = db_url
-        self.embedder = embedder
-        self.config = config or WorkerConfig()
+        self._tally = tally
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
 
     @property
@@ -113,6 +121,32 @@ class EmbeddingWorker:
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
+
+    def run_batch(self) -> TallyT:
+        raise NotImplementedError
+
+    def drain(self, *, on_batch: Callable[[TallyT], None] | None = None,
+              should_stop: Callable[[], bool] | None = None) -> TallyT:
+        """Run batches until nothing is due (or should_stop says so between batches)."""
+        total = self._tally()
+        while should_stop is None or not should_stop():
+            batch = self.run_batch()
+            if batch.claimed == 0:
+                break
+            total.add(batch)
+            if on_batch is not None:
+                on_batch(batch)
+        return total
+
+
+class EmbeddingWorker(QueueWorker[BatchResult]):
+    """Drains the embedding queue of one database."""
+
+    def __init__(self, db_url: str, embedder: Embedder, *,
+                 config: WorkerConfig | None = None) -> None:
+        super().__init__(db_url, BatchResult)
+        self.embedder = embedder
+        self.config = config or WorkerConfig()
 
     # -- one batch ------------------------------------------------------------------------
 
@@ -155,19 +189,6 @@ class EmbeddingWorker:
             except Exception as exc:  # one document's failure must not stop the others
                 result.add(self._fail(plan.job, exc))
         return result
-
-    def drain(self, *, on_batch: Callable[[BatchResult], None] | None = None,
-              should_stop: Callable[[], bool] | None = None) -> BatchResult:
-        """Run batches until nothing is due (or should_stop says so between batches)."""
-        total = BatchResult()
-        while should_stop is None or not should_stop():
-            batch = self.run_batch()
-            if batch.claimed == 0:
-                break
-            total.add(batch)
-            if on_batch is not None:
-                on_batch(batch)
-        return total
 
     def _plan(self, jobs: list[dict[str, Any]]) -> dict[int, _Plan | Exception | None]:
         """Read the claimed documents and chunk them; None marks a superseded job."""

@@ -11,8 +11,11 @@ from pathlib import Path
 import uvicorn
 
 from worker.api.app import create_app
+from worker.api.functions import functions_routes
 from worker.api.keys import load_or_create
 from worker.api.realtime import realtime_routes
+from worker.embedders import embedder_from_settings
+from worker.settings import get_settings
 
 
 def main() -> None:
@@ -23,7 +26,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=54321)
     args = parser.parse_args()
     keys = load_or_create(args.home)
-    app = create_app(args.db_url, keys, routes=realtime_routes(args.db_url, keys))
+    functions = functions_routes(keys, lambda: embedder_from_settings(get_settings()))
+    app = create_app(args.db_url, keys,
+                     routes=[*realtime_routes(args.db_url, keys), *functions])
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 
 

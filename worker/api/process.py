@@ -1,7 +1,10 @@
-"""The API as a background process of `suparag dev`, like `supabase start`'s services.
+"""The API and the workers as background processes of `suparag dev`, like
+`supabase start`'s services.
 
 `python -m worker.api` runs detached (its own session, so it outlives the CLI),
 with its pid in SUPARAG_HOME/api.pid and its output in SUPARAG_HOME/logs/api.log.
+`suparag worker` runs the same way, with SUPARAG_HOME/worker.pid and
+SUPARAG_HOME/logs/worker.log.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ import psutil
 from worker.errors import LocalServerError, PortInUse
 
 MODULE = "worker.api"
+#: How `suparag dev` runs `suparag worker`: the CLI's own entry point under this
+#: interpreter, so it needs no script on PATH (and its command line says it is ours).
+WORKER_CODE = "from cli.main import main; main()"
 
 
 @dataclass(frozen=True)
@@ -110,13 +116,7 @@ class LocalApi:
 
     @staticmethod
     def _terminate(pid: int) -> None:
-        try:
-            os.kill(pid, signal.SIGTERM)
-            psutil.Process(pid).wait(timeout=15)
-        except (ProcessLookupError, psutil.NoSuchProcess):
-            return
-        except psutil.TimeoutExpired:
-            os.kill(pid, signal.SIGKILL)
+        _terminate(pid, grace=15)
 
     def _check_port_free(self) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -130,3 +130,87 @@ class LocalApi:
                         "or choose another port with SUPARAG_API_PORT or --api-port"
                     ) from exc
                 raise LocalServerError(f"cannot use port {self.port}: {exc}") from exc
+
+
+def _terminate(pid: int, *, grace: float) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited after grace seconds."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+        psutil.Process(pid).wait(timeout=grace)
+    except (ProcessLookupError, psutil.NoSuchProcess):
+        return
+    except psutil.TimeoutExpired:
+        os.kill(pid, signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """A running background worker (embeddings and answers)."""
+
+    pid: int
+    db_url: str
+
+
+class LocalWorkers:
+    """The `suparag worker` process that `suparag dev` starts for one home folder."""
+
+    #: SIGTERM lets the batch in hand finish; a batch of 16 documents on a CPU
+    #: takes seconds, so this only ends a stuck worker.
+    GRACE_SECONDS = 120.0
+
+    def __init__(self, home: Path) -> None:
+        self.home = home.expanduser().resolve()
+        self.pidfile = self.home / "worker.pid"
+        self.log_path = self.home / "logs" / "worker.log"
+
+    def status(self) -> WorkerStatus | None:
+        """The running worker of this home, or None (a stale pidfile counts as not running)."""
+        try:
+            recorded = json.loads(self.pidfile.read_text())
+            pid, db_url = int(recorded["pid"]), str(recorded["db_url"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
+        try:
+            cmdline = psutil.Process(pid).cmdline()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            return None
+        # After a crash the pid may belong to another program: check it is ours.
+        if WORKER_CODE not in cmdline or db_url not in cmdline:
+            return None
+        return WorkerStatus(pid=pid, db_url=db_url)
+
+    def start(self, db_url: str) -> tuple[WorkerStatus, bool]:
+        """Start the worker against db_url, or reuse a running one. Returns (status, reused).
+
+        Returns once the process runs; it then loads the model and drains both
+        queues, logging to log_path.
+        """
+        running = self.status()
+        if running is not None and running.db_url == db_url:
+            return running, True
+        if running is not None:  # the database moved (another port): follow it
+            self.stop()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", WORKER_CODE, "worker", "--db-url", db_url],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.pidfile.write_text(json.dumps({"pid": proc.pid, "db_url": db_url}))
+        # A worker that cannot start (bad settings, no such model) exits at once.
+        try:
+            code = proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            return WorkerStatus(pid=proc.pid, db_url=db_url), False
+        self.pidfile.unlink(missing_ok=True)
+        raise LocalServerError(f"the worker exited at start (code {code}); see {self.log_path}")
+
+    def stop(self) -> bool:
+        """Stop the worker if it runs (SIGTERM: it finishes its batch). Returns whether it ran."""
+        running = self.status()
+        self.pidfile.unlink(missing_ok=True)
+        if running is None:
+            return False
+        _terminate(running.pid, grace=self.GRACE_SECONDS)
+        return True

@@ -1,13 +1,14 @@
-"""The local stack: the embedded server, made to look like Supabase, migrated, and the API."""
+"""The local stack: the embedded server, made to look like Supabase, migrated, the API
+and the workers."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from worker import migrations
 from worker.api.keys import ProjectKeys, load_or_create
-from worker.api.process import ApiStatus, LocalApi
+from worker.api.process import ApiStatus, LocalApi, LocalWorkers, WorkerStatus
 from worker.db import connect
 from worker.errors import RemoteRefused, ServerNotRunning
 from worker.local.postgres import LocalPostgres, ServerStatus
@@ -24,6 +25,8 @@ class DevStarted:
     api: ApiStatus | None = None
     api_reused: bool = False
     keys: ProjectKeys | None = None
+    workers: WorkerStatus | None = None
+    workers_reused: bool = False
 
 
 def local_server(settings: Settings, *, port: int | None = None) -> LocalPostgres:
@@ -43,17 +46,23 @@ def local_api(settings: Settings, *, port: int | None = None,
     return LocalApi(settings.home, port=chosen)
 
 
+def local_workers(settings: Settings) -> LocalWorkers:
+    """The background `suparag worker` of this project (pidfile and log under settings.home)."""
+    return LocalWorkers(settings.home)
+
+
 def project_keys(settings: Settings) -> ProjectKeys:
     """The JWT secret and API keys of this project, made on first use."""
     return load_or_create(settings.home.expanduser().resolve())
 
 
 def start(settings: Settings, *, port: int | None = None, api_port: int | None = None,
-          api: bool = False) -> DevStarted:
+          api: bool = False, workers: bool = False) -> DevStarted:
     """Start (or reuse) the local server, apply the stand-in, then pending migrations.
 
     With api, also start (or reuse) the API on top of it, as
-    `supabase start` does, and return once it answers.
+    `supabase start` does, and return once it answers. With workers, also
+    start (or reuse) `suparag worker` (embeddings and answers) in the background.
     """
     server = local_server(settings, port=port)
     reused = server.status() is not None
@@ -61,18 +70,23 @@ def start(settings: Settings, *, port: int | None = None, api_port: int | None =
     with connect(status.url, autocommit=True) as conn:
         migrations.apply_standin(conn)
         applied = migrations.push(conn)
-    if not api:
-        return DevStarted(server=status, reused=reused, applied=applied)
-    keys = project_keys(settings)
-    api_status, api_reused = local_api(settings, port=api_port, db_port=port).start(status.url)
-    return DevStarted(server=status, reused=reused, applied=applied, api=api_status,
-                      api_reused=api_reused, keys=keys)
+    started = DevStarted(server=status, reused=reused, applied=applied)
+    if api:
+        keys = project_keys(settings)
+        api_status, api_reused = local_api(settings, port=api_port,
+                                           db_port=port).start(status.url)
+        started = replace(started, api=api_status, api_reused=api_reused, keys=keys)
+    if workers:
+        worker_status, workers_reused = local_workers(settings).start(status.url)
+        started = replace(started, workers=worker_status, workers_reused=workers_reused)
+    return started
 
 
-def stop(settings: Settings) -> tuple[bool, bool]:
-    """Stop the API, then the database. Returns whether each was running."""
+def stop(settings: Settings) -> tuple[bool, bool, bool]:
+    """Stop the workers, the API, then the database. Returns whether each was running."""
+    workers_ran = local_workers(settings).stop()
     api_ran = local_api(settings).stop()
-    return api_ran, local_server(settings).stop()
+    return workers_ran, api_ran, local_server(settings).stop()
 
 
 def require_local(settings: Settings, db_url: str | None) -> ServerStatus:
