@@ -9,21 +9,22 @@ SUPARAG_HOME/logs/worker.log.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
 
-from worker.errors import LocalServerError, PortInUse
+from worker.errors import LocalServerError
+from worker.local.postgres import check_port_free
 
 MODULE = "worker.api"
 #: How `suparag dev` runs `suparag worker`: the CLI's own entry point under this
@@ -55,20 +56,11 @@ class LocalApi:
 
     def status(self) -> ApiStatus | None:
         """The running API of this home, or None (a stale pidfile counts as not running)."""
-        try:
-            recorded = json.loads(self.pidfile.read_text())
-            pid, port = int(recorded["pid"]), int(recorded["port"])
-            db_url = str(recorded.get("db_url", ""))
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
+        found = _running(self.pidfile, lambda record: [MODULE, str(self.home)])
+        if found is None:
             return None
-        try:
-            cmdline = psutil.Process(pid).cmdline()
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            return None
-        # After a crash the pid may belong to another program: check it is ours.
-        if MODULE not in cmdline or str(self.home) not in cmdline:
-            return None
-        return ApiStatus(pid=pid, port=port, db_url=db_url)
+        pid, record = found
+        return ApiStatus(pid=pid, port=int(record["port"]), db_url=str(record.get("db_url", "")))
 
     def start(self, db_url: str) -> tuple[ApiStatus, bool]:
         """Start the API against db_url, or reuse a running one. Returns (status, reused)."""
@@ -77,7 +69,7 @@ class LocalApi:
             return running, True
         if running is not None:  # the database moved (another port): follow it
             self.stop()
-        self._check_port_free()
+        check_port_free(self.port, "SUPARAG_API_PORT or --api-port")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             proc = subprocess.Popen(
@@ -118,18 +110,28 @@ class LocalApi:
     def _terminate(pid: int) -> None:
         _terminate(pid, grace=15)
 
-    def _check_port_free(self) -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(("127.0.0.1", self.port))
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    raise PortInUse(
-                        f"port {self.port} on 127.0.0.1 is taken by another program: stop it, "
-                        "or choose another port with SUPARAG_API_PORT or --api-port"
-                    ) from exc
-                raise LocalServerError(f"cannot use port {self.port}: {exc}") from exc
+
+
+def _running(pidfile: Path, markers: Callable[[dict[str, Any]], list[str]]
+             ) -> tuple[int, dict[str, Any]] | None:
+    """The pid and record of pidfile if that process runs and is ours, else None.
+
+    After a crash the pid may belong to another program, so the process's
+    command line must contain every marker the record implies.
+    """
+    try:
+        record = json.loads(pidfile.read_text())
+        pid = int(record["pid"])
+        wanted = markers(record)
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        cmdline = psutil.Process(pid).cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+    if not all(marker in cmdline for marker in wanted):
+        return None
+    return pid, record
 
 
 def _terminate(pid: int, *, grace: float) -> None:
@@ -165,19 +167,11 @@ class LocalWorkers:
 
     def status(self) -> WorkerStatus | None:
         """The running worker of this home, or None (a stale pidfile counts as not running)."""
-        try:
-            recorded = json.loads(self.pidfile.read_text())
-            pid, db_url = int(recorded["pid"]), str(recorded["db_url"])
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
+        found = _running(self.pidfile, lambda record: [WORKER_CODE, str(record["db_url"])])
+        if found is None:
             return None
-        try:
-            cmdline = psutil.Process(pid).cmdline()
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            return None
-        # After a crash the pid may belong to another program: check it is ours.
-        if WORKER_CODE not in cmdline or db_url not in cmdline:
-            return None
-        return WorkerStatus(pid=pid, db_url=db_url)
+        pid, record = found
+        return WorkerStatus(pid=pid, db_url=str(record["db_url"]))
 
     def start(self, db_url: str) -> tuple[WorkerStatus, bool]:
         """Start the worker against db_url, or reuse a running one. Returns (status, reused).

@@ -171,20 +171,7 @@ class LocalPostgres:
             pidfile.unlink()
 
     def _check_port_free(self) -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            # As PostgreSQL binds: SO_REUSEADDR, so connections lingering in
-            # TIME_WAIT (say, from a server just stopped) do not count as taken;
-            # only a socket that listens there does.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(("127.0.0.1", self.port))
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    raise PortInUse(
-                        f"port {self.port} on 127.0.0.1 is taken by another program: stop it, "
-                        f"or choose another port with SUPARAG_DB_PORT or --db-port"
-                    ) from exc
-                raise LocalServerError(f"cannot use port {self.port}: {exc}") from exc
+        check_port_free(self.port, "SUPARAG_DB_PORT or --db-port")
 
     def _system_user(self) -> str | None:
         """Under root, the unprivileged user the server runs as, with access set up."""
@@ -281,3 +268,23 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def check_port_free(port: int, how_to_change: str) -> None:
+    """PortInUse (naming how_to_change) if something listens on 127.0.0.1:port.
+
+    Binds as servers do, with SO_REUSEADDR, so connections lingering in
+    TIME_WAIT (say, from a server just stopped) do not count as taken; only a
+    socket that listens there does.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(
+                    f"port {port} on 127.0.0.1 is taken by another program: stop it, "
+                    f"or choose another port with {how_to_change}"
+                ) from exc
+            raise LocalServerError(f"cannot use port {port}: {exc}") from exc
