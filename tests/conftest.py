@@ -8,7 +8,10 @@ see each other's rows and run in any order.
 from __future__ import annotations
 
 import itertools
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,3 +169,24 @@ def embedder():
     model = SentenceTransformerEmbedder()
     model.embed(["warm up"])
     return model
+
+
+@contextmanager
+def running_app(app: Any, *, port: int | None = None) -> Iterator[str]:
+    """An ASGI app served by uvicorn on a thread (a free port unless given); yields its URL."""
+    import uvicorn
+
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the API did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -4,7 +4,6 @@ against a real server, database and model."""
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,8 +13,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-import uvicorn
-from conftest import free_port
+from conftest import running_app
 from supabase import create_client
 from supabase_functions.errors import FunctionsHttpError
 
@@ -54,20 +52,8 @@ def api(db_url: str, tmp_path: Path, embedder: Embedder) -> Iterator[Api]:
         return embedder
 
     app = create_app(db_url, keys, routes=functions_routes(keys, load))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the API did not start"
-        time.sleep(0.05)
-    try:
-        yield Api(url=f"http://127.0.0.1:{port}", keys=keys, loads=loads)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with running_app(app) as url:
+        yield Api(url=url, keys=keys, loads=loads)
 
 
 def close(a: list[float], b: list[float]) -> bool:

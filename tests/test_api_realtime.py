@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -13,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 import websockets
-from conftest import free_port
+from conftest import running_app
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 
 from worker.api.app import create_app
@@ -42,21 +40,9 @@ class Api:
 def serve(db_url: str, home: Path, *, port: int | None = None) -> Iterator[Api]:
     """The API with the Realtime route, in-process on a free port, until the test ends."""
     keys = load_or_create(home)
-    port = port or free_port()
     app = create_app(db_url, keys, routes=realtime_routes(db_url, keys))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the API did not start"
-        time.sleep(0.05)
-    try:
-        yield Api(url=f"http://127.0.0.1:{port}", keys=keys)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with running_app(app, port=port) as url:
+        yield Api(url=url, keys=keys)
 
 
 @pytest.fixture

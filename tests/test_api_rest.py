@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,8 +11,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-import uvicorn
-from conftest import free_port
+from conftest import running_app
 from postgrest.exceptions import APIError
 from supabase import Client, create_client
 
@@ -54,20 +52,8 @@ class Api:
 def serve(db_url: str, home: Path) -> Iterator[Api]:
     """The API in-process on a free port (uvicorn on a thread), until the test ends."""
     keys = load_or_create(home)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(db_url, keys), host="127.0.0.1",
-                                           port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the API did not start"
-        time.sleep(0.05)
-    try:
-        yield Api(url=f"http://127.0.0.1:{port}", keys=keys, db_url=db_url)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with running_app(create_app(db_url, keys)) as url:
+        yield Api(url=url, keys=keys, db_url=db_url)
 
 
 @pytest.fixture
