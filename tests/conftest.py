@@ -8,6 +8,7 @@ see each other's rows and run in any order.
 from __future__ import annotations
 
 import itertools
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -169,6 +170,21 @@ def embedder():
     model = SentenceTransformerEmbedder()
     model.embed(["warm up"])
     return model
+
+
+@contextmanager
+def port_taken(port: int) -> Iterator[socket.socket]:
+    """Another program listening on 127.0.0.1:port, bound the way servers bind.
+
+    With SO_REUSEADDR, as servers set it, the bind succeeds even while the
+    port has connections in TIME_WAIT from an earlier test; it still keeps
+    every other server off the port while it listens.
+    """
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        yield sock
 
 
 @contextmanager

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ import httpx
 import jwt
 import psutil
 import pytest
-from conftest import free_port
+from conftest import free_port, port_taken
 from supabase import ClientOptions, create_client
 from supabase_auth.errors import AuthApiError, AuthWeakPasswordError
 from test_api_rest import PASSWORD, Api, serve
@@ -200,9 +199,7 @@ def test_dev_serves_the_api_in_the_background(dev_cli):
 
 def test_api_port_taken_is_a_clear_error(dev_cli):
     cli, env = dev_cli
-    with socket.socket() as blocker:
-        blocker.bind(("127.0.0.1", int(env["SUPARAG_API_PORT"])))
-        blocker.listen()
+    with port_taken(int(env["SUPARAG_API_PORT"])):
         result = cli("dev", env=env, check=False)
     assert result.returncode == 1
     assert "taken by another program" in result.stderr and "SUPARAG_API_PORT" in result.stderr

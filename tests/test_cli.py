@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import free_port, port_taken
 
 from worker.local.postgres import _bin
 from worker.sqlfiles import migrations_dir
@@ -82,9 +82,7 @@ def test_dev_lifecycle(cli):
 
 
 def test_port_taken_is_a_clear_error(cli):
-    with socket.socket() as blocker:
-        blocker.bind(("127.0.0.1", cli.port))
-        blocker.listen()
+    with port_taken(cli.port):
         result = cli("dev", check=False)
     assert result.returncode == 1
     assert f"port {cli.port}" in result.stderr and "taken by another program" in result.stderr

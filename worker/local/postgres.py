@@ -249,7 +249,8 @@ def free_port() -> int:
 
     A port from bind(0) is ephemeral: an outgoing connection (tests and
     benches make many) may take it as its source port before the server
-    binds it.
+    binds it. The probe binds without SO_REUSEADDR, so a port that still has
+    connections in TIME_WAIT is passed over too: a caller may bind it plainly.
     """
     try:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
@@ -259,7 +260,6 @@ def free_port() -> int:
     for _ in range(200):
         port = rng.randrange(20000, max(20001, min(low, 32000)))
         with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
