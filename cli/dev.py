@@ -56,9 +56,10 @@ def dev(ctx: typer.Context, db_port: PortOption = None, api_port: ApiPortOption 
         json_out: JsonOption = False) -> None:
     """Start the local database, API and workers (or reuse them), apply pending migrations.
 
-    Returns once they are up and prints the DB URL, the API URL and its keys.
-    The workers (`suparag worker`: embeddings and answers) then load the model
-    and drain both queues; their log is SUPARAG_HOME/logs/worker.log. Data,
+    Returns once they are up (the workers' model loaded) and prints the DB
+    URL, the API URL and its keys. The workers (`suparag worker`: embeddings
+    and answers) then drain both queues; their log is
+    SUPARAG_HOME/logs/worker.log. Data,
     keys (keys.json) and logs live in SUPARAG_HOME (default ./.suparag);
     running it again reuses them. All keep running in the background until
     `suparag dev stop`.
@@ -81,6 +82,8 @@ def dev(ctx: typer.Context, db_port: PortOption = None, api_port: ApiPortOption 
                         api_reused=started.api_reused, **_keys_info(settings))
         if started.workers is not None:
             info.update(worker_pid=started.workers.pid, worker_reused=started.workers_reused,
+                        worker_health_url=(f"http://127.0.0.1:{started.workers.http_port}/health"
+                                           if started.workers.http_port else None),
                         worker_log=str(stack.local_workers(settings).log_path))
         print_json(info)
         return
@@ -132,8 +135,9 @@ def status(json_out: JsonOption = False) -> None:
         "worker_running": workers_running is not None,
         "worker_log": str(workers.log_path),
     }
+    health = workers_running.health() if workers_running is not None else None
     if workers_running is not None:
-        info.update(worker_pid=workers_running.pid)
+        info.update(worker_pid=workers_running.pid, worker_health=health)
     if api_running is not None:
         info.update(api_url=api_running.url, api_pid=api_running.pid, **_keys_info(settings))
     if running is not None:
@@ -165,6 +169,14 @@ def status(json_out: JsonOption = False) -> None:
                       "`suparag worker`).")
     elif not json_out:
         console.print(f"Workers: [green]running[/green] (pid {info['worker_pid']})")
+        if health is not None:
+            totals, answers = health["totals"], health.get("answers") or {}
+            console.print(
+                f"  model {health['model']}, {'ready' if health['ready'] else 'starting'}; "
+                f"since start: {totals['embedded']} documents embedded, "
+                f"{answers.get('answered', 0)} questions answered, "
+                f"{totals['failed'] + answers.get('failed', 0)} failed"
+            )
         console.print(f"Worker logs: {workers.log_path}")
     if running is None:
         raise typer.Exit(code=1)

@@ -42,7 +42,14 @@ def test_dev_runs_the_workers_until_dev_stop(dev_cli):
     assert started["worker_reused"] is False and started["worker_log"].endswith("worker.log")
     status = json.loads(cli("dev", "status", "--json", env=env).stdout)
     assert status["worker_running"] and status["worker_pid"] == pid
-    assert "Workers: " in cli("dev", "status", env=env).stdout
+    # `dev` returned once the worker was ready: its model loaded, LISTEN in place.
+    health = status["worker_health"]
+    assert health["ready"] and health["listening"]
+    assert health["model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert httpx.get(started["worker_health_url"], timeout=5).json()["worker_id"] == \
+        health["worker_id"]
+    assert "model sentence-transformers/all-MiniLM-L6-v2, ready" in \
+        cli("dev", "status", env=env).stdout
 
     # A document committed with plain SQL is embedded with nothing else run.
     with connect(started["db_url"]) as conn:
@@ -84,6 +91,18 @@ def test_dev_runs_the_workers_until_dev_stop(dev_cli):
     assert gone(pid)
     status = json.loads(cli("dev", "status", "--json", env=env, check=False).stdout)
     assert status["worker_running"] is False and "worker_pid" not in status
+
+
+def test_a_worker_that_cannot_load_its_model_fails_dev_with_its_reason(dev_cli, tmp_path):
+    cli, env = dev_cli
+    missing = tmp_path / "no-such-model"
+    result = cli("dev", env={**env, "SUPARAG_EMBEDDING_MODEL": str(missing)}, check=False)
+    assert result.returncode == 1
+    message = " ".join(result.stderr.split())  # as printed, wrapped to the terminal
+    assert "the worker exited at start" in message
+    assert "cannot load embedding model" in message and "no-such-model" in message
+    assert "worker.log" in message
+    assert json.loads(cli("dev", "status", "--json", env=env).stdout)["worker_running"] is False
 
 
 def test_no_workers_starts_none(dev_cli):

@@ -79,6 +79,12 @@ class Embedder(Protocol):
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
 
+    def load(self) -> None:
+        """Get ready to embed now rather than on the first call: load local weights,
+        or build the client of a remote service (which is not called). Raises
+        ConfigError when that cannot be done."""
+        ...
+
 
 def _packaged_model_path(name: str) -> str | None:
     if name != DEFAULT_MODEL:
@@ -129,6 +135,9 @@ class SentenceTransformerEmbedder:
                 f"cannot load embedding model {self.name!r}: {exc}. Give a local path, or "
                 "a name in the Hugging Face cache (offline machines cannot download)."
             ) from exc
+
+    def load(self) -> None:
+        self._model  # noqa: B018  # the cached property loads the weights
 
     @property
     def dimensions(self) -> int:
@@ -336,6 +345,9 @@ class OpenAIEmbedder:
         # client version and the final error can say how many were made.
         return openai.OpenAI(api_key=self._api_key, base_url=self.base_url, max_retries=0,
                              timeout=self.timeout_seconds)
+
+    def load(self) -> None:
+        self._client  # noqa: B018  # builds the client; makes no request
 
     @cached_property
     def _encoding(self) -> Any | None:

@@ -260,6 +260,7 @@ class EmbeddingService:
         self._listener: _Listener | None = None
         self._http: _WakeServer | None = None
         self._realtime: _RealtimeWaker | None = None
+        self._loaded = False
 
     # -- control --------------------------------------------------------------------------
 
@@ -275,11 +276,18 @@ class EmbeddingService:
         host, port = self._http.server_address[:2]
         return str(host), int(port)
 
+    @property
+    def ready(self) -> bool:
+        """The model is loaded and LISTEN (when on) is in place: a commit is served at once."""
+        listening = self._listener is None or self._listener.listening.is_set()
+        return self._loaded and listening and not self.stopping.is_set()
+
     def health(self) -> dict[str, Any]:
         return {
             "status": "stopping" if self.stopping.is_set() else "running",
             "worker_id": self.worker.config.worker_id,
             "model": self.worker.embedder.name,
+            "ready": self.ready,
             "listening": self._listener is not None and self._listener.listening.is_set(),
             "realtime": self._realtime is not None and self._realtime.subscribed.is_set(),
             "uptime_seconds": round(time.time() - self.started_at, 1),
@@ -298,6 +306,14 @@ class EmbeddingService:
                  " and ".join(self._queues()))
         try:
             if not once:
+                # Load the model before the first wake-up can arrive, so the first
+                # commit is not kept waiting for it (and a model that cannot load
+                # stops the worker here, with its error, instead of failing jobs).
+                started = time.monotonic()
+                self.worker.embedder.load()
+                self._loaded = True
+                log.info("model %s loaded in %.1f s", self.worker.embedder.name,
+                         time.monotonic() - started)
                 self._start_wakeups()  # first, so nothing committed during the drain is missed
             self._drain()
             while not once and not self.stopping.is_set():

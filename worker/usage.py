@@ -122,6 +122,9 @@ class MeteredEmbedder:
     def max_tokens(self) -> int:
         return self.inner.max_tokens
 
+    def load(self) -> None:
+        self.inner.load()
+
     def count_tokens(self, text: str) -> int:
         return self.inner.count_tokens(text)
 

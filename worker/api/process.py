@@ -24,7 +24,7 @@ import httpx
 import psutil
 
 from worker.errors import LocalServerError
-from worker.local.postgres import check_port_free
+from worker.local.postgres import check_port_free, free_port
 
 MODULE = "worker.api"
 #: How `suparag dev` runs `suparag worker`: the CLI's own entry point under this
@@ -151,6 +151,19 @@ class WorkerStatus:
 
     pid: int
     db_url: str
+    #: Where it serves GET /health and wake-up POSTs (None for a worker started
+    #: before this was recorded).
+    http_port: int | None = None
+
+    def health(self) -> dict[str, Any] | None:
+        """What the worker reports on GET /health, or None if it does not answer."""
+        if self.http_port is None:
+            return None
+        try:
+            response = httpx.get(f"http://127.0.0.1:{self.http_port}/health", timeout=2)
+            return dict(response.json()) if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return None
 
 
 class LocalWorkers:
@@ -159,6 +172,8 @@ class LocalWorkers:
     #: SIGTERM lets the batch in hand finish; a batch of 16 documents on a CPU
     #: takes seconds, so this only ends a stuck worker.
     GRACE_SECONDS = 120.0
+    #: Loading torch and the model takes a few seconds alone, much longer on a busy machine.
+    READY_SECONDS = 180.0
 
     def __init__(self, home: Path) -> None:
         self.home = home.expanduser().resolve()
@@ -171,13 +186,17 @@ class LocalWorkers:
         if found is None:
             return None
         pid, record = found
-        return WorkerStatus(pid=pid, db_url=str(record["db_url"]))
+        port = record.get("http_port")
+        return WorkerStatus(pid=pid, db_url=str(record["db_url"]),
+                            http_port=int(port) if port is not None else None)
 
     def start(self, db_url: str) -> tuple[WorkerStatus, bool]:
         """Start the worker against db_url, or reuse a running one. Returns (status, reused).
 
-        Returns once the process runs; it then loads the model and drains both
-        queues, logging to log_path.
+        Returns once the worker is ready: its model loaded and LISTEN in place,
+        so the first commit after this is embedded without waiting for a model
+        load. (It then drains both queues, logging to log_path.) The worker
+        also serves GET /health, and wake-up POSTs, on a free local port.
         """
         running = self.status()
         if running is not None and running.db_url == db_url:
@@ -185,20 +204,32 @@ class LocalWorkers:
         if running is not None:  # the database moved (another port): follow it
             self.stop()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        port = free_port()
         with self.log_path.open("ab") as log:
+            offset = log.tell()
             proc = subprocess.Popen(
-                [sys.executable, "-c", WORKER_CODE, "worker", "--db-url", db_url],
+                [sys.executable, "-c", WORKER_CODE, "worker", "--db-url", db_url,
+                 "--http-port", str(port)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self.pidfile.write_text(json.dumps({"pid": proc.pid, "db_url": db_url}))
-        # A worker that cannot start (bad settings, no such model) exits at once.
-        try:
-            code = proc.wait(timeout=1.0)
-        except subprocess.TimeoutExpired:
-            return WorkerStatus(pid=proc.pid, db_url=db_url), False
-        self.pidfile.unlink(missing_ok=True)
-        raise LocalServerError(f"the worker exited at start (code {code}); see {self.log_path}")
+        self.pidfile.write_text(json.dumps({"pid": proc.pid, "db_url": db_url,
+                                            "http_port": port}))
+        status = WorkerStatus(pid=proc.pid, db_url=db_url, http_port=port)
+        deadline = time.monotonic() + self.READY_SECONDS
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:  # bad settings, a model that cannot load
+                self.pidfile.unlink(missing_ok=True)
+                raise LocalServerError(
+                    f"the worker exited at start (code {proc.returncode}): "
+                    f"{_exit_reason(self.log_path, offset)} (log: {self.log_path})")
+            health = status.health()
+            if health is not None and health.get("ready"):
+                return status, False
+            time.sleep(0.2)
+        self.stop()
+        raise LocalServerError(f"the worker was not ready after {self.READY_SECONDS:.0f} s; "
+                               f"see {self.log_path}")
 
     def stop(self) -> bool:
         """Stop the worker if it runs (SIGTERM: it finishes its batch). Returns whether it ran."""
@@ -208,3 +239,19 @@ class LocalWorkers:
             return False
         _terminate(running.pid, grace=self.GRACE_SECONDS)
         return True
+
+
+def _exit_reason(log_path: Path, offset: int) -> str:
+    """Why a process that just died says it did: its `error:` message from what it
+    wrote to log_path after offset (joined across wrapped lines), else its last line."""
+    try:
+        with log_path.open("rb") as log:
+            log.seek(offset)
+            lines = [line.strip() for line in log.read().decode(errors="replace").splitlines()]
+    except OSError:
+        return "no log"
+    lines = [line for line in lines if line]
+    starts = [i for i, line in enumerate(lines) if line.startswith("error:")]
+    if starts:
+        return " ".join(lines[starts[-1]:])
+    return lines[-1] if lines else "no output"
