@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-OUR_SCHEMAS = ("public", "suparag_private")
+OUR_SCHEMAS = ("public", "suparag_private", "suparag_search")
 
 # Functions allowed to run with their owner's rights, and why.
 SECURITY_DEFINER_REASONS = {
@@ -13,6 +13,9 @@ SECURITY_DEFINER_REASONS = {
         "a trigger that writes the private queue on behalf of users who may not",
     "suparag_private.enqueue_answer":
         "a trigger that queues an answer job for a user's question; users may not write it",
+    "suparag_search.full_text_matches":
+        "full text through the GIN index, which RLS rules out (`@@` is not leakproof); "
+        "applies the read rule itself and returns only readable ids",
 }
 
 
@@ -150,3 +153,17 @@ def test_vector_lives_in_extensions_schema(conn):
         "select n.nspname from pg_extension e join pg_namespace n on n.oid = e.extnamespace"
         " where e.extname = 'vector'").fetchone()
     assert row["nspname"] == "extensions"
+
+
+@pytest.mark.parametrize("role", ["anon", "authenticated", "service_role"])
+def test_search_schema_holds_only_the_full_text_helper(conn, role):
+    """API roles may use suparag_search (hybrid_search runs as them) and it holds one thing."""
+    assert [f["signature"] for f in functions(conn, "suparag_search")] == [
+        "suparag_search.full_text_matches(tsquery,integer,jsonb)"]
+    row = conn.execute(
+        "select has_schema_privilege(%s, 'suparag_search', 'usage') as u,"
+        " has_schema_privilege(%s, 'suparag_search', 'create') as c,"
+        " (select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace"
+        "  where n.nspname = 'suparag_search') as relations", (role, role),
+    ).fetchone()
+    assert row == {"u": True, "c": False, "relations": 0}

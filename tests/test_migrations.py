@@ -33,6 +33,8 @@ LANDED = {
         "f1d349933d484bb04c45429bef7f2bbaf6703d334950528729ce21b91896aec6",
     "20261121000600_suparag_realtime_jobs.sql":
         "8cedaa97d9eaeb4b1a5cee4bcd8dd3d58129def9c4496e7606739c4d42b07d18",
+    "20261121000700_suparag_hybrid_full_text.sql":
+        "5738b59b2ead706855e608e0ddb00b55b7f5bc559f97eec14a60eab05aa7fb67",
 }
 
 

@@ -78,6 +78,48 @@ def test_hybrid_search(conn, world, caller):
     assert names(world, {r["document_id"] for r in rows}) == READABLE[caller]
 
 
+FULL_TEXT_MATCHES = ("select id from suparag_search.full_text_matches("
+                     "websearch_to_tsquery('english', %s), 50, %s)")
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+def test_full_text_helper_returns_only_readable_chunks(conn, world, caller):
+    """Called directly, hybrid_search's security-definer helper returns what a plain
+    select of the same chunks would, as that caller, and nothing more."""
+    conn.execute("update public.documents set metadata = '{\"kind\": \"faq\"}'"
+                 " where id in (%s, %s)", (world.docs["alice_team"], world.docs["bob_team"]))
+    conn.commit()
+    for words, filter_ in [("handbook", "{}"), ("text of alice", "{}"),
+                           ("handbook", '{"kind": "faq"}')]:
+        helper = run_as(conn, world, caller, FULL_TEXT_MATCHES, (words, filter_))
+        plain = run_as(conn, world, caller,
+                       "select c.id from public.document_chunks c"
+                       " join public.documents d on d.id = c.document_id"
+                       " where c.fts @@ websearch_to_tsquery('english', %s)"
+                       " and d.metadata @> %s::jsonb", (words, filter_))
+        if caller == "service":
+            # service_role is not subject to RLS: hybrid_search runs the plain
+            # query for it, and the helper serves only anon and authenticated.
+            assert helper == []
+        else:
+            assert {r["id"] for r in helper} == {r["id"] for r in plain}, (words, filter_)
+            assert plain or caller in ("anon", "mallory")  # not vacuous
+
+
+@pytest.mark.parametrize("role", ["anon", "authenticated"])
+def test_full_text_helper_reads_the_role_not_forged_claims(conn, world, role):
+    """Claims saying service_role do not widen the helper for an anon or user role."""
+    with conn.transaction(force_rollback=True):
+        conn.execute("select set_config('request.jwt.claims', %s, true)",
+                     ('{"role": "service_role"}',))
+        conn.execute(f"set local role {role}")
+        rows = conn.execute(FULL_TEXT_MATCHES, ("handbook", "{}")).fetchall()
+        public = conn.execute("select count(*) as n from public.document_chunks c"
+                              " join public.documents d on d.id = c.document_id"
+                              " where d.visibility = 'public'").fetchone()["n"]
+    assert len(rows) == public == 1
+
+
 def test_match_documents_filter_and_threshold(conn, world):
     conn.execute(
         "update public.documents set metadata = %s where id = %s",
@@ -245,6 +287,7 @@ def test_reads_equal_the_rules(conn, world, specs, caller):
     with conn.transaction(force_rollback=True):
         conn.execute("delete from public.documents")
         allowed = set()
+        document_of = {}
         for i, (owner_ix, team, vis) in enumerate(specs):
             owner = people[owner_ix]
             doc_id = conn.execute(
@@ -252,11 +295,12 @@ def test_reads_equal_the_rules(conn, world, specs, caller):
                 " values (%s, %s, %s, 'shared words') returning id",
                 (world.users[owner].id, team, vis),
             ).fetchone()["id"]
-            conn.execute(
+            chunk_id = conn.execute(
                 "insert into public.document_chunks (document_id, chunk_index, content,"
                 " embedding, embedding_model, content_hash) values (%s, 0, 'shared words', %s,"
-                " 'm', 'h')", (doc_id, unit_vector(i)),
-            )
+                " 'm', 'h') returning id", (doc_id, unit_vector(i)),
+            ).fetchone()["id"]
+            document_of[chunk_id] = doc_id
             who = people[caller] if caller < 4 else None
             if (vis == "public" or (who is not None and (
                     owner == who or (vis == "team" and team_of[who] == team)))):
@@ -274,6 +318,11 @@ def test_reads_equal_the_rules(conn, world, specs, caller):
                 "select document_id"
                 " from public.hybrid_search('shared', %s::extensions.vector, 100)",
                 (unit_vector(0),))}
+            # hybrid_search's full-text helper applies the read rule itself
+            # (security definer): it must agree with the policies exactly.
+            helper = {document_of[r["id"]] for r in conn.execute(
+                "select id from suparag_search.full_text_matches("
+                "websearch_to_tsquery('english', 'shared'), 100)")}
             # Without the (approximate) HNSW index the function must return
             # every readable row: the exact form of the same rule.
             conn.execute("set local enable_indexscan = off")
@@ -287,6 +336,7 @@ def test_reads_equal_the_rules(conn, world, specs, caller):
     assert matched <= allowed
     # The full-text half is exact and every chunk matches 'shared'.
     assert hybrid == allowed
+    assert helper == allowed
 
 
 def test_all_documents_covered():
