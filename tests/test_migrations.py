@@ -34,7 +34,7 @@ LANDED = {
     "20261121000600_suparag_realtime_jobs.sql":
         "8cedaa97d9eaeb4b1a5cee4bcd8dd3d58129def9c4496e7606739c4d42b07d18",
     "20261121000700_suparag_hybrid_full_text.sql":
-        "5738b59b2ead706855e608e0ddb00b55b7f5bc559f97eec14a60eab05aa7fb67",
+        "3a2199399173964db05745867837f9dc3b48723006c9dcf4e7531f9ece26f14e",
 }
 
 

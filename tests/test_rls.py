@@ -78,6 +78,34 @@ def test_hybrid_search(conn, world, caller):
     assert names(world, {r["document_id"] for r in rows}) == READABLE[caller]
 
 
+@pytest.mark.parametrize("caller", CALLERS)
+def test_hybrid_search_is_rrf_of_both_halves(conn, world, caller):
+    """Scores and order are reciprocal rank fusion of the caller's two rankings."""
+    conn.execute("update public.document_chunks set content = content || ' handbook handbook'"
+                 " where document_id = %s", (world.docs["alice_team"],))
+    conn.commit()
+    vector, k, rrf_k = unit_vector(4), 3, 50
+    full_text = run_as(conn, world, caller,
+                       "select id from public.document_chunks"
+                       " where fts @@ websearch_to_tsquery('english', 'handbook')"
+                       " order by ts_rank_cd(fts, websearch_to_tsquery('english', 'handbook'))"
+                       " desc, id limit %s", (2 * k,))
+    semantic = run_as(conn, world, caller,
+                      "select chunk_id as id from public.match_documents(%s::extensions.vector, %s)"
+                      " order by similarity desc, chunk_id", (vector, 2 * k))
+    expected: dict[int, float] = {}
+    for ranking in (full_text, semantic):
+        for rank, row in enumerate(ranking, start=1):
+            expected[row["id"]] = expected.get(row["id"], 0.0) + 1 / (rrf_k + rank)
+    best = sorted(expected.items(), key=lambda item: (-item[1], item[0]))[:k]
+    rows = run_as(conn, world, caller,
+                  "select chunk_id, score from public.hybrid_search("
+                  "'handbook', %s::extensions.vector, %s, rrf_k => %s)", (vector, k, rrf_k))
+    assert [r["chunk_id"] for r in rows] == [chunk for chunk, _ in best]
+    assert [r["score"] for r in rows] == pytest.approx([score for _, score in best])
+    assert len(rows) == min(k, len(READABLE[caller]))
+
+
 FULL_TEXT_MATCHES = ("select id from suparag_search.full_text_matches("
                      "websearch_to_tsquery('english', %s), 50, %s)")
 
