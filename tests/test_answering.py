@@ -28,7 +28,7 @@ from worker.answering import (
     AnswerWorker,
 )
 from worker.db import as_request
-from worker.embedding import EmbeddingWorker
+from worker.embedding import EmbeddingWorker, WorkerConfig
 from worker.llm import OpenAIChat
 
 #: name -> (owner, team, visibility, content)
@@ -492,6 +492,38 @@ def test_service_answers_when_notified(conn, world, corpus, db_url, embedder):
         service.stop()
         thread.join(timeout=30)
     assert not thread.is_alive()
+
+
+def test_a_question_waits_for_one_embedding_batch_not_the_backlog(conn, world, corpus,
+                                                                 db_url, embedder):
+    """With a backlog of documents, the answer is written after the first batch."""
+    from worker.runner import EmbeddingService
+
+    backlog = 4
+    for i in range(backlog):
+        conn.execute("insert into public.documents (owner_id, title, content)"
+                     " values (%s, %s, %s)",
+                     (world.users["bob"].id, f"backlog {i}", f"a queued note number {i}"))
+    conn.commit()
+    q = ask(conn, world.users["alice"], "Can an octopus open a jar?")
+    finished_before: list[int] = []  # documents embedded when the answer was done
+
+    def on_batch(batch: Any) -> None:
+        if not finished_before and (answer_of(conn, q["id"]) or {}).get("status") == "done":
+            embedded = conn.execute("select count(*) as n from public.documents"
+                                    " where title like 'backlog %%'"
+                                    " and embedding_status = 'ready'").fetchone()["n"]
+            conn.commit()
+            finished_before.append(embedded)
+
+    service = EmbeddingService(db_url, embedder, config=WorkerConfig(batch_size=1),
+                               answers=AnswerWorker(db_url, embedder), on_batch=on_batch)
+    service.run(once=True)
+    assert answer_of(conn, q["id"])["status"] == "done"
+    assert service.totals.embedded == backlog
+    # Answered right after the first batch: on_batch runs before the answers
+    # are drained, so the second batch's call is the first to see it done.
+    assert finished_before == [2]
 
 
 def test_worker_only_serves_the_queue_it_is_given(tmp_path, conn, db_url, world):

@@ -333,6 +333,10 @@ class EmbeddingService:
                      batch.retrying, batch.failed, batch.chunks_embedded, batch.chunks_reused)
             if self.on_batch is not None:
                 self.on_batch(batch)
+            # Between embedding batches, answer what has been asked: a question
+            # waits for one batch of a long backlog, not for all of it.
+            if self.answers is not None and not self.stopping.is_set():
+                self._drain_answers()
 
         try:
             if self.embeddings:
