@@ -68,6 +68,24 @@ comment on table auth.users is
 alter table auth.users enable row level security;
 grant select on auth.users to service_role;
 
+-- Refresh tokens of the local API's sessions, named as GoTrue names them, so
+-- a session outlives an API restart. `token` holds the sha256 of the token
+-- (the local API's choice; GoTrue keeps the token itself). Rotated on each
+-- use; the new token keeps the session and names its parent.
+create table if not exists auth.refresh_tokens (
+  id bigserial primary key,
+  token varchar(255) unique,
+  user_id varchar(255),
+  revoked boolean not null default false,
+  parent varchar(255),
+  session_id uuid,
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now()
+);
+create index if not exists refresh_tokens_session_id_idx on auth.refresh_tokens (session_id);
+alter table auth.refresh_tokens enable row level security;
+revoke all on auth.refresh_tokens from public;
+
 -- The definitions current Supabase uses: claims come from request.jwt.claims
 -- (PostgREST >= 12), with the legacy per-claim setting still honoured.
 create or replace function auth.uid() returns uuid

@@ -56,21 +56,71 @@ def test_sign_up_sign_in_user_and_sign_out(api, conn):
     user = client.auth.get_user().user
     assert user.id == str(rita.id) and user.app_metadata["team"] == "red"
 
-    # A refresh gives a new session and spends the old refresh token.
+    # A refresh continues the session with a new pair of tokens.
     refreshed = client.auth.refresh_session().session
-    assert api.keys.verify(refreshed.access_token)["sub"] == str(rita.id)
-    reuse = httpx.post(f"{api.url}/auth/v1/token", params={"grant_type": "refresh_token"},
-                       json={"refresh_token": session.refresh_token},
-                       headers={"apikey": api.keys.anon_key})
-    assert reuse.status_code == 400
-    assert reuse.json()["error_code"] == "refresh_token_not_found"
+    again = api.keys.verify(refreshed.access_token)
+    assert again["sub"] == str(rita.id) and again["session_id"] == claims["session_id"]
+    assert refreshed.refresh_token != session.refresh_token
 
     client.auth.sign_out()
     assert client.auth.get_session() is None
-    after = httpx.post(f"{api.url}/auth/v1/token", params={"grant_type": "refresh_token"},
-                       json={"refresh_token": refreshed.refresh_token},
-                       headers={"apikey": api.keys.anon_key})
+    after = refresh(api, refreshed.refresh_token)
     assert after.status_code == 400
+    assert after.json()["error_code"] == "refresh_token_not_found"
+    # Refresh tokens are kept as digests only.
+    kept = conn.execute("select count(*) as n from auth.refresh_tokens where token = %s"
+                        " or token = %s", (session.refresh_token, refreshed.refresh_token)
+                        ).fetchone()
+    assert kept["n"] == 0
+
+
+def refresh(api: Api, token: str) -> httpx.Response:
+    return httpx.post(f"{api.url}/auth/v1/token", params={"grant_type": "refresh_token"},
+                      json={"refresh_token": token}, headers={"apikey": api.keys.anon_key})
+
+
+def test_a_refresh_token_spent_twice_ends_its_session(api, conn):
+    client = api.client()
+    first = client.auth.sign_up({"email": "sam@example.com", "password": PASSWORD}).session
+    second = refresh(api, first.refresh_token)
+    assert second.status_code == 200, second.text
+    reuse = refresh(api, first.refresh_token)
+    assert reuse.status_code == 400
+    assert reuse.json()["error_code"] == "refresh_token_already_used"
+    # Either holder of the spent token may be a thief: the session's latest token is dead too.
+    assert refresh(api, second.json()["refresh_token"]).json()["error_code"] == \
+        "refresh_token_already_used"
+
+
+def test_sessions_survive_an_api_restart_and_sign_out_scopes(db_url, tmp_path, conn):
+    home = tmp_path / "home"
+    sessions = {}
+    for api in serve(db_url, home):
+        client = api.client()
+        client.auth.sign_up({"email": "lee@example.com", "password": PASSWORD})
+        for device in ("laptop", "phone", "tablet"):
+            sessions[device] = client.auth.sign_in_with_password(
+                {"email": "lee@example.com", "password": PASSWORD}).session
+    # A new API process (same database, same keys): the sessions are still there.
+    for api in serve(db_url, home):
+        phone = refresh(api, sessions["phone"].refresh_token)
+        assert phone.status_code == 200, phone.text
+        sessions["phone"] = phone.json()
+        # Signing out the laptop's session alone leaves the others.
+        out = httpx.post(f"{api.url}/auth/v1/logout", params={"scope": "local"},
+                         headers={"apikey": api.keys.anon_key,
+                                  "Authorization": f"Bearer {sessions['laptop'].access_token}"})
+        assert out.status_code == 204
+        assert refresh(api, sessions["laptop"].refresh_token).status_code == 400
+        tablet = refresh(api, sessions["tablet"].refresh_token)
+        assert tablet.status_code == 200
+        # scope=others from the phone ends the tablet, keeps the phone.
+        out = httpx.post(f"{api.url}/auth/v1/logout", params={"scope": "others"},
+                         headers={"apikey": api.keys.anon_key,
+                                  "Authorization": f"Bearer {sessions['phone']['access_token']}"})
+        assert out.status_code == 204
+        assert refresh(api, tablet.json()["refresh_token"]).status_code == 400
+        assert refresh(api, sessions["phone"]["refresh_token"]).status_code == 200
 
 
 def test_wrong_password_duplicate_and_weak_password(api, conn):

@@ -15,7 +15,6 @@ import hashlib
 import hmac
 import json
 import secrets
-import threading
 import time
 import uuid
 from typing import Any
@@ -100,9 +99,6 @@ class AuthApi:
 
     def __init__(self, pool: ConnectionPool[psycopg.Connection[Any]], keys: ProjectKeys) -> None:
         self.pool, self.keys = pool, keys
-        # refresh token -> (user id, session id)
-        self._refresh: dict[str, tuple[str, str]] = {}
-        self._lock = threading.Lock()
 
     def routes(self) -> list[Route]:
         return [
@@ -148,7 +144,7 @@ class AuthApi:
                             weak_password={"reasons": ["length"]})
         data: dict[str, Any] = body["data"] if isinstance(body.get("data"), dict) else {}
         row = await run_in_threadpool(self._create_user, email, password, data)
-        return JSONResponse(self._session(request, row))
+        return JSONResponse(await run_in_threadpool(self._session, request, row))
 
     async def token(self, request: Request) -> Response:
         self._require_apikey(request)
@@ -157,11 +153,13 @@ class AuthApi:
         if grant == "password":
             row = await run_in_threadpool(self._password_grant, body)
         elif grant == "refresh_token":
-            row = await run_in_threadpool(self._refresh_grant, body)
+            row, session_id, parent = await run_in_threadpool(self._refresh_grant, body)
+            return JSONResponse(await run_in_threadpool(self._session, request, row,
+                                                        session_id, parent))
         else:
             raise AuthError(400, "unsupported_grant_type",
                             "grant_type must be password or refresh_token here")
-        return JSONResponse(self._session(request, row))
+        return JSONResponse(await run_in_threadpool(self._session, request, row))
 
     async def user(self, request: Request) -> Response:
         claims = self._user_claims(request)
@@ -173,13 +171,10 @@ class AuthApi:
     async def logout(self, request: Request) -> Response:
         claims = self._user_claims(request)
         scope = request.query_params.get("scope", "global")
-        with self._lock:
-            for token, (user_id, session_id) in list(self._refresh.items()):
-                same_session = session_id == claims.get("session_id")
-                if user_id == claims["sub"] and (
-                    scope == "global" or (scope == "local") == same_session
-                ):
-                    del self._refresh[token]
+        if scope not in ("global", "local", "others"):
+            raise AuthError(400, "validation_failed", "scope must be global, local or others")
+        await run_in_threadpool(self._end_sessions, claims["sub"], claims.get("session_id"),
+                                scope)
         return Response(status_code=204)
 
     # -- helpers ----------------------------------------------------------------
@@ -198,11 +193,17 @@ class AuthApi:
             raise AuthError(403, "bad_jwt", "invalid claim: missing sub claim")
         return claims
 
-    def _session(self, request: Request, row: dict[str, Any]) -> dict[str, Any]:
-        session_id = str(uuid.uuid4())
+    def _session(self, request: Request, row: dict[str, Any],
+                 session_id: str | None = None, parent: str | None = None) -> dict[str, Any]:
+        """A new access and refresh token pair: for a new session, or (with
+        session_id) the next pair of one being refreshed."""
+        session_id = session_id or str(uuid.uuid4())
         refresh = secrets.token_urlsafe(24)
-        with self._lock:
-            self._refresh[refresh] = (str(row["id"]), session_id)
+        with self.pool.connection() as conn:
+            conn.execute(
+                "insert into auth.refresh_tokens (token, user_id, session_id, parent)"
+                " values (%s, %s, %s, %s)",
+                (_digest(refresh), str(row["id"]), session_id, parent))
         issuer = str(request.base_url).rstrip("/") + "/auth/v1"
         access = self.keys.access_token(_as_user(row), session_id=session_id, issuer=issuer)
         return {"access_token": access, "token_type": "bearer",
@@ -256,14 +257,45 @@ class AuthApi:
                          (row["id"],))
         return row
 
-    def _refresh_grant(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _refresh_grant(self, body: dict[str, Any]) -> tuple[dict[str, Any], str, str]:
+        """Spend a refresh token: (user row, its session id, its digest as the parent).
+
+        A token spent twice ends its whole session: one of the two holders is
+        not its owner.
+        """
         token = body.get("refresh_token")
-        with self._lock:
-            found = self._refresh.pop(token, None) if isinstance(token, str) else None
-        if found is None:
-            raise AuthError(400, "refresh_token_not_found",
-                            "Invalid Refresh Token: Refresh Token Not Found")
-        row = self._fetch(found[0])
+        if not isinstance(token, str) or not token:
+            raise AuthError(400, "validation_failed", "refresh_token is required")
+        digest = _digest(token)
+        with self.pool.connection() as conn:
+            found = conn.execute(
+                "select user_id, session_id, revoked from auth.refresh_tokens where token = %s"
+                " for update", (digest,)).fetchone()
+            if found is None:
+                raise AuthError(400, "refresh_token_not_found",
+                                "Invalid Refresh Token: Refresh Token Not Found")
+            if found["revoked"]:
+                conn.execute("update auth.refresh_tokens set revoked = true, updated_at = now()"
+                             " where session_id = %s", (found["session_id"],))
+                conn.commit()
+                raise AuthError(400, "refresh_token_already_used",
+                                "Invalid Refresh Token: Already Used")
+            conn.execute("update auth.refresh_tokens set revoked = true, updated_at = now()"
+                         " where token = %s", (digest,))
+        row = self._fetch(found["user_id"])
         if row is None:
             raise AuthError(400, "user_not_found", "User not found")
-        return row
+        return row, str(found["session_id"]), digest
+
+    def _end_sessions(self, user_id: str, session_id: str | None, scope: str) -> None:
+        """Sign out: every session of the user (global), this one (local) or the others."""
+        where = {"global": "", "local": " and session_id = %s", "others":
+                 " and session_id is distinct from %s"}[scope]
+        params: tuple[Any, ...] = (user_id,) if scope == "global" else (user_id, session_id)
+        with self.pool.connection() as conn:
+            conn.execute("delete from auth.refresh_tokens where user_id = %s" + where, params)
+
+
+def _digest(refresh_token: str) -> str:
+    """What auth.refresh_tokens keeps of a refresh token: a leaked table signs no one in."""
+    return hashlib.sha256(refresh_token.encode()).hexdigest()
