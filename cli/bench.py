@@ -117,3 +117,30 @@ def search(
         print_json(result)
     else:
         bench_search.print_report(result)
+
+
+@app.command()
+def answers(
+    n: Annotated[int, typer.Option("--n", min=1, help="Questions to ask.")] = 30,
+    rate: Annotated[
+        float, typer.Option(min=0.01, help="Questions per second, each its own insert.")
+    ] = 1.0,
+    docs: Annotated[int, typer.Option(min=1, help="Documents in the corpus (1-3 chunks "
+                                      "each), embedded before the clock starts.")] = 200,
+    db_url: BenchDbUrl = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Question to answer as an app sees it: insert over /rest/v1, answer over Realtime.
+
+    Runs the local API and the real `suparag worker`; supabase-py's async
+    client asks at a steady rate and times each answer's `done` event. Also
+    the worker's share by the database's clock (answers.updated_at -
+    questions.created_at) and what delivery adds; p50, p95 and max of each.
+    """
+    from bench import answers as bench_answers
+
+    result = bench_answers.run(n=n, rate=rate, docs=docs, db_url=db_url)
+    if json_out:
+        print_json(result)
+    else:
+        bench_answers.print_report(result)

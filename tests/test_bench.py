@@ -102,3 +102,16 @@ def test_bench_refuses_a_busy_queue(conn, world, db_url):
     assert result.returncode == 1
     assert "queued embedding jobs" in result.stderr and "suparag worker --once" in result.stderr
     assert result.stdout == ""
+
+
+def test_bench_answers(db_url):
+    """An app on supabase-py asks over /rest/v1; every answer's `done` event is timed."""
+    r = bench_json("answers", "--n", "3", "--rate", "5", "--docs", "4", "--db-url", db_url)
+    assert r["bench"] == "answers" and r["n"] == 3 and r["documents"] == 4
+    assert r["modes"] == ["extractive"]
+    assert len(r["questions"]) == 3 and len({q["id"] for q in r["questions"]}) == 3
+    for q in r["questions"]:
+        assert q["client_ms"] > 0 and q["db_created_to_done_ms"] > 0
+    assert_summary(r["insert_to_done_event_ms"])
+    assert_summary(r["db_created_to_done_ms"])
+    assert leftovers(db_url) == {"users": 0, "docs": 0, "chunks": 0, "jobs": 0}
