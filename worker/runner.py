@@ -305,15 +305,15 @@ class EmbeddingService:
                  redact(self.db_url), self.worker.embedder.name,
                  " and ".join(self._queues()))
         try:
+            # Load the model before the first wake-up can arrive, so the first
+            # commit is not kept waiting for it; and a model that cannot load
+            # stops the worker here, with its error, before it claims a job.
+            started = time.monotonic()
+            self.worker.embedder.load()
+            self._loaded = True
+            log.info("model %s loaded in %.1f s", self.worker.embedder.name,
+                     time.monotonic() - started)
             if not once:
-                # Load the model before the first wake-up can arrive, so the first
-                # commit is not kept waiting for it (and a model that cannot load
-                # stops the worker here, with its error, instead of failing jobs).
-                started = time.monotonic()
-                self.worker.embedder.load()
-                self._loaded = True
-                log.info("model %s loaded in %.1f s", self.worker.embedder.name,
-                         time.monotonic() - started)
                 self._start_wakeups()  # first, so nothing committed during the drain is missed
             self._drain()
             while not once and not self.stopping.is_set():

