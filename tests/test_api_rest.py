@@ -140,6 +140,46 @@ def test_rls_bounded_search_and_selects_through_the_client(api, conn, embedder):
     assert titles(anon_matches) == {"rita public", "ben public"}
 
 
+def test_logical_filters_through_the_client(api, conn):
+    """`.or_()` with nested and() and quoted values; it narrows what RLS allows, never widens."""
+    red = signed_in(api, conn, "rita@example.com", team="red")
+    blue = signed_in(api, conn, "ben@example.com", team="blue")
+    for client, owner in ((red, "rita"), (blue, "ben")):
+        client.table("documents").insert(
+            [{"title": f"{owner} {v}", "content": "x", "visibility": v,
+              "team": "red" if owner == "rita" else "blue"}
+             for v in ("private", "team", "public")]).execute()
+    red.table("documents").insert({"title": "rita (a, b)", "content": "x",
+                                   "visibility": "private"}).execute()
+
+    rows = red.table("documents").select("title") \
+        .or_("visibility.eq.public,and(visibility.eq.team,title.like.rita*)").execute().data
+    assert titles(rows) == {"rita public", "ben public", "rita team"}
+    # A quoted value holds the commas and parentheses of a title.
+    rows = red.table("documents").select("title") \
+        .or_('title.eq."rita (a, b)",title.in.("ben team","rita team")').execute().data
+    assert titles(rows) == {"rita (a, b)", "rita team"}  # ben's team row is not red's
+    # Combined with a plain filter (and), and negated.
+    rows = blue.table("documents").select("title").neq("visibility", "private") \
+        .or_("title.ilike.*TEAM,title.like.rita*").execute().data
+    assert titles(rows) == {"ben team", "rita public"}
+    negated = httpx.get(f"{api.url}/rest/v1/documents",
+                        params={"select": "title", "not.or": "(visibility.eq.public,"
+                                "title.like.*team)"},
+                        headers={"apikey": api.keys.anon_key,
+                                 "Authorization": f"Bearer {blue.auth.get_session().access_token}"})
+    assert negated.status_code == 200 and titles(negated.json()) == {"ben private"}
+    # Another user's private row cannot be reached by naming it.
+    assert blue.table("documents").select("title").or_("title.eq.rita private,"
+                                                          "title.eq.ben private") \
+        .execute().data == [{"title": "ben private"}]
+
+    for bad_tree in ("(title)", "(title.eq.a))", '(title.eq."a)', "()", "title.eq.a"):
+        bad = httpx.get(f"{api.url}/rest/v1/documents", params={"or": bad_tree},
+                        headers={"apikey": api.keys.anon_key})
+        assert bad.status_code == 400 and bad.json()["code"] == "PGRST100", bad_tree
+
+
 def test_updates_and_deletes_stay_within_rls(api, conn):
     red = signed_in(api, conn, "rita@example.com", team="red")
     blue = signed_in(api, conn, "ben@example.com", team="blue")

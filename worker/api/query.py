@@ -4,7 +4,8 @@ Every identifier from the URL goes through `psycopg.sql.Identifier` and every
 value becomes a query parameter, so nothing a client sends is spliced into SQL.
 Supported subset (see docs/local-api.md): columns with `alias:` and `::cast`,
 JSON paths `col->key` / `col->>key`; filters `eq neq lt lte gt gte like ilike
-in is cs cd ov`, each optionally negated with `not.`.
+in is cs cd ov`, each optionally negated with `not.`; the logical filters
+`or=(...)` and `and=(...)`, nested and negated.
 """
 
 from __future__ import annotations
@@ -77,6 +78,19 @@ def _split_top(text: str) -> list[str]:
             current.append(char)
     parts.append("".join(current))
     return parts
+
+
+def _balanced(text: str) -> bool:
+    """Whether text's parentheses (outside double quotes) pair up, and its quotes close."""
+    depth, quoted = 0, False
+    for char in text:
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and char in "()":
+            depth += 1 if char == "(" else -1
+            if depth < 0:
+                return False
+    return depth == 0 and not quoted
 
 
 def select_list(value: str | None) -> sql.Composable:
@@ -156,6 +170,45 @@ def condition(column: str, value: str) -> Fragment:
     return frag
 
 
+_LOGIC = re.compile(r"^(not\.)?(or|and)(\(.*\))$", re.DOTALL)
+#: How deep `or=(and(or(...)))` may nest: far beyond real use, short of recursion limits.
+_MAX_LOGIC_DEPTH = 16
+
+
+def logical(kind: str, body: str, *, negate: bool = False, depth: int = 0) -> Fragment:
+    """`or=(a.eq.1,and(b.gt.2,c.is.null))` and the like, as one parenthesised condition.
+
+    Items are `column.[not.]op.value` or nested `[not.]or(...)` / `[not.]and(...)`;
+    a value may be double-quoted to hold commas or parentheses.
+    """
+    if depth > _MAX_LOGIC_DEPTH:
+        raise parse_error("logical filters nest too deeply",
+                          f"at most {_MAX_LOGIC_DEPTH} levels of or()/and()")
+    if not (body.startswith("(") and body.endswith(")")) or body == "()" \
+            or not _balanced(body):
+        raise parse_error(f'"failed to parse logic tree ({body})"',
+                          f"write {kind}=(column.op.value,...)")
+    parts: list[Fragment] = []
+    for raw in _split_top(body[1:-1]):
+        item = raw.strip()
+        nested = _LOGIC.match(item)
+        if nested is not None:
+            parts.append(logical(nested[2], nested[3], negate=bool(nested[1]), depth=depth + 1))
+            continue
+        column, dot, rest = item.partition(".")
+        if not dot:
+            raise parse_error(f'"failed to parse logic tree ({body})"',
+                              f"item {item!r} is not column.op.value")
+        op, dot, operand = rest.removeprefix("not.").partition(".")
+        if len(operand) >= 2 and operand.startswith('"') and operand.endswith('"') \
+                and op != "in":
+            rest = rest[:len(rest) - len(operand)] + operand[1:-1]
+        parts.append(condition(column, rest))
+    joined = sql.SQL("({})").format(sql.SQL(f" {kind} ").join(p.sql for p in parts))
+    return Fragment(sql.SQL("not {}").format(joined) if negate else joined,
+                    [v for p in parts for v in p.params])
+
+
 def where_clause(params: Iterable[tuple[str, str]], *, skip: Iterable[str] = ()) -> Fragment:
     """`where` from the filter parameters (an empty fragment if there are none)."""
     skipped = set(skip)
@@ -163,9 +216,10 @@ def where_clause(params: Iterable[tuple[str, str]], *, skip: Iterable[str] = ())
     for key, value in params:
         if key in RESERVED or key in skipped:
             continue
-        if key in ("or", "and") or key.startswith(("not.or", "not.and")):
-            raise parse_error("logical filters (or=, and=) are not supported by suparag's "
-                              "local API", "combine filters as separate parameters (and)")
+        if key in ("or", "and", "not.or", "not.and"):
+            parts.append(logical(key.removeprefix("not."), value,
+                                 negate=key.startswith("not.")))
+            continue
         parts.append(condition(key, value))
     if not parts:
         return Fragment(sql.SQL(""))
