@@ -180,6 +180,83 @@ def test_logical_filters_through_the_client(api, conn):
         assert bad.status_code == 400 and bad.json()["code"] == "PGRST100", bad_tree
 
 
+def test_embedded_resources_follow_foreign_keys_under_rls(api, conn):
+    """`select=*,relation(...)`: arrays one-to-many, objects to-one, each row through RLS."""
+    red = signed_in(api, conn, "rita@example.com", team="red")
+    blue = signed_in(api, conn, "ben@example.com", team="blue")
+    doc = red.table("documents").insert({"title": "guide", "content": "x",
+                                         "visibility": "public"}).execute().data[0]
+    for index in (1, 0):
+        conn.execute("insert into public.document_chunks (document_id, chunk_index, content,"
+                     " embedding_model, content_hash) values (%s, %s, %s, 'm', 'h')",
+                     (doc["id"], index, f"part {index}"))
+    # A table whose rows only their owner reads, hanging off a public document.
+    conn.execute("""
+        create table public.notes (
+          id bigint generated always as identity primary key,
+          document_id uuid not null references public.documents (id),
+          owner_id uuid not null default auth.uid(), body text);
+        alter table public.notes enable row level security;
+        create policy own on public.notes for all to authenticated
+          using (owner_id = auth.uid()) with check (owner_id = auth.uid());
+        grant select, insert on public.notes to authenticated;
+    """)
+    conn.commit()
+    red.table("notes").insert({"document_id": doc["id"], "body": "rita's note"}).execute()
+    blue.table("notes").insert({"document_id": doc["id"], "body": "ben's note"}).execute()
+
+    # one-to-many: an array (in chunk order when asked for by the client's order())
+    rows = blue.table("documents").select("title, parts:document_chunks(chunk_index, content)") \
+        .eq("id", doc["id"]).execute().data
+    assert rows[0]["title"] == "guide"
+    assert sorted(p["chunk_index"] for p in rows[0]["parts"]) == [0, 1]
+    # Embedded rows are read as the caller: each sees only their own note.
+    for client, body in ((red, "rita's note"), (blue, "ben's note")):
+        got = client.table("documents").select("id, notes(body)").eq("id", doc["id"]) \
+            .execute().data
+        assert got == [{"id": doc["id"], "notes": [{"body": body}]}]
+    # many-to-one: an object; nested embedding goes on down.
+    chunk = red.table("document_chunks").select(
+        "chunk_index, documents(title, document_chunks(chunk_index))").eq("chunk_index", 0) \
+        .execute().data
+    assert chunk[0]["documents"]["title"] == "guide"
+    assert sorted(c["chunk_index"] for c in chunk[0]["documents"]["document_chunks"]) == [0, 1]
+
+    # one-to-one (answers.question_id is unique): an object, or null before the answer.
+    question = red.table("questions").insert({"question": "what is in the guide?"}) \
+        .execute().data[0]
+    got = red.table("questions").select("question, answers(content, status)") \
+        .eq("id", question["id"]).execute().data
+    assert got == [{"question": "what is in the guide?", "answers": None}]
+    conn.execute("insert into public.answers (question_id, asker_id, conversation_id, content,"
+                 " mode, status) select id, asker_id, conversation_id, 'two parts', 'extractive',"
+                 " 'done' from public.questions where id = %s", (question["id"],))
+    conn.commit()
+    got = red.table("questions").select("question, answers(content, status)") \
+        .eq("id", question["id"]).single().execute().data
+    assert got["answers"] == {"content": "two parts", "status": "done"}
+    # Returned rows of a write embed too.
+    made = red.table("notes").insert({"document_id": doc["id"], "body": "second"}) \
+        .execute()  # the client asks for representation with select=*
+    assert made.data[0]["body"] == "second"
+    embedded_insert = httpx.post(
+        f"{api.url}/rest/v1/notes", params={"select": "body,documents(title)"},
+        json={"document_id": doc["id"], "body": "third"},
+        headers={"apikey": api.keys.anon_key, "Prefer": "return=representation",
+                 "Authorization": f"Bearer {red.auth.get_session().access_token}"})
+    assert embedded_insert.status_code == 201, embedded_insert.text
+    assert embedded_insert.json() == [{"body": "third", "documents": {"title": "guide"}}]
+
+    headers = {"apikey": api.keys.anon_key}
+    unknown = httpx.get(f"{api.url}/rest/v1/documents", params={"select": "id,questions(*)"},
+                        headers=headers)
+    assert unknown.status_code == 400 and unknown.json()["code"] == "PGRST200"
+    on_rpc = httpx.post(f"{api.url}/rest/v1/rpc/match_documents",
+                        params={"select": "chunk_id,documents(*)"}, headers=headers,
+                        json={"query_embedding": [0.0] * 383 + [1.0], "match_count": 1})
+    assert on_rpc.status_code == 400 and on_rpc.json()["code"] == "PGRST100"
+
+
 def test_updates_and_deletes_stay_within_rls(api, conn):
     red = signed_in(api, conn, "rita@example.com", team="red")
     blue = signed_in(api, conn, "ben@example.com", team="blue")

@@ -5,13 +5,14 @@ value becomes a query parameter, so nothing a client sends is spliced into SQL.
 Supported subset (see docs/local-api.md): columns with `alias:` and `::cast`,
 JSON paths `col->key` / `col->>key`; filters `eq neq lt lte gt gte like ilike
 in is cs cd ov`, each optionally negated with `not.`; the logical filters
-`or=(...)` and `and=(...)`, nested and negated.
+`or=(...)` and `and=(...)`, nested and negated; embedded resources
+`relation(columns)` (the relationship is found by rest.py).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,16 +94,41 @@ def _balanced(text: str) -> bool:
     return depth == 0 and not quoted
 
 
-def select_list(value: str | None) -> sql.Composable:
-    """The `select=` parameter as a select list (default `*`)."""
+#: An embedded resource in `select=`: `[alias:]relation(select list)`.
+_EMBED = re.compile(rf"^(?:({_NAME}):)?({_NAME})\((.*)\)$", re.DOTALL)
+
+#: Builds the SQL of one embedded resource: (relation, its select list text) -> expression.
+Embedder = Callable[[str, str], sql.Composable]
+
+
+def select_list(value: str | None, embed: Embedder | None = None) -> sql.Composable:
+    """The `select=` parameter as a select list (default `*`).
+
+    Items like `answers(*)` or `alias:answers(id,content)` embed a related
+    table; embed builds each one (None: embedding is refused, e.g. for
+    function results).
+    """
     if not value or value.strip() == "*":
         return sql.SQL("*")
+    if not _balanced(value):
+        raise parse_error(f'"failed to parse select parameter ({value})"',
+                          "unbalanced parentheses or quotes")
     items: list[sql.Composable] = []
     for raw in _split_top(value):
         item = raw.strip()
         if "(" in item:
-            raise parse_error("resource embedding is not supported by suparag's local API",
-                              f"in select item {item!r}: select columns of one table or view")
+            nested = _EMBED.match(item)
+            if nested is None:
+                raise parse_error(f'"failed to parse select parameter ({item})"',
+                                  "embed a related table as relation(columns) or "
+                                  "alias:relation(columns); hints (!) are not supported")
+            if embed is None:
+                raise parse_error("resource embedding is only supported on tables and views",
+                                  f"in select item {item!r}")
+            alias, relation, inner = nested.groups()
+            items.append(sql.SQL("{} as {}").format(embed(relation, inner),
+                                                     sql.Identifier(alias or relation)))
+            continue
         if item == "*":
             items.append(sql.SQL("*"))
             continue

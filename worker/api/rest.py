@@ -217,14 +217,15 @@ class RestApi:
     def _table_work(self, conn: psycopg.Connection[Any], call: Call, table: str) -> Result:
         columns = self._columns(conn, table)
         target = sql.Identifier(SCHEMA, table)
-        select = query.select_list(call.param("select"))
+        select = query.select_list(call.param("select"),
+                                   Embedding(conn, table, OUTER).embed)
         where = query.where_clause(call.params)
         if call.method in ("GET", "HEAD"):
             limit = query.non_negative("limit", call.param("limit"))
             offset = query.non_negative("offset", call.param("offset"))
-            inner = sql.SQL("select {} from {}{}{}{}").format(
-                select, target, where.sql, query.order_clause(call.param("order")),
-                query.page_clause(limit, offset))
+            inner = sql.SQL("select {} from {} {}{}{}{}").format(
+                select, target, sql.Identifier(OUTER), where.sql,
+                query.order_clause(call.param("order")), query.page_clause(limit, offset))
             body, n = self._rows(conn, inner, where.params)
             total = self._count(conn, target, where) if call.prefer.get("count") else None
             return Result(200, body, n, total)
@@ -244,7 +245,7 @@ class RestApi:
             cursor = conn.execute(statement, params)
             total = cursor.rowcount if count else None
             return Result(201 if status == 201 else 204, None, cursor.rowcount, total)
-        inner = sql.SQL("select {} from pgrst_source").format(select)
+        inner = sql.SQL("select {} from pgrst_source {}").format(select, sql.Identifier(OUTER))
         body, n = self._rows(conn, inner, params, source=statement)
         return Result(status, body, n, n if count else None)
 
@@ -388,6 +389,88 @@ class RestApi:
             rows = json.loads(rows_body)
             return Result(200, json.dumps(rows[0] if rows else None), n)
         return Result(200, rows_body, n)
+
+
+#: The alias of the requested table in a read; embedded tables are OUTER_1, OUTER_2, ...
+OUTER = "pgrst_t"
+#: How deep embedded resources may nest (`a(b(c(...)))`).
+MAX_EMBED_DEPTH = 8
+
+
+@dataclass(frozen=True)
+class Relationship:
+    """A foreign key between the parent and an embedded table, seen from the parent."""
+
+    #: parent column -> embedded column, in the key's order
+    pairs: tuple[tuple[str, str], ...]
+    #: whether the embedded side is one row (an object) rather than many (an array)
+    to_one: bool
+
+
+class Embedding:
+    """Builds `relation(columns)` items of `select=` for one parent table, as PostgREST
+    does: a correlated subquery per item, run as the caller, so RLS bounds the
+    embedded rows as it bounds the parent's."""
+
+    def __init__(self, conn: psycopg.Connection[Any], table: str, alias: str,
+                 depth: int = 0) -> None:
+        self.conn, self.table, self.alias, self.depth = conn, table, alias, depth
+
+    def embed(self, relation: str, inner: str) -> sql.Composable:
+        if self.depth >= MAX_EMBED_DEPTH:
+            raise query.parse_error("embedded resources nest too deeply",
+                                    f"at most {MAX_EMBED_DEPTH} levels")
+        link = self._relationship(relation)
+        alias = f"{OUTER}_{self.depth + 1}"
+        child = Embedding(self.conn, relation, alias, self.depth + 1)
+        joined = sql.SQL(" and ").join(
+            sql.SQL("{}.{} = {}.{}").format(sql.Identifier(alias), sql.Identifier(theirs),
+                                            sql.Identifier(self.alias), sql.Identifier(mine))
+            for mine, theirs in link.pairs)
+        rows = sql.SQL("select {} from {} {} where {}").format(
+            query.select_list(inner, child.embed), sql.Identifier(SCHEMA, relation),
+            sql.Identifier(alias), joined)
+        if link.to_one:
+            return sql.SQL("(select to_json(_e) from ({} limit 1) _e)").format(rows)
+        return sql.SQL("(select coalesce(json_agg(_e), '[]') from ({}) _e)").format(rows)
+
+    def _relationship(self, relation: str) -> Relationship:
+        """The one foreign key between self.table and relation (either way round)."""
+        keys = self.conn.execute(
+            """
+            select c.conrelid = to_regclass(%(parent)s) as parent_refers,
+                   array_agg(a.attname order by k.ord) as local,
+                   array_agg(fa.attname order by k.ord) as remote,
+                   exists (select 1 from pg_catalog.pg_index i
+                           where i.indrelid = c.conrelid and (i.indisunique or i.indisprimary)
+                             and i.indpred is null
+                             and (i.indkey::int2[])::int2[] @> c.conkey
+                             and (i.indkey::int2[])::int2[] <@ c.conkey) as unique_local
+            from pg_catalog.pg_constraint c
+            cross join lateral unnest(c.conkey, c.confkey) with ordinality as k(att, fatt, ord)
+            join pg_catalog.pg_attribute a on a.attrelid = c.conrelid and a.attnum = k.att
+            join pg_catalog.pg_attribute fa on fa.attrelid = c.confrelid and fa.attnum = k.fatt
+            where c.contype = 'f'
+              and ((c.conrelid = to_regclass(%(parent)s) and c.confrelid = to_regclass(%(child)s))
+                or (c.conrelid = to_regclass(%(child)s) and c.confrelid = to_regclass(%(parent)s)))
+            group by c.oid, c.conrelid, c.conkey
+            """,
+            {"parent": f'{SCHEMA}."{self.table}"', "child": f'{SCHEMA}."{relation}"'},
+        ).fetchall()
+        if not keys:
+            raise ApiError(400, "PGRST200", f"Could not find a relationship between "
+                           f"'{self.table}' and '{relation}' in the schema cache",
+                           hint="embedding follows foreign keys between tables in public")
+        if len(keys) > 1:
+            raise ApiError(300, "PGRST201", f"Could not embed because more than one "
+                           f"relationship was found for '{self.table}' and '{relation}'",
+                           hint="suparag's local API does not take `!` hints to choose one")
+        key = keys[0]
+        if key["parent_refers"]:  # many-to-one: the parent holds the key
+            return Relationship(tuple(zip(key["local"], key["remote"], strict=True)), True)
+        # one-to-many, or one-to-one when the child's key columns are unique
+        return Relationship(tuple(zip(key["remote"], key["local"], strict=True)),
+                            bool(key["unique_local"]))
 
 
 @dataclass(frozen=True)
