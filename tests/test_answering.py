@@ -27,7 +27,7 @@ from worker.answering import (
     AnswerConfig,
     AnswerWorker,
 )
-from worker.db import as_request
+from worker.db import as_request, connect
 from worker.embedding import EmbeddingWorker, WorkerConfig
 from worker.llm import OpenAIChat
 
@@ -494,36 +494,81 @@ def test_service_answers_when_notified(conn, world, corpus, db_url, embedder):
     assert not thread.is_alive()
 
 
-def test_a_question_waits_for_one_embedding_batch_not_the_backlog(conn, world, corpus,
-                                                                 db_url, embedder):
-    """With a backlog of documents, the answer is written after the first batch."""
+def test_answers_do_not_wait_for_the_embedding_backlog(conn, world, corpus, db_url,
+                                                      embedder):
+    """The service's answer loop runs beside its embedding loop: the embedder here will
+    not embed a single backlog document until the question has its answer, which a
+    service running the two queues one after the other could never give."""
     from worker.runner import EmbeddingService
 
-    backlog = 4
-    for i in range(backlog):
+    for i in range(3):
         conn.execute("insert into public.documents (owner_id, title, content)"
                      " values (%s, %s, %s)",
                      (world.users["bob"].id, f"backlog {i}", f"a queued note number {i}"))
     conn.commit()
     q = ask(conn, world.users["alice"], "Can an octopus open a jar?")
-    finished_before: list[int] = []  # documents embedded when the answer was done
 
-    def on_batch(batch: Any) -> None:
-        if not finished_before and (answer_of(conn, q["id"]) or {}).get("status") == "done":
-            embedded = conn.execute("select count(*) as n from public.documents"
-                                    " where title like 'backlog %%'"
-                                    " and embedding_status = 'ready'").fetchone()["n"]
-            conn.commit()
-            finished_before.append(embedded)
+    class WaitsForTheAnswer:
+        """The real model, once the answer is done (or 30 s have passed)."""
 
-    service = EmbeddingService(db_url, embedder, config=WorkerConfig(batch_size=1),
-                               answers=AnswerWorker(db_url, embedder), on_batch=on_batch)
+        name, max_tokens = embedder.name, embedder.max_tokens
+        count_tokens, split_tokens = embedder.count_tokens, embedder.split_tokens
+        answered_first: list[bool] = []
+
+        def load(self) -> None:
+            embedder.load()
+
+        @property
+        def dimensions(self) -> int:
+            return embedder.dimensions
+
+        def embed(self, texts):
+            if not self.answered_first:
+                deadline = time.monotonic() + 30
+                with connect(db_url) as watcher:
+                    while time.monotonic() < deadline:
+                        row = watcher.execute("select status from public.answers"
+                                              " where question_id = %s", (q["id"],)).fetchone()
+                        watcher.commit()
+                        if row is not None and row["status"] == "done":
+                            break
+                        time.sleep(0.05)
+                    self.answered_first.append(time.monotonic() < deadline)
+            return embedder.embed(texts)
+
+    gate = WaitsForTheAnswer()
+    service = EmbeddingService(db_url, gate, config=WorkerConfig(batch_size=1),
+                               answers=AnswerWorker(db_url, embedder))
     service.run(once=True)
+    assert gate.answered_first == [True]
     assert answer_of(conn, q["id"])["status"] == "done"
-    assert service.totals.embedded == backlog
-    # Answered right after the first batch: on_batch runs before the answers
-    # are drained, so the second batch's call is the first to see it done.
-    assert finished_before == [2]
+    assert service.totals.embedded == 3
+    assert service.answer_totals is not None and service.answer_totals.answered == 1
+
+
+def test_a_failing_answer_loop_stops_the_service_with_its_error(db_url, embedder):
+    """A bug in one loop must not leave the worker half alive: run() stops and raises it."""
+    from worker.runner import EmbeddingService, ServiceConfig
+
+    class Broken(AnswerWorker):
+        def drain(self, **kwargs):
+            raise RuntimeError("answer loop bug")
+
+    service = EmbeddingService(db_url, embedder, answers=Broken(db_url, embedder),
+                               service=ServiceConfig(sweep_seconds=3600))
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            service.run()
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the embedding loop kept running"
+    assert [str(e) for e in outcome] == ["answer loop bug"]
 
 
 def test_worker_only_serves_the_queue_it_is_given(tmp_path, conn, db_url, world):

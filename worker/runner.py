@@ -1,7 +1,9 @@
 """The long-running worker: drain, then wait for a wake-up or the sweep.
 
 It runs the embedding worker and, when given one, the answer worker
-(worker.answering), each over its own queue; `embeddings=False` runs answers only.
+(worker.answering), each over its own queue and on its own loop (answers on a
+thread), so neither queue waits for the other; `embeddings=False` runs answers
+only.
 
 Wake-ups are hints and the queue is the truth. A worker drains the queue when
 it starts and whenever something wakes it:
@@ -52,25 +54,31 @@ log = logging.getLogger("suparag.worker")
 
 #: The channel the enqueue trigger notifies.
 CHANNEL = "suparag_embedding_jobs"
+#: The two queues a service may serve, each on its own loop.
+EMBEDDINGS, ANSWERS = "embeddings", "answers"
 
 
 class Wakeups:
-    """Coalescing wake-up flag: many hints while busy make one more drain."""
+    """Coalescing wake-up flags, one per queue: many hints while busy make one more drain."""
 
-    def __init__(self) -> None:
-        self._event = threading.Event()
+    def __init__(self, queues: tuple[str, ...] = (EMBEDDINGS,)) -> None:
+        self._events = {queue: threading.Event() for queue in queues}
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
 
-    def wake(self, source: str) -> None:
+    def wake(self, source: str, queue: str | None = None) -> None:
+        """Count a hint from source and wake queue's loop (None: every queue's)."""
         with self._lock:
             self.counts[source] += 1
-        self._event.set()
+        for name, event in self._events.items():
+            if queue is None or name == queue:
+                event.set()
 
-    def wait(self, timeout: float) -> bool:
-        """Block until a wake-up or timeout; True if woken."""
-        woken = self._event.wait(timeout)
-        self._event.clear()
+    def wait(self, queue: str, timeout: float) -> bool:
+        """Block queue's loop until a wake-up or timeout; True if woken."""
+        event = self._events[queue]
+        woken = event.wait(timeout)
+        event.clear()
         return woken
 
 
@@ -78,10 +86,11 @@ class _Listener(threading.Thread):
     """LISTEN on its own autocommit connection; reconnects with backoff."""
 
     def __init__(self, db_url: str, wakeups: Wakeups, stopping: threading.Event,
-                 channels: tuple[str, ...] = (CHANNEL,)) -> None:
+                 channels: dict[str, str] | None = None) -> None:
         super().__init__(name="suparag-listen", daemon=True)
         self.db_url, self.wakeups, self.stopping = db_url, wakeups, stopping
-        self.channels = channels
+        #: channel -> the queue its notifications wake
+        self.channels = channels or {CHANNEL: EMBEDDINGS}
         self.listening = threading.Event()
 
     def run(self) -> None:
@@ -96,8 +105,8 @@ class _Listener(threading.Thread):
                     self.wakeups.wake("listen-start")
                     delay = 1.0
                     while not self.stopping.is_set():
-                        for _ in conn.notifies(timeout=0.5):
-                            self.wakeups.wake("notify")
+                        for notice in conn.notifies(timeout=0.5):
+                            self.wakeups.wake("notify", self.channels.get(notice.channel))
             except psycopg.Error as exc:
                 self.listening.clear()
                 log.warning("LISTEN connection lost (%s); retrying in %.0f s", exc, delay)
@@ -167,7 +176,7 @@ class _RealtimeWaker(threading.Thread):
             for event in (RealtimePostgresChangesListenEvent.Insert,
                           RealtimePostgresChangesListenEvent.Update):
                 channel.on_postgres_changes(
-                    event, callback=lambda _payload: self.wakeups.wake("realtime"),
+                    event, callback=lambda _payload: self.wakeups.wake("realtime", EMBEDDINGS),
                     schema="suparag_private", table="embedding_jobs")
             await channel.subscribe(on_state)
             while not (self.stopping.is_set() or lost.is_set()) and client.is_connected:
@@ -252,7 +261,7 @@ class EmbeddingService:
         self.answer_totals: AnswerResult | None = None
         self.service = service or ServiceConfig()
         self.on_batch = on_batch
-        self.wakeups = Wakeups()
+        self.wakeups = Wakeups(tuple(self._queues()))
         self.stopping = threading.Event()
         self.totals = BatchResult()
         self.started_at = time.time()
@@ -261,6 +270,7 @@ class EmbeddingService:
         self._http: _WakeServer | None = None
         self._realtime: _RealtimeWaker | None = None
         self._loaded = False
+        self._failure: BaseException | None = None  # what ended a queue's thread
 
     # -- control --------------------------------------------------------------------------
 
@@ -300,10 +310,17 @@ class EmbeddingService:
     # -- the loop -------------------------------------------------------------------------
 
     def run(self, *, once: bool = False) -> BatchResult:
-        """Drain the backlog; unless once, keep draining on every wake-up until stopped."""
+        """Drain the backlog; unless once, keep draining on every wake-up until stopped.
+
+        Each queue has a loop of its own: embeddings here, answers on a thread
+        (when both run), so a long embedding backlog never holds up an answer
+        and an answer being generated never holds up embedding.
+        """
         log.info("worker %s on %s with %s (%s)", self.worker.config.worker_id,
                  redact(self.db_url), self.worker.embedder.name,
                  " and ".join(self._queues()))
+        first, *others = self._queues()
+        threads: list[threading.Thread] = []
         try:
             # Load the model before the first wake-up can arrive, so the first
             # commit is not kept waiting for it; and a model that cannot load
@@ -315,16 +332,41 @@ class EmbeddingService:
                      time.monotonic() - started)
             if not once:
                 self._start_wakeups()  # first, so nothing committed during the drain is missed
-            self._drain()
-            while not once and not self.stopping.is_set():
-                self.wakeups.wait(self._seconds_until_due())
-                if not self.stopping.is_set():
-                    self._drain()
-            return self.totals
+            for queue in others:
+                thread = threading.Thread(target=self._serve_on_thread, args=(queue, once),
+                                          name=f"suparag-{queue}", daemon=True)
+                thread.start()
+                threads.append(thread)
+            self._serve(first, once)
+        except BaseException:
+            self.stop()  # the other loops end after their batch in hand
+            raise
         finally:
+            for thread in threads:
+                thread.join()
             self._shutdown()
+        if self._failure is not None:
+            raise self._failure
+        return self.totals
 
-    def _drain(self) -> None:
+    def _serve(self, queue: str, once: bool) -> None:
+        """One queue's loop: drain, then drain again on each wake-up or due time."""
+        drain = self._drain_embeddings if queue == EMBEDDINGS else self._drain_answers
+        drain()
+        while not once and not self.stopping.is_set():
+            self.wakeups.wait(queue, self._seconds_until_due(queue))
+            if not self.stopping.is_set():
+                drain()
+
+    def _serve_on_thread(self, queue: str, once: bool) -> None:
+        try:
+            self._serve(queue, once)
+        except BaseException as exc:  # surfaced by run(), which stops the other loops
+            log.error("the %s loop failed: %s", queue, exc)
+            self._failure = exc
+            self.stop()
+
+    def _drain_embeddings(self) -> None:
         def batch_done(batch: BatchResult) -> None:
             self.last_batch_at = time.time()
             self.totals.add(batch)
@@ -333,22 +375,13 @@ class EmbeddingService:
                      batch.retrying, batch.failed, batch.chunks_embedded, batch.chunks_reused)
             if self.on_batch is not None:
                 self.on_batch(batch)
-            # Between embedding batches, answer what has been asked: a question
-            # waits for one batch of a long backlog, not for all of it.
-            if self.answers is not None and not self.stopping.is_set():
-                self._drain_answers()
 
         try:
-            if self.embeddings:
-                self.worker.drain(on_batch=batch_done, should_stop=self.stopping.is_set)
-            if self.answers is not None:
-                self._drain_answers()
+            self.worker.drain(on_batch=batch_done, should_stop=self.stopping.is_set)
         except psycopg.OperationalError as exc:
             # The database went away: keep running; the sweep retries the drain.
             log.warning("database unavailable (%s); retrying at the next sweep", exc)
             self.worker.close()
-            if self.answers is not None:
-                self.answers.close()
 
     def _drain_answers(self) -> None:
         from worker.answering import AnswerResult
@@ -364,30 +397,32 @@ class EmbeddingService:
             log.info("answers: %d answered, %d retrying, %d failed", batch.answered,
                      batch.retrying, batch.failed)
 
-        self.answers.drain(on_batch=batch_done, should_stop=self.stopping.is_set)
+        try:
+            self.answers.drain(on_batch=batch_done, should_stop=self.stopping.is_set)
+        except psycopg.OperationalError as exc:
+            log.warning("database unavailable (%s); retrying at the next sweep", exc)
+            self.answers.close()
 
     def _queues(self) -> list[str]:
-        return (["embeddings"] if self.embeddings else []) + \
-            (["answers"] if self.answers is not None else [])
+        return ([EMBEDDINGS] if self.embeddings else []) + \
+            ([ANSWERS] if self.answers is not None else [])
 
-    def _seconds_until_due(self) -> float:
-        """Sleep until the next sweep, or sooner if a waiting job falls due first."""
+    def _seconds_until_due(self, queue: str) -> float:
+        """Sleep until the next sweep, or sooner if one of queue's jobs falls due first."""
         sweep = self.service.sweep_seconds
-        tables = (["embedding_jobs"] if self.embeddings else []) + \
-            (["answer_jobs"] if self.answers is not None else [])
-        due = sql.SQL(" union all ").join(
-            sql.SQL("select run_after, leased_until from suparag_private.{}"
-                    " where status = 'queued'").format(sql.Identifier(t))
-            for t in tables)
+        table = "embedding_jobs" if queue == EMBEDDINGS else "answer_jobs"
+        worker = self.worker if queue == EMBEDDINGS else self.answers
+        assert worker is not None
         try:
-            with self.worker.conn.transaction():
-                row = self.worker.conn.execute(
+            with worker.conn.transaction():
+                row = worker.conn.execute(
                     sql.SQL("select extract(epoch from min(greatest(run_after,"
                             " coalesce(leased_until, run_after))) - now()) as wait"
-                            " from ({}) due").format(due)
+                            " from suparag_private.{} where status = 'queued'"
+                            ).format(sql.Identifier(table))
                 ).fetchone()
         except psycopg.OperationalError:
-            self.worker.close()
+            worker.close()
             return min(sweep, 5.0)
         wait = row["wait"] if row else None
         if wait is None:
@@ -398,8 +433,8 @@ class EmbeddingService:
         if self.service.listen:
             from worker.answering import CHANNEL as ANSWER_CHANNEL
 
-            channels = ((CHANNEL,) if self.embeddings else ()) + \
-                ((ANSWER_CHANNEL,) if self.answers is not None else ())
+            channels = ({CHANNEL: EMBEDDINGS} if self.embeddings else {}) | \
+                ({ANSWER_CHANNEL: ANSWERS} if self.answers is not None else {})
             self._listener = _Listener(self.db_url, self.wakeups, self.stopping, channels)
             self._listener.start()
         if self.embeddings and self.service.supabase_url and self.service.supabase_key:
