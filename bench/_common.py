@@ -72,6 +72,21 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
+def print_load(r: dict[str, Any]) -> None:
+    """The report's last line: the load average around the run (from machine())."""
+    print(f"load average before {r['machine_before']['load']}, after "
+          f"{r['machine_after']['load']} on {r['machine_after']['cpus']} cores")
+
+
+def emit(result: dict[str, Any], as_json: bool,
+         report: Callable[[dict[str, Any]], None]) -> None:
+    """A bench's result: JSON on stdout, or its report for people."""
+    if as_json:
+        print_json(result)
+    else:
+        report(result)
+
+
 def progress() -> Progress:
     """A transient progress bar on stderr."""
     return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),

@@ -45,10 +45,11 @@ from bench._common import (
     RunningWorker,
     bench_database,
     check_queue_empty,
+    emit,
     err_console,
     machine,
     make_documents,
-    print_json,
+    print_load,
     progress,
     summary,
 )
@@ -251,8 +252,7 @@ def print_report(r: dict[str, Any]) -> None:
         print(f"{label:<40}{s['p50']:>7.0f}ms{s['p95']:>7.0f}ms{s['max']:>7.0f}ms")
     share = r["db_created_to_done_ms"]["p50"] / r["insert_to_done_event_ms"]["p50"]
     print(f"worker share of the client p50: {share:.2f}")
-    print(f"load average before {r['machine_before']['load']}, after "
-          f"{r['machine_after']['load']} on {r['machine_after']['cpus']} cores")
+    print_load(r)
 
 
 def main() -> None:
@@ -264,10 +264,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     result = run(n=args.n, rate=args.rate, docs=args.docs, db_url=args.db_url)
-    if args.json:
-        print_json(result)
-    else:
-        print_report(result)
+    emit(result, args.json, print_report)
 
 
 if __name__ == "__main__":

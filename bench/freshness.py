@@ -43,11 +43,12 @@ from bench._common import (
     bench_user,
     check_queue_empty,
     embed_texts,
+    emit,
     err_console,
     insert_documents,
     machine,
     make_documents,
-    print_json,
+    print_load,
     progress,
     remove_users,
     summary,
@@ -191,8 +192,7 @@ def print_report(r: dict[str, Any]) -> None:
     verdict = "PASS" if r["pass"] else "MISS"
     print(f"goal: client p95 <= {r['goal_p95_ms']:.0f} ms: {verdict} "
           f"(poll every {r['poll_ms']:.0f} ms: readings up to one poll late)")
-    print(f"load average before {r['machine_before']['load']}, after "
-          f"{r['machine_after']['load']} on {r['machine_after']['cpus']} cores")
+    print_load(r)
 
 
 def main() -> None:
@@ -210,10 +210,7 @@ def main() -> None:
     result = run(n=args.n, rate=args.rate, max_paragraphs=args.max_paragraphs,
                  batch_size=args.batch_size,
                  in_process=args.in_process, db_url=args.db_url)
-    if args.json:
-        print_json(result)
-    else:
-        print_report(result)
+    emit(result, args.json, print_report)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from bench._common import BenchError, bench_database, err_console, pct, print_json, progress
+from bench._common import (
+    BenchError,
+    bench_database,
+    emit,
+    err_console,
+    pct,
+    progress,
+)
 from worker.db import connect, set_request_context
 from worker.users import add_user
 
@@ -171,10 +178,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     result = run(chunks=args.chunks, queries=args.queries, db_url=args.db_url)
-    if args.json:
-        print_json(result)
-    else:
-        print_report(result)
+    emit(result, args.json, print_report)
 
 
 if __name__ == "__main__":

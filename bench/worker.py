@@ -34,11 +34,12 @@ from bench._common import (
     bench_user,
     check_queue_empty,
     embed_texts,
+    emit,
     err_console,
     insert_documents,
     machine,
     make_documents,
-    print_json,
+    print_load,
     progress,
     remove_users,
     status_counts,
@@ -174,8 +175,7 @@ def print_report(r: dict[str, Any]) -> None:
           f"{r['poll_ms']:.0f} ms)")
     verdict = "PASS" if r["pass"] else "MISS"
     print(f"ratio        {r['ratio']:8.3f}  (goal >= {r['goal_ratio']}: {verdict})")
-    print(f"load average before {r['machine_before']['load']}, after "
-          f"{r['machine_after']['load']} on {r['machine_after']['cpus']} cores")
+    print_load(r)
 
 
 def main() -> None:
@@ -190,10 +190,7 @@ def main() -> None:
     args = parser.parse_args()
     result = run(docs=args.docs, batch_size=args.batch_size, in_process=args.in_process,
                  db_url=args.db_url)
-    if args.json:
-        print_json(result)
-    else:
-        print_report(result)
+    emit(result, args.json, print_report)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cli._common import JsonOption, print_json
+from cli._common import JsonOption
 
 app = typer.Typer(
     help="Benchmarks: figures and ratios measured in one run, never pass/fail tests. Each "
@@ -48,13 +48,11 @@ def worker(
     the commit until every document is ready.
     """
     from bench import worker as bench_worker
+    from bench._common import emit
 
     result = bench_worker.run(docs=docs, batch_size=batch_size, in_process=in_process,
                               db_url=db_url)
-    if json_out:
-        print_json(result)
-    else:
-        bench_worker.print_report(result)
+    emit(result, json_out, bench_worker.print_report)
 
 
 @app.command()
@@ -80,13 +78,11 @@ def freshness(
     and max of each.
     """
     from bench import freshness as bench_freshness
+    from bench._common import emit
 
     result = bench_freshness.run(n=n, rate=rate, max_paragraphs=max_paragraphs,
                                  batch_size=batch_size, in_process=in_process, db_url=db_url)
-    if json_out:
-        print_json(result)
-    else:
-        bench_freshness.print_report(result)
+    emit(result, json_out, bench_freshness.print_report)
 
 
 @app.command()
@@ -111,12 +107,10 @@ def search(
     empty database: the bench rebuilds the chunk index.
     """
     from bench import search as bench_search
+    from bench._common import emit
 
     result = bench_search.run(chunks=chunks, queries=queries, db_url=db_url)
-    if json_out:
-        print_json(result)
-    else:
-        bench_search.print_report(result)
+    emit(result, json_out, bench_search.print_report)
 
 
 @app.command()
@@ -125,7 +119,7 @@ def answers(
     rate: Annotated[
         float, typer.Option(min=0.01, help="Questions per second, each its own insert.")
     ] = 1.0,
-    docs: Annotated[int, typer.Option(min=1, help="Documents in the corpus (1-3 chunks "
+    docs: Annotated[int, typer.Option(min=1, help="Documents in the corpus (1-6 paragraphs "
                                       "each), embedded before the clock starts.")] = 200,
     db_url: BenchDbUrl = None,
     json_out: JsonOption = False,
@@ -138,9 +132,7 @@ def answers(
     questions.created_at) and what delivery adds; p50, p95 and max of each.
     """
     from bench import answers as bench_answers
+    from bench._common import emit
 
     result = bench_answers.run(n=n, rate=rate, docs=docs, db_url=db_url)
-    if json_out:
-        print_json(result)
-    else:
-        bench_answers.print_report(result)
+    emit(result, json_out, bench_answers.print_report)
