@@ -513,7 +513,9 @@ def test_answers_do_not_wait_for_the_embedding_backlog(conn, world, corpus, db_u
 
         name, max_tokens = embedder.name, embedder.max_tokens
         count_tokens, split_tokens = embedder.count_tokens, embedder.split_tokens
-        answered_first: list[bool] = []
+
+        def __init__(self) -> None:
+            self.answered_first: list[bool] = []
 
         def load(self) -> None:
             embedder.load()
