@@ -36,12 +36,14 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench._common import (
     BenchError,
     Conn,
+    Doc,
     RunningWorker,
     bench_database,
     check_queue_empty,
@@ -59,18 +61,23 @@ from worker.db import as_request, connect
 from worker.embedders import SentenceTransformerEmbedder
 from worker.embedding import EmbeddingWorker
 from worker.local.postgres import free_port
-from worker.users import add_user
+from worker.users import User, add_user
 
 #: Give up on an answer after this long (a stuck worker, not a slow one).
 TIMEOUT_SECONDS = 120.0
 PASSWORD = "bench password 1"
 
 
-def run(*, n: int = 30, rate: float = 1.0, docs: int = 200, db_url: str | None = None,
-        seed: int = 11) -> dict[str, Any]:
-    """Ask n questions at rate per second and time each answer's arrival; figures as a dict."""
-    if n < 1 or rate <= 0 or docs < 1:
-        raise BenchError("--n and --docs must be at least 1, --rate above 0")
+def run(*, n: int = 30, rate: float = 1.0, docs: int = 200, backlog: int = 0,
+        db_url: str | None = None, seed: int = 11) -> dict[str, Any]:
+    """Ask n questions at rate per second and time each answer's arrival; figures as a dict.
+
+    With backlog, that many more documents are committed just before the
+    first timed question, so the questions are asked while the worker embeds.
+    """
+    if n < 1 or rate <= 0 or docs < 1 or backlog < 0:
+        raise BenchError("--n and --docs must be at least 1, --rate above 0, --backlog 0 "
+                         "or more")
     before = machine()
     embedder = SentenceTransformerEmbedder()
     corpus = make_documents(docs, seed=seed, paragraphs=(1, 6))
@@ -81,14 +88,27 @@ def run(*, n: int = 30, rate: float = 1.0, docs: int = 200, db_url: str | None =
     try:
         with bench_database(db_url) as url, connect(url, autocommit=True) as conn:
             check_queue_empty(conn)
-            _load(conn, url, embedder, corpus, owner_email, email)
+            owner = _load(conn, url, embedder, corpus, owner_email, email)
+            extra = make_documents(backlog, seed=seed + 1) if backlog else []
+
+            def queue_backlog() -> None:
+                if extra:
+                    _insert(conn, owner, extra, title_prefix="Backlog")
+
+            def backlog_pending() -> int:
+                row = conn.execute("select count(*) as n from public.documents"
+                                   " where title like 'Backlog%%'"
+                                   " and embedding_status = 'pending'").fetchone()
+                return int(row["n"]) if row else 0
+
             api = LocalApi(home, port=free_port())
             err_console.print("starting the local API and `suparag worker`…")
             status, _ = api.start(url)
             try:
                 with RunningWorker(url, embedder, batch_size=16, in_process=False) as running:
-                    timings = asyncio.run(_ask_all(status.url, load_or_create(home).anon_key,
-                                                   email, questions, rate, running))
+                    timings, pending_after = asyncio.run(_ask_all(
+                        status.url, load_or_create(home).anon_key, email, questions, rate,
+                        running, queue_backlog, backlog_pending))
             finally:
                 api.stop()
             worker_ms = _worker_ms(conn, [t["id"] for t in timings])
@@ -104,6 +124,8 @@ def run(*, n: int = 30, rate: float = 1.0, docs: int = 200, db_url: str | None =
         "n": n,
         "rate_per_s": rate,
         "documents": docs,
+        "backlog": backlog,
+        "backlog_pending_at_last_answer": pending_after,
         "model": embedder.name,
         "modes": sorted({t["mode"] for t in timings}),
         "worker": running.description,
@@ -125,16 +147,20 @@ def _questions(corpus: list[Any], n: int, seed: int) -> list[str]:
     return [f"Why {rng.choice(sentences).lower()}?" for _ in range(n)]
 
 
-def _load(conn: Conn, url: str, embedder: SentenceTransformerEmbedder, corpus: list[Any],
-          owner_email: str, email: str) -> None:
-    """The corpus, owned by the asker's team mate, embedded before the clock starts."""
-    owner = add_user(conn, owner_email, team="bench")
-    add_user(conn, email, team="bench")  # the sign-up below sets the password
+def _insert(conn: Conn, owner: User, docs: list[Doc], *, title_prefix: str = "") -> None:
     with as_request(conn, owner.claims()), conn.cursor() as cur:
         cur.executemany(
             "insert into public.documents (owner_id, team, visibility, title, content)"
             " values (%s, 'bench', 'team', %s, %s)",
-            [(owner.id, d.title, d.content) for d in corpus])
+            [(owner.id, f"{title_prefix} {d.title}".strip(), d.content) for d in docs])
+
+
+def _load(conn: Conn, url: str, embedder: SentenceTransformerEmbedder, corpus: list[Doc],
+          owner_email: str, email: str) -> User:
+    """The corpus, owned by the asker's team mate, embedded before the clock starts."""
+    owner = add_user(conn, owner_email, team="bench")
+    add_user(conn, email, team="bench")  # the sign-up below sets the password
+    _insert(conn, owner, corpus)
     worker = EmbeddingWorker(url, embedder)
     try:
         with progress() as bar:
@@ -142,10 +168,13 @@ def _load(conn: Conn, url: str, embedder: SentenceTransformerEmbedder, corpus: l
             worker.drain(on_batch=lambda b: bar.advance(task, b.embedded + b.failed))
     finally:
         worker.close()
+    return owner
 
 
 async def _ask_all(api_url: str, anon_key: str, email: str, questions: list[str], rate: float,
-                   running: RunningWorker) -> list[dict[str, Any]]:
+                   running: RunningWorker, before_asking: Callable[[], None],
+                   backlog_pending: Callable[[], int]) -> tuple[list[dict[str, Any]], int]:
+    """Each question's client latency, and the backlog still pending at the last answer."""
     try:
         from realtime import RealtimePostgresChangesListenEvent
         from supabase import acreate_client
@@ -201,6 +230,7 @@ async def _ask_all(api_url: str, anon_key: str, email: str, questions: list[str]
                 raise BenchError(f"no first answer in {TIMEOUT_SECONDS:.0f} s")
             await asyncio.sleep(0.05)
         del committed[warm_up], done[warm_up]
+        await asyncio.to_thread(before_asking)
         with progress() as bar:
             task = bar.add_task(f"asking at {rate:g}/s", total=len(questions))
             start = time.perf_counter()
@@ -225,10 +255,11 @@ async def _ask_all(api_url: str, anon_key: str, email: str, questions: list[str]
                 except TimeoutError:
                     pass
                 bar.update(task, completed=len(done))
+        pending = await asyncio.to_thread(backlog_pending)
     finally:
         await client.realtime.close()
     return [{"id": qid, "client_ms": (done[qid][0] - at) * 1000, "mode": done[qid][1]}
-            for qid, at in committed.items()]
+            for qid, at in committed.items()], pending
 
 
 def _worker_ms(conn: Conn, question_ids: list[str]) -> dict[str, float]:
@@ -243,6 +274,10 @@ def print_report(r: dict[str, Any]) -> None:
     """The figures for people."""
     print(f"\n{r['n']} questions at {r['rate_per_s']:g}/s over {r['documents']} documents, "
           f"model {r['model']}, answers {', '.join(r['modes'])}")
+    if r["backlog"]:
+        print(f"asked while embedding a backlog of {r['backlog']} documents, committed just "
+              f"before the first question; {r['backlog_pending_at_last_answer']} still "
+              "pending at the last answer")
     print(f"worker: {r['worker']}; database: {r['database']}")
     print(f"{'':<40}{'p50':>9}{'p95':>9}{'max':>9}")
     for label, key in (("insert to `done` event (client)", "insert_to_done_event_ms"),
@@ -260,10 +295,14 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=30, help="questions to ask")
     parser.add_argument("--rate", type=float, default=1.0, help="questions per second")
     parser.add_argument("--docs", type=int, default=200, help="documents in the corpus")
+    parser.add_argument("--backlog", type=int, default=0,
+                        help="documents committed just before the first question, so the "
+                        "worker embeds while it answers")
     parser.add_argument("--db-url", help="a database to use (default: a temporary server)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    result = run(n=args.n, rate=args.rate, docs=args.docs, db_url=args.db_url)
+    result = run(n=args.n, rate=args.rate, docs=args.docs, backlog=args.backlog,
+                 db_url=args.db_url)
     emit(result, args.json, print_report)
 
 

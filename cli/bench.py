@@ -121,6 +121,9 @@ def answers(
     ] = 1.0,
     docs: Annotated[int, typer.Option(min=1, help="Documents in the corpus (1-6 paragraphs "
                                       "each), embedded before the clock starts.")] = 200,
+    backlog: Annotated[int, typer.Option(min=0, help="Documents committed just before the "
+                                         "first question, so questions are answered while "
+                                         "the worker embeds them.")] = 0,
     db_url: BenchDbUrl = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -134,5 +137,5 @@ def answers(
     from bench import answers as bench_answers
     from bench._common import emit
 
-    result = bench_answers.run(n=n, rate=rate, docs=docs, db_url=db_url)
+    result = bench_answers.run(n=n, rate=rate, docs=docs, backlog=backlog, db_url=db_url)
     emit(result, json_out, bench_answers.print_report)

@@ -106,8 +106,10 @@ def test_bench_refuses_a_busy_queue(conn, world, db_url):
 
 def test_bench_answers(db_url):
     """An app on supabase-py asks over /rest/v1; every answer's `done` event is timed."""
-    r = bench_json("answers", "--n", "3", "--rate", "5", "--docs", "4", "--db-url", db_url)
+    r = bench_json("answers", "--n", "3", "--rate", "5", "--docs", "4", "--backlog", "2",
+                   "--db-url", db_url)
     assert r["bench"] == "answers" and r["n"] == 3 and r["documents"] == 4
+    assert r["backlog"] == 2 and 0 <= r["backlog_pending_at_last_answer"] <= 2
     assert r["modes"] == ["extractive"]
     assert len(r["questions"]) == 3 and len({q["id"] for q in r["questions"]}) == 3
     for q in r["questions"]:
