@@ -69,8 +69,9 @@ def worker(
     Wakes on LISTEN/NOTIFY, on HTTP POSTs (--http-port; what the pg_net trigger
     calls), on Supabase Realtime changes of the queue (when SUPABASE_URL and
     SUPABASE_SERVICE_ROLE_KEY are set) and on a sweep timer, so a lost wake-up
-    delays nothing for long. Any
-    number of workers may share one database. SIGTERM or Ctrl-C finishes the
+    delays nothing for long. Embeddings and answers each run on a loop of
+    their own, so neither waits for the other. Any number of workers may
+    share one database. SIGTERM or Ctrl-C finishes the
     batch in hand and exits. The model comes from SUPARAG_EMBEDDING_PROVIDER /
     SUPARAG_EMBEDDING_MODEL (default: the packaged all-MiniLM-L6-v2). Questions
     are answered as their askers, by SUPARAG_LLM_MODEL when set, else
