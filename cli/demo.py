@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Annotated
 
 import typer
@@ -35,13 +36,15 @@ def demo(
         float, typer.Option(help="Seconds to wait for documents another worker is embedding.")
     ] = 120.0,
 ) -> None:
-    """Start the local stack, load a sample corpus, embed it, and search as each user.
+    """Start the local stack, load a sample corpus, embed it, search and ask as each user.
 
     Three users in two teams (alice and carol: red; bob: blue) and nine sample
     documents, private, team and public. Each user's searches and document
-    list come back from the database under Row Level Security; the demo
-    checks them against the sharing rules and fails if they differ. Running
-    it again reuses everything: unchanged documents are not re-embedded.
+    list come back from the database under Row Level Security; then carol
+    and bob each ask a question, answered (extractively) from what each may
+    read. The demo checks all of it against the sharing rules and fails if
+    anything differs. Running it again reuses everything: unchanged
+    documents are not re-embedded.
     """
     settings = get_settings()
     with console.status("Starting the local database…", spinner="dots"):
@@ -117,10 +120,36 @@ def demo(
             check.add_row(name, f"{len(got)} of {len(docs)}: " + "; ".join(titles),
                           "[green]yes[/green]" if ok else "[red]NO[/red]")
         console.print(check)
+
+        console.print(f"[bold]6. Ask[/bold] “{demo_mod.QUESTION}” (answered from what the "
+                      "asker may read; extractive: quoted passages, no chat model)")
+        answers = Table(expand=True)
+        answers.add_column("asker", style="bold")
+        answers.add_column("cites (owner · visibility)")
+        answers.add_column("all readable by the asker")
+        for name in ("carol", "bob"):
+            user = callers[name]
+            assert user is not None
+            answer = demo_mod.answer_as(conn, started.server.url, embedder, user,
+                                        timeout=timeout)
+            if answer["status"] != "done":
+                raise DemoFailed(f"the question asked as {name} was not answered: "
+                                 f"{answer['error']}")
+            cited = [by_id.get(uuid.UUID(c["document_id"])) for c in answer["citations"]]
+            ok = all(d is not None and demo_mod.may_read(user, d) for d in cited)
+            if not ok:
+                mismatches.append(f"{name}'s answer")
+            answers.add_row(name, "\n".join(
+                f"{d.title} [dim]({d.owner.split('@')[0]} · {d.visibility})[/dim]"
+                if d is not None else "[red]a document outside the demo[/red]" for d in cited
+            ) or "[dim]nothing readable matched[/dim]",
+                "[green]yes[/green]" if ok else "[red]NO[/red]")
+        console.print(answers)
     if mismatches:
         raise DemoFailed(f"RLS returned other rows than the sharing rules for: "
                          f"{', '.join(mismatches)}")
     console.print(
         "Everything above ran on the local stack. Next: `suparag search \"your question\" "
-        "--as alice@example.com`, `suparag ingest PATH --owner EMAIL`, `suparag worker`."
+        "--as alice@example.com`, `suparag ask \"your question\" --as carol@example.com`, "
+        "`suparag ingest PATH --owner EMAIL`, `suparag dev` (API and workers)."
     )
