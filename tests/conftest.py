@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import psycopg
@@ -170,6 +171,31 @@ def embedder():
     model = SentenceTransformerEmbedder()
     model.embed(["warm up"])
     return model
+
+
+def wait_for(predicate: Any, timeout: float = 30.0) -> bool:
+    """Whether predicate() came true within timeout seconds (polled every 20 ms)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@contextmanager
+def http_double(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """An HTTP double of a paid service on a free local port; its base URL (…/v1)."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
 
 
 @contextmanager

@@ -14,12 +14,12 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
-from conftest import free_port
-from test_cli import Cli
+from conftest import http_double, wait_for
+from test_cli import DbCli
 
 from worker.answering import (
     EXTRACTIVE_HEADER,
@@ -169,16 +169,6 @@ def test_deleted_question_is_dropped(conn, world, corpus, worker_factory):
 # -- the CLI ----------------------------------------------------------------------------
 
 
-class DbCli(Cli):
-    """The real `suparag` binary pointed at one test database."""
-
-    def __init__(self, tmp_path, db_url):
-        super().__init__(home=tmp_path / "home", port=free_port(), cwd=tmp_path)
-        self.db_url = db_url
-
-    def __call__(self, *args, env=None, **kwargs):
-        return super().__call__(*args, env={"SUPARAG_DB_URL": self.db_url, **(env or {})},
-                                **kwargs)
 
 
 def test_ask_cli(tmp_path, conn, db_url, world, corpus):
@@ -275,15 +265,8 @@ def _chat_handler(fake: FakeChat) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture
 def chat() -> Iterator[FakeChat]:
     fake = FakeChat()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _chat_handler(fake))
-    httpd.daemon_threads = True
-    fake.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield fake
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
+    with http_double(_chat_handler(fake)) as fake.url:
+        yield fake
 
 
 def llm_for(chat: FakeChat, **options: Any) -> OpenAIChat:
@@ -596,11 +579,3 @@ def test_worker_only_serves_the_queue_it_is_given(tmp_path, conn, db_url, world)
     conn.commit()
     assert metered["calls"] >= 1 and metered["tokens"] > 0
 
-
-def wait_for(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from supabase import AsyncClient, acreate_client
-from test_api_realtime import Api, run, serve
+from test_api_realtime import Api, Inbox, run, serve
 
 from worker.answering import EXTRACTIVE_HEADER, AnswerWorker
 from worker.embedding import EmbeddingWorker
@@ -48,25 +47,6 @@ def users(conn) -> dict[str, User]:
                      " values (%s, %s, 'team', %s, %s)", (made[owner].id, team, title, content))
     conn.commit()
     return made
-
-
-class Inbox:
-    """The `answers` events one channel received."""
-
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    def __call__(self, payload: Any) -> None:
-        self.records.append(payload["data"]["record"])
-
-    async def wait_for(self, test: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-        deadline = time.monotonic() + WAIT
-        while time.monotonic() < deadline:
-            for record in self.records:
-                if test(record):
-                    return record
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"no matching event in {WAIT} s; got {self.records}")
 
 
 async def signed_in_listener(api: Api, email: str) -> tuple[AsyncClient, Inbox]:
@@ -110,11 +90,13 @@ def test_each_users_channel_receives_only_their_own_answer(api, db_url, users, e
                 worker.close()
             assert result.answered == 2
 
-            mine = await alice_inbox.wait_for(lambda r: r["status"] == "done")
+            mine = (await alice_inbox.wait_for(lambda e: e["record"]["status"] == "done"))[
+                "record"]
             assert mine["question_id"] == asked["alice"]["id"]
             assert mine["mode"] == "extractive" and EXTRACTIVE_HEADER in mine["content"]
             assert "Tuesday" in mine["content"] and "Friday" not in mine["content"]
-            theirs = await bob_inbox.wait_for(lambda r: r["status"] == "done")
+            theirs = (await bob_inbox.wait_for(lambda e: e["record"]["status"] == "done"))[
+                "record"]
             assert theirs["question_id"] == asked["bob"]["id"]
             assert "Friday" in theirs["content"] and "Tuesday" not in theirs["content"]
 
@@ -123,10 +105,11 @@ def test_each_users_channel_receives_only_their_own_answer(api, db_url, users, e
             for client, answer, inbox in ((alice, mine, alice_inbox), (bob, theirs, bob_inbox)):
                 await client.table("answers").update({"feedback": 1}) \
                     .eq("id", answer["id"]).execute()
-                await inbox.wait_for(lambda r, a=answer: r["id"] == a["id"]
-                                     and r["feedback"] == 1)
-            assert {r["question_id"] for r in alice_inbox.records} == {asked["alice"]["id"]}
-            assert {r["question_id"] for r in bob_inbox.records} == {asked["bob"]["id"]}
+                await inbox.wait_for(lambda e, a=answer: e["record"]["id"] == a["id"]
+                                     and e["record"]["feedback"] == 1)
+            assert {e["record"]["question_id"] for e in alice_inbox.events} == {
+                asked["alice"]["id"]}
+            assert {e["record"]["question_id"] for e in bob_inbox.events} == {asked["bob"]["id"]}
         finally:
             for client in (alice, bob):
                 await client.realtime.close()

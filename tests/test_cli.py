@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import free_port, port_taken
@@ -39,6 +40,19 @@ class Cli:
 
     def json(self, *args: str) -> object:
         return json.loads(self(*args, "--json").stdout)
+
+
+class DbCli(Cli):
+    """The real `suparag` binary pointed at one test database through SUPARAG_DB_URL."""
+
+    def __init__(self, tmp_path: Path, db_url: str) -> None:
+        super().__init__(home=tmp_path / "home", port=free_port(), cwd=tmp_path)
+        self.db_url = db_url
+
+    def __call__(self, *args: str, env: dict[str, str] | None = None,
+                 **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        return super().__call__(*args, env={"SUPARAG_DB_URL": self.db_url, **(env or {})},
+                                **kwargs)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_answering import DbCli
+from test_cli import DbCli
 
 from worker.chunking import chunk_document
 from worker.embedders import DEFAULT_MODEL, _packaged_model_path

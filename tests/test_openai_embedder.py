@@ -20,10 +20,11 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
+from conftest import http_double
 
 from worker.db import as_request
 from worker.embedders import (
@@ -127,14 +128,8 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture
 def server() -> Iterator[FakeOpenAI]:
     fake = FakeOpenAI()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
-    fake.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield fake
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
+    with http_double(_handler(fake)) as fake.url:
+        yield fake
 
 
 def make(server: FakeOpenAI, model: str = "text-embedding-3-small", **options: Any

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from conftest import READABLE, claims_of, free_port, unit_vector
+from conftest import READABLE, claims_of, unit_vector
 from psycopg.types.json import Jsonb
-from test_cli import Cli
+from test_cli import DbCli
 
 from worker.db import as_request
 from worker.embedders import DEFAULT_MODEL
@@ -13,18 +13,6 @@ from worker.embedding import EmbeddingWorker
 from worker.errors import ConfigError, NotFound
 from worker.search import choose_model, configured_model, parse_filter, search
 from worker.settings import Settings
-
-
-class DbCli(Cli):
-    """The real `suparag` binary pointed at one test database through SUPARAG_DB_URL."""
-
-    def __init__(self, tmp_path, db_url):
-        super().__init__(home=tmp_path / "home", port=free_port(), cwd=tmp_path)
-        self.db_url = db_url
-
-    def __call__(self, *args, env=None, **kwargs):
-        return super().__call__(*args, env={"SUPARAG_DB_URL": self.db_url, **(env or {})},
-                                **kwargs)
 
 
 @pytest.fixture

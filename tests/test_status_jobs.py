@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from test_search_cli import DbCli
+from test_cli import DbCli
 
 from worker.db import connect
 from worker.embedding import EmbeddingWorker, WorkerConfig

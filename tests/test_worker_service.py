@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 
 from worker.db import connect
 from worker.embedding import WorkerConfig
@@ -28,14 +29,6 @@ def insert(conn, owner_id, content, title="Doc"):
     conn.commit()
     return row["id"]
 
-
-def wait_for(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def status_of(conn, doc_id):

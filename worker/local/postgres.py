@@ -245,7 +245,8 @@ class LocalPostgres:
 
 
 def free_port() -> int:
-    """A free local TCP port below the kernel's ephemeral range (for tests and benches).
+    """A free local TCP port below the kernel's ephemeral range (tests, benches, and the
+    background worker's health port under `suparag dev`).
 
     A port from bind(0) is ephemeral: an outgoing connection (tests and
     benches make many) may take it as its source port before the server
