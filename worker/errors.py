@@ -56,3 +56,15 @@ class DatabaseUnavailable(SuparagError, psycopg.OperationalError):
 
 class MigrationFailed(SuparagError, psycopg.DatabaseError):
     """A migration failed to apply; nothing of it was committed."""
+
+
+# -- models: embedders and chat models (worker/models) ------------------------------------
+
+
+# -- ingest (worker/ingest) ---------------------------------------------------------------
+
+
+# -- the queues (worker/jobs) -------------------------------------------------------------
+
+
+# -- the local API of the dev stack (worker/devstack) -------------------------------------
