@@ -29,24 +29,21 @@ import psycopg
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from worker import migrations
-from worker.chunking import chunk_document
+from worker import schema
 from worker.db import as_request, connect
 from worker.embedders import Embedder
-from worker.embedding import WorkerConfig
-from worker.errors import SuparagError
+from worker.errors import BenchError
+from worker.jobs.chunking import chunk_document
+from worker.jobs.embedding import EmbeddingWorker
+from worker.jobs.queue import WorkerConfig
+from worker.jobs.service import Service, ServiceConfig
 from worker.local.postgres import LocalPostgres, free_port
-from worker.runner import EmbeddingService, ServiceConfig
 from worker.users import User, add_user
 
 Conn = psycopg.Connection[dict[str, Any]]
 
 #: Progress bars and notes go here, so stdout holds only the figures (or the JSON).
 err_console = Console(stderr=True)
-
-
-class BenchError(SuparagError):
-    """A benchmark could not run to the end (the worker died, a document failed, a timeout)."""
 
 
 # -- figures ---------------------------------------------------------------------------------
@@ -117,8 +114,8 @@ def bench_database(db_url: str | None, *,
         with connect(url, autocommit=True) as conn:
             found = conn.execute("select to_regclass('auth.users') is not null as ok").fetchone()
             if not (found and found["ok"]):
-                migrations.apply_standin(conn)
-            migrations.push(conn)
+                schema.apply_standin(conn)
+            schema.push(conn)
         yield url
     finally:
         if server is not None:
@@ -243,7 +240,7 @@ class RunningWorker:
     """The embedding worker being measured, from start to stop.
 
     By default the real `suparag worker` command in a process of its own
-    (what an operator runs); in_process runs an EmbeddingService on a thread
+    (what an operator runs); in_process runs a Service on a thread
     of this process instead, sharing this process's loaded model.
     """
 
@@ -253,19 +250,20 @@ class RunningWorker:
         self.batch_size, self.in_process = batch_size, in_process
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
-        self._service: EmbeddingService | None = None
+        self._service: Service | None = None
         self._thread: threading.Thread | None = None
 
     @property
     def description(self) -> str:
         if self.in_process:
-            return f"EmbeddingService on a thread of this process, batch size {self.batch_size}"
+            return f"Service on a thread of this process, batch size {self.batch_size}"
         return f"`suparag worker --batch-size {self.batch_size}` in its own process"
 
     def __enter__(self) -> RunningWorker:
         if self.in_process:
-            self._service = EmbeddingService(
-                self.db_url, self.embedder, config=WorkerConfig(batch_size=self.batch_size),
+            self._service = Service(
+                [EmbeddingWorker(self.db_url, self.embedder,
+                                 config=WorkerConfig(batch_size=self.batch_size))],
                 service=ServiceConfig())
             self._thread = threading.Thread(target=self._service.run, name="bench-worker",
                                             daemon=True)

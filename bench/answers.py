@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import (
-    BenchError,
     Conn,
     Doc,
     RunningWorker,
@@ -59,7 +58,8 @@ from worker.api.keys import load_or_create
 from worker.api.process import LocalApi
 from worker.db import as_request, connect
 from worker.embedders import SentenceTransformerEmbedder
-from worker.embedding import EmbeddingWorker
+from worker.errors import BenchError
+from worker.jobs.embedding import EmbeddingWorker
 from worker.local.postgres import free_port
 from worker.users import User, add_user
 

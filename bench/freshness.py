@@ -35,7 +35,6 @@ import uuid
 from typing import Any
 
 from bench._common import (
-    BenchError,
     Conn,
     Doc,
     RunningWorker,
@@ -56,6 +55,7 @@ from bench._common import (
 )
 from worker.db import connect
 from worker.embedders import Embedder, SentenceTransformerEmbedder
+from worker.errors import BenchError
 from worker.users import User
 
 GOAL_P95_MS = 500.0

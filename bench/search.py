@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from bench._common import (
-    BenchError,
     bench_database,
     emit,
     err_console,
@@ -31,6 +30,7 @@ from bench._common import (
     progress,
 )
 from worker.db import connect, set_request_context
+from worker.errors import BenchError
 from worker.users import add_user
 
 DIMS, PER_DOC, K = 384, 10, 10

@@ -28,7 +28,6 @@ import time
 from typing import Any
 
 from bench._common import (
-    BenchError,
     RunningWorker,
     bench_database,
     bench_user,
@@ -48,6 +47,7 @@ from bench._common import (
 )
 from worker.db import connect
 from worker.embedders import Embedder, SentenceTransformerEmbedder
+from worker.errors import BenchError
 
 GOAL_RATIO = 0.85
 POLL_SECONDS = 0.02

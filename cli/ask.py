@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import sys
-import time
 import uuid
 from typing import Annotated, Any
 
 import typer
-from psycopg.types.json import Jsonb
 from rich.markup import escape
 from rich.table import Table
 
 from cli._common import DbUrlOption, JsonOption, console, err_console, print_json
 from worker import search as search_mod
-from worker.db import as_request, connect, resolve_db_url
-from worker.errors import ConfigError, SuparagError
+from worker.db import connect, resolve_db_url
+from worker.errors import AnswerFailed, ConfigError
 from worker.users import find_user
-
-
-class AnswerFailed(SuparagError):
-    """The question could not be answered (the error says why)."""
 
 
 def ask(
@@ -60,7 +54,7 @@ def ask(
     without it the answer quotes the best passages. If a running `suparag
     worker` claims the question first, this waits for its answer instead.
     """
-    from worker.answering import AnswerWorker
+    from worker.asking import ask as ask_as
     from worker.llm import llm_from_settings
     from worker.settings import get_settings
 
@@ -73,40 +67,27 @@ def ask(
         chosen = search_mod.choose_model(conn, requested=model,
                                          configured=search_mod.configured_model())
         llm = llm_from_settings(get_settings())
-        with as_request(conn, user.claims()):
-            row = conn.execute(
-                "insert into public.questions (conversation_id, question, filter, match_count)"
-                " values (coalesce(%s, gen_random_uuid()), %s, %s, %s)"
-                " returning id, conversation_id",
-                (conversation_id, question, Jsonb(metadata_filter), k),
-            ).fetchone()
-        assert row is not None
-        question_id = row["id"]
-
         printer = _Printer(enabled=not json_out)
         with printer.status(f"Retrieving as {user.email} and answering..."):
-            worker = AnswerWorker(url, search_mod.query_embedder(chosen), llm=llm)
-            try:
-                claimed = worker.run_batch(question_ids=[question_id], on_text=printer.text)
-            finally:
-                worker.close()
-            if claimed.claimed == 0:
-                # A running worker holds it: follow its answer row, as the user.
-                printer.follow(conn, user.claims(), question_id, timeout)
-        answer = _read_answer(conn, user.claims(), question_id)
+            asked = ask_as(conn, url, search_mod.query_embedder(chosen), user, question,
+                           llm=llm, conversation_id=conversation_id,
+                           metadata_filter=metadata_filter, k=k, on_text=printer.text,
+                           timeout=timeout)
+    answer = asked.answer
     if answer is None or answer["status"] != "done":
         error = answer["error"] if answer else "no answer yet"
         raise AnswerFailed(
-            f"question {question_id} was not answered: {error}. It stays queued and is retried "
-            "with backoff: run `suparag worker` (or ask again)")
+            f"question {asked.question_id} was not answered: {error}. It stays queued and is "
+            "retried with backoff: run `suparag worker` (or ask again)")
     if json_out:
-        print_json({"question_id": question_id, "conversation_id": row["conversation_id"],
-                    **answer})
+        content = answer.pop("content")
+        print_json({"question_id": asked.question_id,
+                    "conversation_id": asked.conversation_id, **answer, "answer": content})
         return
     printer.end()
     _print_citations(answer["citations"])
-    console.print(f"[dim]conversation {row['conversation_id']} (continue with "
-                  f"--conversation {row['conversation_id']})[/dim]")
+    console.print(f"[dim]conversation {asked.conversation_id} (continue with "
+                  f"--conversation {asked.conversation_id})[/dim]")
 
 
 def _conversation_id(value: str | None) -> uuid.UUID | None:
@@ -117,13 +98,6 @@ def _conversation_id(value: str | None) -> uuid.UUID | None:
     except ValueError:
         raise ConfigError(f"--conversation {value!r} is not an id: use the conversation id an "
                           "earlier `suparag ask` printed") from None
-
-
-def _read_answer(conn: Any, claims: dict[str, Any], question_id: uuid.UUID) -> Any:
-    with as_request(conn, claims):
-        return conn.execute(
-            "select status, mode, model, content as answer, citations, error"
-            " from public.answers where question_id = %s", (question_id,)).fetchone()
 
 
 class _Printer:
@@ -146,18 +120,6 @@ class _Printer:
         sys.stdout.write(delta)
         sys.stdout.flush()
         self._printed += len(delta)
-
-    def follow(self, conn: Any, claims: dict[str, Any], question_id: uuid.UUID,
-               timeout: float) -> None:
-        """Poll the answer row until it is done or failed, printing what is new."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            answer = _read_answer(conn, claims, question_id)
-            if answer is not None:
-                self.text(answer["answer"][self._printed:])
-                if answer["status"] in ("done", "failed"):
-                    return
-            time.sleep(0.2)
 
     def end(self) -> None:
         if self.enabled and self._printed:

@@ -6,7 +6,7 @@ import typer
 from rich.table import Table
 
 from cli._common import DbUrlOption, JsonOption, console, print_json
-from worker import migrations
+from worker import schema
 from worker.db import connect, redact, resolve_db_url
 from worker.local import stack
 from worker.settings import get_settings
@@ -23,7 +23,7 @@ def push(db_url: DbUrlOption = None) -> None:
     """
     url = resolve_db_url(db_url)
     with connect(url) as conn:
-        applied = migrations.push(conn)
+        applied = schema.push(conn)
     if not applied:
         console.print(f"Up to date: nothing to apply on {redact(url)}.")
     for migration in applied:
@@ -35,7 +35,7 @@ def status(db_url: DbUrlOption = None, json_out: JsonOption = False) -> None:
     """List applied and pending migrations."""
     url = resolve_db_url(db_url)
     with connect(url) as conn:
-        state = migrations.state(conn)
+        state = schema.state(conn)
     rows = [(m, "applied") for m in state.applied] + [(m, "pending") for m in state.pending]
     rows.sort(key=lambda pair: pair[0].version)
     if json_out:

@@ -12,17 +12,14 @@ from rich.table import Table
 
 from cli._common import console, err_console
 from worker import demo as demo_mod
+from worker.asking import ask
 from worker.db import connect
 from worker.embedders import embedder_from_settings
-from worker.embedding import EmbeddingWorker
-from worker.errors import SuparagError
+from worker.errors import DemoFailed
+from worker.jobs.embedding import EmbeddingWorker
 from worker.local import stack
 from worker.search import search
 from worker.settings import get_settings
-
-
-class DemoFailed(SuparagError):
-    """What the database returned differs from the sharing rules."""
 
 
 def _progress() -> Progress:
@@ -130,12 +127,13 @@ def demo(
         for name in ("carol", "bob"):
             user = callers[name]
             assert user is not None
-            answer = demo_mod.answer_as(conn, started.server.url, embedder, user,
-                                        timeout=timeout)
-            if answer["status"] != "done":
-                raise DemoFailed(f"the question asked as {name} was not answered: "
-                                 f"{answer['error']}")
-            cited = [by_id.get(uuid.UUID(c["document_id"])) for c in answer["citations"]]
+            asked = ask(conn, started.server.url, embedder, user, demo_mod.QUESTION,
+                        timeout=timeout)
+            if asked.answer is None or not asked.done:
+                error = asked.answer["error"] if asked.answer else \
+                    f"no answer within {timeout:.0f} s"
+                raise DemoFailed(f"the question asked as {name} was not answered: {error}")
+            cited = [by_id.get(uuid.UUID(c["document_id"])) for c in asked.answer["citations"]]
             ok = all(d is not None and demo_mod.may_read(user, d) for d in cited)
             if not ok:
                 mismatches.append(f"{name}'s answer")

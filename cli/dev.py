@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from cli._common import JsonOption, console, err_console, print_json
-from worker import migrations
+from worker import schema
 from worker.db import connect
 from worker.local import stack
 from worker.settings import Settings, get_settings
@@ -143,7 +143,7 @@ def status(json_out: JsonOption = False) -> None:
     if running is not None:
         info.update(db_url=running.url, pid=running.pid)
         with connect(running.url) as conn:
-            state = migrations.state(conn)
+            state = schema.state(conn)
         info.update(applied=len(state.applied), pending=len(state.pending))
     if json_out:
         print_json(info)

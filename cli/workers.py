@@ -6,7 +6,7 @@ import logging
 import signal
 from enum import StrEnum
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.logging import RichHandler
@@ -14,8 +14,8 @@ from rich.logging import RichHandler
 from cli._common import DbUrlOption, JsonOption, err_console, print_json
 from worker.db import resolve_db_url
 from worker.embedders import embedder_from_settings
-from worker.embedding import WorkerConfig
-from worker.runner import EmbeddingService, ServiceConfig
+from worker.jobs.queue import WorkerConfig
+from worker.jobs.service import Service, ServiceConfig
 from worker.settings import get_settings
 
 
@@ -83,27 +83,28 @@ def worker(
     )
     for noisy in ("httpx", "sentence_transformers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from worker.answering import AnswerConfig, AnswerWorker
+    from worker.jobs.answering import AnswerConfig, AnswerWorker
+    from worker.jobs.embedding import EmbeddingWorker
+    from worker.jobs.queue import QueueWorker
     from worker.llm import llm_from_settings
     from worker.usage import MeteredEmbedder
 
     settings = get_settings()
     url = resolve_db_url(db_url)
     embedder = embedder_from_settings(settings)
-    answers = None
+    workers: list[QueueWorker[Any]] = []
+    if only != Only.answers:
+        workers.append(EmbeddingWorker(
+            url, MeteredEmbedder(embedder, url, feature="embedding.documents"),
+            config=WorkerConfig(batch_size=batch_size, max_attempts=max_attempts,
+                                lease_seconds=lease)))
     if only != Only.embeddings:
-        answers = AnswerWorker(url, embedder, llm=llm_from_settings(settings),
-                               config=AnswerConfig(max_attempts=max_attempts,
-                                                   lease_seconds=lease))
-    service = EmbeddingService(
-        url, MeteredEmbedder(embedder, url, feature="embedding.documents"),
-        config=WorkerConfig(batch_size=batch_size, max_attempts=max_attempts,
-                            lease_seconds=lease),
-        service=ServiceConfig(sweep_seconds=sweep, http_host=http_host, http_port=http_port,
-                              listen=not no_listen, supabase_url=settings.supabase_url,
-                              supabase_key=settings.supabase_service_role_key),
-        answers=answers, embeddings=only != Only.answers,
-    )
+        workers.append(AnswerWorker(url, embedder, llm=llm_from_settings(settings),
+                                    config=AnswerConfig(max_attempts=max_attempts,
+                                                        lease_seconds=lease)))
+    service = Service(workers, service=ServiceConfig(
+        sweep_seconds=sweep, http_host=http_host, http_port=http_port, listen=not no_listen,
+        supabase_url=settings.supabase_url, supabase_key=settings.supabase_service_role_key))
 
     def stop(signum: int, frame: FrameType | None) -> None:
         err_console.print(f"{signal.Signals(signum).name}: finishing the batch in hand…")

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from worker import migrations
+from worker import schema
 from worker.db import connect
 from worker.local.postgres import LocalPostgres, ServerStatus, free_port
 from worker.users import User, add_user
@@ -56,8 +56,8 @@ def template_url(pg_server: ServerStatus) -> str:
         conn.execute(f"create database {TEMPLATE}")
     url = database_url(pg_server, TEMPLATE)
     with connect(url, autocommit=True) as conn:
-        migrations.apply_standin(conn)
-        migrations.push(conn)
+        schema.apply_standin(conn)
+        schema.push(conn)
     return url
 
 

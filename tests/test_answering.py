@@ -21,14 +21,15 @@ import pytest
 from conftest import http_double, wait_for
 from test_cli import DbCli
 
-from worker.answering import (
+from worker.db import as_request, connect
+from worker.jobs.answering import (
     EXTRACTIVE_HEADER,
     NOTHING_READABLE,
     AnswerConfig,
     AnswerWorker,
 )
-from worker.db import as_request, connect
-from worker.embedding import EmbeddingWorker, WorkerConfig
+from worker.jobs.embedding import EmbeddingWorker
+from worker.jobs.queue import WorkerConfig
 from worker.llm import OpenAIChat
 
 #: name -> (owner, team, visibility, content)
@@ -456,11 +457,10 @@ def test_usage_and_training_data_export(tmp_path, conn, db_url, world, corpus, c
 
 def test_service_answers_when_notified(conn, world, corpus, db_url, embedder):
     """A sweep far beyond the test: only the NOTIFY on suparag_answer_jobs explains the answer."""
-    from worker.runner import EmbeddingService, ServiceConfig
+    from worker.jobs.service import Service, ServiceConfig
 
-    service = EmbeddingService(db_url, embedder, embeddings=False,
-                               answers=AnswerWorker(db_url, embedder),
-                               service=ServiceConfig(sweep_seconds=3600))
+    service = Service([AnswerWorker(db_url, embedder)],
+                      service=ServiceConfig(sweep_seconds=3600))
     thread = threading.Thread(target=service.run, daemon=True)
     thread.start()
     try:
@@ -482,7 +482,7 @@ def test_answers_do_not_wait_for_the_embedding_backlog(conn, world, corpus, db_u
     """The service's answer loop runs beside its embedding loop: the embedder here will
     not embed a single backlog document until the question has its answer, which a
     service running the two queues one after the other could never give."""
-    from worker.runner import EmbeddingService
+    from worker.jobs.service import Service
 
     for i in range(3):
         conn.execute("insert into public.documents (owner_id, title, content)"
@@ -522,8 +522,8 @@ def test_answers_do_not_wait_for_the_embedding_backlog(conn, world, corpus, db_u
             return embedder.embed(texts)
 
     gate = WaitsForTheAnswer()
-    service = EmbeddingService(db_url, gate, config=WorkerConfig(batch_size=1),
-                               answers=AnswerWorker(db_url, embedder))
+    service = Service([EmbeddingWorker(db_url, gate, config=WorkerConfig(batch_size=1)),
+                       AnswerWorker(db_url, embedder)])
     service.run(once=True)
     assert gate.answered_first == [True]
     assert answer_of(conn, q["id"])["status"] == "done"
@@ -533,14 +533,14 @@ def test_answers_do_not_wait_for_the_embedding_backlog(conn, world, corpus, db_u
 
 def test_a_failing_answer_loop_stops_the_service_with_its_error(db_url, embedder):
     """A bug in one loop must not leave the worker half alive: run() stops and raises it."""
-    from worker.runner import EmbeddingService, ServiceConfig
+    from worker.jobs.service import Service, ServiceConfig
 
     class Broken(AnswerWorker):
         def drain(self, **kwargs):
             raise RuntimeError("answer loop bug")
 
-    service = EmbeddingService(db_url, embedder, answers=Broken(db_url, embedder),
-                               service=ServiceConfig(sweep_seconds=3600))
+    service = Service([EmbeddingWorker(db_url, embedder), Broken(db_url, embedder)],
+                      service=ServiceConfig(sweep_seconds=3600))
     outcome: list[BaseException] = []
 
     def run() -> None:

@@ -15,8 +15,8 @@ import pytest
 from supabase import AsyncClient, acreate_client
 from test_api_realtime import Api, Inbox, run, serve
 
-from worker.answering import EXTRACTIVE_HEADER, AnswerWorker
-from worker.embedding import EmbeddingWorker
+from worker.jobs.answering import EXTRACTIVE_HEADER, AnswerWorker
+from worker.jobs.embedding import EmbeddingWorker
 from worker.users import User, add_user
 
 pytestmark = [

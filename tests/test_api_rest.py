@@ -17,7 +17,7 @@ from supabase import Client, create_client
 
 from worker.api.app import create_app
 from worker.api.keys import ProjectKeys, load_or_create
-from worker.embedding import EmbeddingWorker
+from worker.jobs.embedding import EmbeddingWorker
 from worker.users import add_user, find_user
 
 PASSWORD = "correct horse battery"

@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.chunking import chunk_document
+from worker.jobs.chunking import chunk_document
 
 
 def chunks(embedder, title, content, **kw):

@@ -16,7 +16,7 @@ import pytest
 from conftest import free_port, port_taken
 
 from worker.local.postgres import _bin
-from worker.sqlfiles import migrations_dir
+from worker.schema import migrations_dir
 
 SUPARAG = str(Path(sys.executable).parent / "suparag")
 MIGRATIONS = len(list(migrations_dir().glob("*.sql")))

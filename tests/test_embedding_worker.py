@@ -8,7 +8,8 @@ import time
 import pytest
 
 from worker.db import as_request
-from worker.embedding import EmbeddingWorker, WorkerConfig
+from worker.jobs.embedding import EmbeddingWorker
+from worker.jobs.queue import WorkerConfig
 
 
 @pytest.fixture

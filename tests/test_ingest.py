@@ -15,8 +15,9 @@ from test_cli import Cli
 
 from worker import ingest as ingest_mod
 from worker.db import as_request, connect
-from worker.embedding import EmbeddingWorker, WorkerConfig
 from worker.errors import ConfigError, NotFound, UserNotFound
+from worker.jobs.embedding import EmbeddingWorker
+from worker.jobs.queue import WorkerConfig
 from worker.users import add_user
 
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000")

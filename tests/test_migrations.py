@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from worker import migrations
+from worker import schema
 from worker.db import connect
 from worker.errors import MigrationFailed
-from worker.sqlfiles import migrations_dir
+from worker.schema import migrations_dir
 
 # Landed migrations are history: never edit one, add a new file instead.
 # When you add a migration, append its hash here in the same commit.
@@ -48,30 +48,30 @@ def test_landed_migrations_are_unchanged():
 
 def test_push_from_nothing_then_noop(empty_db_url):
     with connect(empty_db_url, autocommit=True) as conn:
-        migrations.apply_standin(conn)
-        applied = migrations.push(conn)
+        schema.apply_standin(conn)
+        applied = schema.push(conn)
         assert [m.path.name for m in applied] == sorted(LANDED)
-        assert migrations.push(conn) == []
+        assert schema.push(conn) == []
         history = conn.execute(
             "select version, name, statements from supabase_migrations.schema_migrations"
             " order by version").fetchall()
-        state = migrations.state(conn)
+        state = schema.state(conn)
     assert [(h["version"], h["name"]) for h in history] == [
-        (m.version, m.name) for m in migrations.discover()]
-    assert history[0]["statements"] == [migrations.discover()[0].sql]
+        (m.version, m.name) for m in schema.discover()]
+    assert history[0]["statements"] == [schema.discover()[0].sql]
     assert state.pending == [] and state.unknown == []
 
 
 def test_standin_is_idempotent(db_url):
     with connect(db_url, autocommit=True) as conn:
-        migrations.apply_standin(conn)
-        migrations.apply_standin(conn)
-        assert migrations.push(conn) == []
+        schema.apply_standin(conn)
+        schema.apply_standin(conn)
+        assert schema.push(conn) == []
 
 
 def test_status_before_push(empty_db_url):
     with connect(empty_db_url) as conn:
-        state = migrations.state(conn)
+        state = schema.state(conn)
     assert state.applied == [] and len(state.pending) == len(LANDED)
 
 
@@ -79,7 +79,7 @@ def test_unknown_applied_versions_are_reported(db_url):
     with connect(db_url, autocommit=True) as conn:
         conn.execute("insert into supabase_migrations.schema_migrations (version, name)"
                      " values ('29991231000000', 'from_the_future')")
-        assert migrations.state(conn).unknown == ["29991231000000"]
+        assert schema.state(conn).unknown == ["29991231000000"]
 
 
 def test_failed_push_leaves_nothing(empty_db_url, tmp_path):
@@ -87,7 +87,7 @@ def test_failed_push_leaves_nothing(empty_db_url, tmp_path):
     (tmp_path / "20260101000100_bad.sql").write_text("create table public.bad (id nosuchtype);")
     with connect(empty_db_url, autocommit=True) as conn:
         with pytest.raises(MigrationFailed, match=r"20260101000100_bad\.sql"):
-            migrations.push(conn, tmp_path)
+            schema.push(conn, tmp_path)
         assert conn.execute("select to_regclass('public.good') as t").fetchone()["t"] is None
         recorded = conn.execute(
             "select to_regclass('supabase_migrations.schema_migrations') as t").fetchone()["t"]
@@ -100,7 +100,49 @@ def test_failed_push_leaves_nothing(empty_db_url, tmp_path):
 def test_misnamed_migration_is_refused(tmp_path):
     (tmp_path / "add_table.sql").write_text("select 1;")
     with pytest.raises(MigrationFailed, match="YYYYMMDDHHMMSS"):
-        migrations.discover(tmp_path)
+        schema.discover(tmp_path)
+
+
+@pytest.mark.parametrize("statement", [
+    "commit;", "rollback;", "begin;", "start transaction;", "end;", "savepoint s;",
+    "release savepoint s;", "COMMIT ;",
+])
+def test_transaction_control_in_a_migration_is_refused(empty_db_url, tmp_path, statement):
+    """A `commit;` mid-push would end the push's transaction (and its lock) early."""
+    (tmp_path / "20260101000000_first.sql").write_text("create table public.first (id int);")
+    (tmp_path / "20260101000100_sneaky.sql").write_text(
+        f"create table public.a (id int);\n-- a comment; then\n{statement}\n"
+        "create table public.b (id int);\n")
+    with connect(empty_db_url, autocommit=True) as conn:
+        with pytest.raises(MigrationFailed, match=r"20260101000100_sneaky\.sql, line 3: .* "
+                           r"controls the transaction"):
+            schema.push(conn, tmp_path)
+        # Refused before anything ran: not even the earlier migration is applied.
+        assert conn.execute("select to_regclass('public.first') as t").fetchone()["t"] is None
+
+
+def test_whole_file_transaction_wrapper_runs_inside_the_push(empty_db_url, tmp_path):
+    """begin; ... commit; around a whole file runs as part of the push's one transaction,
+    so a later failing migration still leaves nothing (as 20261121000700 is written)."""
+    (tmp_path / "20260101000000_wrapped.sql").write_text(
+        "-- header\nbegin;\ncreate table public.wrapped (id int);\n"
+        "create function public.f() returns int language plpgsql as $$\n"
+        "begin\n  return 1;\nend\n$$;\ncommit;\n")
+    (tmp_path / "20260101000100_bad.sql").write_text("create table public.bad (id nosuchtype);")
+    with connect(empty_db_url, autocommit=True) as conn:
+        with pytest.raises(MigrationFailed, match="20260101000100_bad"):
+            schema.push(conn, tmp_path)
+        assert conn.execute("select to_regclass('public.wrapped') as t").fetchone()["t"] is None
+        (tmp_path / "20260101000100_bad.sql").unlink()
+        assert [m.name for m in schema.push(conn, tmp_path)] == ["wrapped"]
+        assert conn.execute("select public.f() as one").fetchone()["one"] == 1
+
+
+def test_semicolons_inside_bodies_strings_and_comments_are_not_statements():
+    sql = ("create function a() returns int language sql begin atomic select 1; end;\n"
+           "do $x$ begin perform 1; end $x$;\n"
+           "select 'commit; rollback;' as s; -- commit;\n/* begin; */ select 2;\n")
+    assert schema.checked_body(sql, "x.sql") == sql
 
 
 def test_wheel_ships_the_sql(tmp_path):
@@ -118,3 +160,4 @@ def test_wheel_ships_the_sql(tmp_path):
     assert "worker/_data/sql/supabase_standin.sql" in names
     assert "worker/_data/config.toml" in names
     assert "cli/main.py" in names
+

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from test_cli import DbCli
 
-from worker.chunking import chunk_document
 from worker.embedders import DEFAULT_MODEL, _packaged_model_path
+from worker.jobs.chunking import chunk_document
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 TEXT = "The blue database restarts every Friday at midnight."

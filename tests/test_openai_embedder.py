@@ -37,8 +37,9 @@ from worker.embedders import (
     make_embedder,
     split_estimated,
 )
-from worker.embedding import EmbeddingWorker, WorkerConfig
 from worker.errors import ConfigError
+from worker.jobs.embedding import EmbeddingWorker
+from worker.jobs.queue import WorkerConfig
 from worker.settings import Settings
 from worker.users import add_user
 

@@ -8,8 +8,9 @@ import pytest
 from test_cli import DbCli
 
 from worker.db import connect
-from worker.embedding import EmbeddingWorker, WorkerConfig
 from worker.errors import NotFound
+from worker.jobs.embedding import EmbeddingWorker
+from worker.jobs.queue import WorkerConfig
 from worker.status import failed_jobs, pipeline_status, retry_failed
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from test_api_realtime import serve
 
-from worker.embedding import WorkerConfig
-from worker.runner import EmbeddingService, ServiceConfig
+from worker.jobs.embedding import EmbeddingWorker
+from worker.jobs.queue import WorkerConfig
+from worker.jobs.service import Service, ServiceConfig
 from worker.users import add_user
 
 # The realtime client itself reads deprecated websockets attributes when a socket closes.
@@ -50,8 +51,8 @@ def test_realtime_events_wake_the_worker_and_it_resubscribes(db_url, conn, embed
     first = serve(db_url, home)
     api = next(first)
     port = int(api.url.rsplit(":", 1)[1])
-    service = EmbeddingService(
-        db_url, embedder, config=WorkerConfig(batch_size=4),
+    service = Service(
+        [EmbeddingWorker(db_url, embedder, config=WorkerConfig(batch_size=4))],
         service=ServiceConfig(listen=False, sweep_seconds=3600, supabase_url=api.url,
                               supabase_key=api.keys.service_role_key))
     runner = threading.Thread(target=service.run, daemon=True)

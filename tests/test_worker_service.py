@@ -16,8 +16,9 @@ import pytest
 from conftest import wait_for
 
 from worker.db import connect
-from worker.embedding import WorkerConfig
-from worker.runner import EmbeddingService, ServiceConfig
+from worker.jobs.embedding import EmbeddingWorker
+from worker.jobs.queue import WorkerConfig
+from worker.jobs.service import Service, ServiceConfig
 
 SUPARAG = str(Path(sys.executable).parent / "suparag")
 
@@ -49,11 +50,11 @@ def counts(conn, ids):
 
 
 class Running:
-    """An EmbeddingService on a thread, stopped on exit."""
+    """A Service of one EmbeddingWorker on a thread, stopped on exit."""
 
     def __init__(self, db_url, embedder, **service):
-        self.service = EmbeddingService(db_url, embedder, config=WorkerConfig(),
-                                        service=ServiceConfig(**service))
+        self.service = Service([EmbeddingWorker(db_url, embedder, config=WorkerConfig())],
+                               service=ServiceConfig(**service))
         self.thread = threading.Thread(target=self.service.run, daemon=True)
 
     def __enter__(self):
@@ -116,8 +117,8 @@ def test_a_backed_off_job_runs_when_due_without_a_wakeup(conn, world, db_url, em
 def test_busy_port_is_a_clear_error(db_url, embedder):
     with Running(db_url, embedder, sweep_seconds=3600, listen=False, http_port=0) as first:
         _, port = first.http_address
-        second = EmbeddingService(db_url, embedder,
-                                  service=ServiceConfig(http_port=port, listen=False))
+        second = Service([EmbeddingWorker(db_url, embedder)],
+                         service=ServiceConfig(http_port=port, listen=False))
         with pytest.raises(Exception, match="Choose another --http-port"):
             second.run()
 

@@ -1,14 +1,23 @@
-"""Connections, and running SQL as an API role the way PostgREST does."""
+"""Connections, and running SQL as an API role the way PostgREST does.
+
+Vectors cross the driver through pgvector's psycopg adapter: `connect`
+registers it for the `extensions.vector` and `extensions.halfvec` types (where
+the database has them), so a `pgvector.Vector` (see `to_vector`) is a query
+parameter and a vector column reads back as one. No vector literal is built by
+hand.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
+from pgvector import Vector
+from psycopg.adapt import PyFormat
 from psycopg.rows import dict_row
 
 from worker.errors import DatabaseUnavailable, ServerNotRunning
@@ -44,15 +53,57 @@ def redact(url: str) -> str:
 
 
 def connect(db_url: str, *, autocommit: bool = False) -> psycopg.Connection[dict[str, Any]]:
-    """A connection with dict rows, or DatabaseUnavailable with a way forward."""
+    """A connection with dict rows and the vector types registered, or DatabaseUnavailable
+    with a way forward."""
     try:
-        return psycopg.connect(
+        conn = psycopg.connect(
             db_url, autocommit=autocommit, row_factory=dict_row, connect_timeout=10
         )
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(
             f"no database at {redact(db_url)}: run `suparag dev` or set SUPARAG_DB_URL ({exc})"
         ) from exc
+    register_vector_types(conn)
+    return conn
+
+
+def register_vector_types(conn: psycopg.Connection[Any]) -> bool:
+    """Register pgvector's adapter for the database's vector types on conn.
+
+    The types live in the `extensions` schema (as on Supabase), which is not on
+    the search path, so they are looked up by qualified name. Returns False
+    when the database has no pgvector yet (before the migrations); the
+    connection is left in the transaction state it was in.
+    """
+    from pgvector.psycopg.halfvec import register_halfvec_info
+    from pgvector.psycopg.vector import register_vector_info
+    from psycopg.types import TypeInfo
+
+    try:
+        vector = TypeInfo.fetch(conn, "extensions.vector")
+    except psycopg.errors.InvalidSchemaName:  # no `extensions` schema yet
+        return False
+    if vector is None:
+        return False
+    register_vector_info(conn, vector)
+    halfvec = TypeInfo.fetch(conn, "extensions.halfvec")
+    if halfvec is not None:
+        register_halfvec_info(conn, halfvec)
+    return True
+
+
+def ensure_vector_types(conn: psycopg.Connection[Any]) -> None:
+    """Register the vector types on conn unless they are (a connection not made by `connect`,
+    or made before pgvector was installed)."""
+    try:
+        conn.adapters.get_dumper(Vector, PyFormat.AUTO)
+    except psycopg.ProgrammingError:
+        register_vector_types(conn)
+
+
+def to_vector(values: Sequence[float]) -> Vector:
+    """A query parameter of type vector (what an embedder returns is a list of floats)."""
+    return Vector(list(values))
 
 
 def set_request_context(

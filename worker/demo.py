@@ -9,7 +9,6 @@ public documents only.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +18,6 @@ from typing import Any
 import psycopg
 
 from worker.db import as_request
-from worker.embedders import Embedder
 from worker.ingest import IngestReport, discover, ingest, make_target
 from worker.users import User, add_user
 
@@ -106,36 +104,3 @@ def readable(conn: psycopg.Connection[Any], user: User | None) -> set[uuid.UUID]
             "select id from public.documents"
             " where metadata @> '{\"collection\": \"suparag-demo\"}'").fetchall()
     return {row["id"] for row in rows}
-
-
-def answer_as(conn: psycopg.Connection[Any], db_url: str, embedder: Embedder, user: User,
-              *, timeout: float = 120.0) -> dict[str, Any]:
-    """Ask QUESTION as user and answer it as the answer worker does (extractive: no
-    chat model), retrieving as that user; the answer row as that user reads it.
-
-    If a `suparag worker` running alongside claims the question first, its
-    answer is awaited instead.
-    """
-    from worker.answering import AnswerWorker
-
-    with as_request(conn, user.claims()):
-        row = conn.execute("insert into public.questions (question) values (%s) returning id",
-                           (QUESTION,)).fetchone()
-    assert row is not None
-    worker = AnswerWorker(db_url, embedder)
-    try:
-        worker.run_batch(question_ids=[row["id"]])
-    finally:
-        worker.close()
-    deadline = time.monotonic() + timeout
-    while True:
-        with as_request(conn, user.claims()):
-            answer = conn.execute(
-                "select status, mode, content, citations, error from public.answers"
-                " where question_id = %s", (row["id"],)).fetchone()
-        if answer is not None and answer["status"] in ("done", "failed"):
-            return dict(answer)
-        if time.monotonic() > deadline:
-            return {"status": "pending", "mode": None, "content": "", "citations": [],
-                    "error": f"no answer within {timeout:.0f} s"}
-        time.sleep(0.2)

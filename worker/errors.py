@@ -66,5 +66,22 @@ class MigrationFailed(SuparagError, psycopg.DatabaseError):
 
 # -- the queues (worker/jobs) -------------------------------------------------------------
 
+class EmbeddingJobError(SuparagError):
+    """A document could not be embedded; the message is stored on its job."""
+
+
+class AnswerFailed(SuparagError):
+    """A question asked from the command line was not answered (the error says why)."""
+
+
+# -- commands (cli, bench) ----------------------------------------------------------------
+
+class DemoFailed(SuparagError):
+    """What the database returned to some user differs from what the sharing rules allow."""
+
+
+class BenchError(SuparagError):
+    """A benchmark could not run to the end (the worker died, a document failed, a timeout)."""
+
 
 # -- the local API of the dev stack (worker/devstack) -------------------------------------

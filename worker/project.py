@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker.errors import ConfigError
-from worker.migrations import discover
-from worker.sqlfiles import supabase_config
+from worker.schema import discover, supabase_config
 
 
 @dataclass

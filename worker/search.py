@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from worker.db import as_request
+from worker.db import as_request, ensure_vector_types, to_vector
 from worker.embedders import Embedder, embedder_for_model, embedder_from_settings
 from worker.errors import ConfigError, NotFound
 from worker.settings import Settings, get_settings
@@ -42,6 +42,9 @@ class Hit:
     content: str
     metadata: dict[str, Any]
     score: float
+
+
+_HIT_FIELDS = ("document_id", "chunk_index", "title", "content", "metadata", "score")
 
 
 def query_embedder(model_name: str) -> Embedder:
@@ -103,19 +106,52 @@ def check_options(*, hybrid: bool, threshold: float | None) -> None:
         raise ConfigError("--threshold applies to semantic search only: drop it or --hybrid")
 
 
+# One statement per function, the same columns from both (similarity is the score
+# of a semantic search).
 _MATCH = """
-    select document_id, chunk_index, title, content, metadata, similarity as score
+    select document_id, chunk_id, chunk_index, title, content, metadata, similarity as score
     from public.match_documents(
-      query_embedding => %(vector)s::extensions.vector, match_count => %(k)s,
+      query_embedding => %(vector)s, match_count => %(k)s,
       filter => %(filter)s, match_threshold => %(threshold)s, embedding_model => %(model)s)
 """
 
 _HYBRID = """
-    select document_id, chunk_index, title, content, metadata, score
+    select document_id, chunk_id, chunk_index, title, content, metadata, score
     from public.hybrid_search(
-      query_text => %(query)s, query_embedding => %(vector)s::extensions.vector,
+      query_text => %(query)s, query_embedding => %(vector)s,
       match_count => %(k)s, filter => %(filter)s, embedding_model => %(model)s)
 """
+
+
+def retrieve(
+    conn: psycopg.Connection[Any],
+    vector: Sequence[float],
+    *,
+    claims: Mapping[str, Any] | None,
+    model: str,
+    k: int = 5,
+    metadata_filter: Mapping[str, Any] | None = None,
+    threshold: float | None = None,
+    hybrid_text: str | None = None,
+) -> list[dict[str, Any]]:
+    """The rows `match_documents` (or, given hybrid_text, `hybrid_search`) returns to
+    the caller (claims; None = anon), run as the caller in its own transaction.
+
+    Each row: document_id, chunk_id, chunk_index, title, content, metadata, score.
+    Only vectors stored under `model` are compared. Search and the answer
+    worker both read through here.
+    """
+    params = {
+        "query": hybrid_text,
+        "vector": to_vector(vector),
+        "k": k,
+        "filter": Jsonb(dict(metadata_filter or {})),
+        "threshold": threshold,
+        "model": model,
+    }
+    ensure_vector_types(conn)
+    with as_request(conn, claims):
+        return conn.execute(_MATCH if hybrid_text is None else _HYBRID, params).fetchall()
 
 
 def search(
@@ -136,15 +172,8 @@ def search(
     (semantic search only).
     """
     check_options(hybrid=hybrid, threshold=threshold)
-    vector = embedder.embed([query])[0]
-    params = {
-        "query": query,
-        "vector": "[" + ",".join(repr(x) for x in vector) + "]",
-        "k": k,
-        "filter": Jsonb(dict(metadata_filter or {})),
-        "threshold": threshold,
-        "model": embedder.name,
-    }
-    with as_request(conn, claims):
-        rows = conn.execute(_HYBRID if hybrid else _MATCH, params).fetchall()
-    return [Hit(rank=rank, **row) for rank, row in enumerate(rows, start=1)]
+    rows = retrieve(conn, embedder.embed([query])[0], claims=claims, model=embedder.name, k=k,
+                    metadata_filter=metadata_filter, threshold=threshold,
+                    hybrid_text=query if hybrid else None)
+    return [Hit(rank=rank, **{f: row[f] for f in _HIT_FIELDS})
+            for rank, row in enumerate(rows, start=1)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
-from worker import migrations
+from worker import schema
 from worker.api.keys import ProjectKeys, load_or_create
 from worker.api.process import ApiStatus, LocalApi, LocalWorkers, WorkerStatus
 from worker.db import connect
@@ -21,7 +21,7 @@ class DevStarted:
 
     server: ServerStatus
     reused: bool
-    applied: list[migrations.Migration]
+    applied: list[schema.Migration]
     api: ApiStatus | None = None
     api_reused: bool = False
     keys: ProjectKeys | None = None
@@ -68,8 +68,8 @@ def start(settings: Settings, *, port: int | None = None, api_port: int | None =
     reused = server.status() is not None
     status = server.start()
     with connect(status.url, autocommit=True) as conn:
-        migrations.apply_standin(conn)
-        applied = migrations.push(conn)
+        schema.apply_standin(conn)
+        applied = schema.push(conn)
     started = DevStarted(server=status, reused=reused, applied=applied)
     if api:
         keys = project_keys(settings)
@@ -113,7 +113,7 @@ def require_local(settings: Settings, db_url: str | None) -> ServerStatus:
     return status
 
 
-def reset(settings: Settings, db_url: str | None = None) -> list[migrations.Migration]:
+def reset(settings: Settings, db_url: str | None = None) -> list[schema.Migration]:
     """Drop and rebuild the local `postgres` database: stand-in, then every migration."""
     status = require_local(settings, db_url)
     maintenance = status.url.rsplit("/", 1)[0] + "/template1"
@@ -121,5 +121,5 @@ def reset(settings: Settings, db_url: str | None = None) -> list[migrations.Migr
         conn.execute("drop database if exists postgres with (force)")
         conn.execute("create database postgres")
     with connect(status.url, autocommit=True) as conn:
-        migrations.apply_standin(conn)
-        return migrations.push(conn)
+        schema.apply_standin(conn)
+        return schema.push(conn)

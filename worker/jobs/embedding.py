@@ -10,20 +10,16 @@ result is dropped and the newer job, already queued, wins.
 from __future__ import annotations
 
 import logging
-import os
-import random
-import socket
-import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field, fields
-from typing import Any, Generic, Protocol, Self, TypeVar
+from dataclasses import dataclass, field
+from typing import Any
 
-import psycopg
+from pgvector import Vector
 
-from worker.chunking import Chunk, chunk_document
-from worker.db import connect
+from worker.db import to_vector
 from worker.embedders import Embedder, EmbeddingServiceUnavailable
-from worker.errors import ConfigError
+from worker.errors import ConfigError, EmbeddingJobError
+from worker.jobs.chunking import Chunk, chunk_document
+from worker.jobs.queue import EMBEDDINGS, Counts, QueueWorker, WorkerConfig
 
 log = logging.getLogger("suparag.embedding")
 
@@ -31,27 +27,8 @@ log = logging.getLogger("suparag.embedding")
 COLUMN_DIMENSIONS = 384
 
 
-@dataclass(frozen=True)
-class WorkerConfig:
-    """How a worker claims and retries."""
-
-    batch_size: int = 16
-    lease_seconds: int = 300
-    max_attempts: int = 5
-    backoff_base_seconds: float = 2.0
-    backoff_max_seconds: float = 600.0
-    worker_id: str = field(
-        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-    )
-
-    def backoff(self, attempts: int) -> float:
-        """Exponential, capped, with full jitter (so failed jobs do not retry in lockstep)."""
-        ceiling = min(self.backoff_max_seconds, self.backoff_base_seconds * 2 ** (attempts - 1))
-        return random.uniform(ceiling / 2, ceiling)
-
-
 @dataclass
-class BatchResult:
+class BatchResult(Counts):
     """What one batch did."""
 
     embedded: int = 0
@@ -65,14 +42,6 @@ class BatchResult:
     def claimed(self) -> int:
         return self.embedded + self.superseded + self.failed + self.retrying
 
-    def add(self, other: BatchResult) -> None:
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-
-
-class EmbeddingJobError(Exception):
-    """A document could not be embedded; the message is stored on the job."""
-
 
 @dataclass
 class _Plan:
@@ -81,72 +50,40 @@ class _Plan:
     job: dict[str, Any]
     chunks: list[Chunk]
     hashes: list[str]
-    reusable: dict[str, str]  # content_hash -> stored vector (as text)
+    reusable: dict[str, Vector]  # content_hash -> stored vector
     vectors: dict[str, list[float]] = field(default_factory=dict)  # embed_text -> new vector
 
     def missing_texts(self) -> list[str]:
         return [c.embed_text for c, h in zip(self.chunks, self.hashes, strict=True)
                 if h not in self.reusable]
 
-    def vector_text(self, chunk: Chunk, digest: str) -> str:
+    def vector(self, chunk: Chunk, digest: str) -> Vector:
         if digest in self.reusable:
             return self.reusable[digest]
-        return "[" + ",".join(repr(x) for x in self.vectors[chunk.embed_text]) + "]"
-
-
-class _Tally(Protocol):
-    @property
-    def claimed(self) -> int: ...
-
-    def add(self, other: Self) -> None: ...
-
-
-TallyT = TypeVar("TallyT", bound=_Tally)
-
-
-class QueueWorker(Generic[TallyT]):
-    """A worker of one queue: its own connection, and batches until nothing is due."""
-
-    def __init__(self, db_url: str, tally: Callable[[], TallyT]) -> None:
-        self.db_url = db_url
-        self._tally = tally
-        self._conn: psycopg.Connection[dict[str, Any]] | None = None
-
-    @property
-    def conn(self) -> psycopg.Connection[dict[str, Any]]:
-        if self._conn is None or self._conn.closed:
-            self._conn = connect(self.db_url)
-        return self._conn
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-
-    def run_batch(self) -> TallyT:
-        raise NotImplementedError
-
-    def drain(self, *, on_batch: Callable[[TallyT], None] | None = None,
-              should_stop: Callable[[], bool] | None = None) -> TallyT:
-        """Run batches until nothing is due (or should_stop says so between batches)."""
-        total = self._tally()
-        while should_stop is None or not should_stop():
-            batch = self.run_batch()
-            if batch.claimed == 0:
-                break
-            total.add(batch)
-            if on_batch is not None:
-                on_batch(batch)
-        return total
+        return to_vector(self.vectors[chunk.embed_text])
 
 
 class EmbeddingWorker(QueueWorker[BatchResult]):
     """Drains the embedding queue of one database."""
 
+    queue = EMBEDDINGS
+
     def __init__(self, db_url: str, embedder: Embedder, *,
                  config: WorkerConfig | None = None) -> None:
-        super().__init__(db_url, BatchResult)
+        super().__init__(db_url, BatchResult, config=config or WorkerConfig())
         self.embedder = embedder
-        self.config = config or WorkerConfig()
+
+    def load(self) -> None:
+        self.embedder.load()
+
+    @property
+    def model(self) -> str:
+        return self.embedder.name
+
+    def describe(self, batch: BatchResult) -> str:
+        return (f"batch: {batch.embedded} embedded, {batch.superseded} superseded, "
+                f"{batch.retrying} retrying, {batch.failed} failed "
+                f"({batch.chunks_embedded} chunks embedded, {batch.chunks_reused} reused)")
 
     # -- one batch ------------------------------------------------------------------------
 
@@ -201,9 +138,9 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
                     "select id, title, content, content_version from public.documents"
                     " where id = any(%s)", (ids,))
             }
-            reusable: dict[Any, dict[str, str]] = {}
+            reusable: dict[Any, dict[str, Vector]] = {}
             for row in conn.execute(
-                "select document_id, content_hash, embedding::text as embedding"
+                "select document_id, content_hash, embedding"
                 " from public.document_chunks"
                 " where document_id = any(%s) and embedding_model = %s"
                 " and embedding is not null",
@@ -251,19 +188,14 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
 
     def _fail(self, job: dict[str, Any], exc: BaseException) -> BatchResult:
         """Record the failure: back off and retry, or `failed` at the cap."""
-        if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            self.conn.rollback()
         message = str(exc) if isinstance(exc, EmbeddingJobError) else \
             f"{type(exc).__name__}: {exc}"
-        log.warning("document %s failed (attempt %s): %s", job["document_id"],
-                    job["attempts"], message)
-        with self.conn.transaction():
-            outcome = self.conn.execute(
-                "select suparag_private.fail_embedding_job(%s, %s, %s, %s, %s) as outcome",
-                (job["job_id"], job["content_version"], message, self.config.max_attempts,
-                 self.config.backoff(job["attempts"])),
-            ).fetchone()
-        status = outcome["outcome"] if outcome else None
+        status = self.record_failure(
+            job, f"document {job['document_id']}", message,
+            "select suparag_private.fail_embedding_job(%s, %s, %s, %s, %s) as outcome",
+            (job["job_id"], job["content_version"], message, self.config.max_attempts,
+             self.config.backoff(job["attempts"])),
+        )
         return BatchResult(failed=int(status == "failed"),
                            retrying=int(status == "queued"),
                            superseded=int(status is None))
@@ -287,7 +219,7 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
             ) as copy:
                 for chunk, digest in zip(plan.chunks, plan.hashes, strict=True):
                     copy.write_row((job["document_id"], chunk.index, chunk.content,
-                                    plan.vector_text(chunk, digest), model, digest))
+                                    plan.vector(chunk, digest), model, digest))
             conn.execute(
                 "update public.documents set embedding_status = 'ready', embedding_model = %s,"
                 " embedded_at = now(), embedding_error = null where id = %s",

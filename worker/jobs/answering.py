@@ -22,23 +22,20 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
 from psycopg.types.json import Jsonb
 
 from worker import usage
 from worker.db import as_request
 from worker.embedders import Embedder
-from worker.embedding import QueueWorker, WorkerConfig
+from worker.jobs.queue import ANSWERS, Counts, QueueWorker, WorkerConfig
 from worker.llm import LLM, Message, Usage
+from worker.search import retrieve
 from worker.users import find_user
 
 log = logging.getLogger("suparag.answering")
-
-#: The channel the question trigger notifies.
-CHANNEL = "suparag_answer_jobs"
 
 NOTHING_READABLE = ("Nothing you can read answers this question: no passage in the documents "
                     "you have access to is close enough to it.")
@@ -69,7 +66,7 @@ class AnswerConfig(WorkerConfig):
 
 
 @dataclass
-class AnswerResult:
+class AnswerResult(Counts):
     """What one batch did."""
 
     answered: int = 0
@@ -80,10 +77,6 @@ class AnswerResult:
     @property
     def claimed(self) -> int:
         return self.answered + self.failed + self.retrying + self.gone
-
-    def add(self, other: AnswerResult) -> None:
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 @dataclass(frozen=True)
@@ -116,13 +109,6 @@ class _Draft:
     flushed_at: float = 0.0
 
 
-_MATCH = """
-    select document_id, chunk_id, chunk_index, title, content, similarity
-    from public.match_documents(
-      query_embedding => %(vector)s::extensions.vector, match_count => %(k)s,
-      filter => %(filter)s, match_threshold => %(threshold)s, embedding_model => %(model)s)
-"""
-
 _HISTORY = """
     select q.question, a.content
     from public.questions q
@@ -134,15 +120,38 @@ _HISTORY = """
 """
 
 
+_FAILED_ANSWER = """
+    insert into public.answers as a
+      (question_id, asker_id, conversation_id, mode, model, status, error)
+    select q.id, q.asker_id, q.conversation_id, %(mode)s, %(model)s, 'failed', %(error)s
+    from public.questions q where q.id = %(question)s
+    on conflict (question_id) do update
+      set status = 'failed', error = excluded.error, updated_at = now()
+"""
+
+
 class AnswerWorker(QueueWorker[AnswerResult]):
     """Drains the answer queue of one database."""
 
+    queue = ANSWERS
+    config: AnswerConfig
+
     def __init__(self, db_url: str, embedder: Embedder, *, llm: LLM | None = None,
                  config: AnswerConfig | None = None) -> None:
-        super().__init__(db_url, AnswerResult)
+        super().__init__(db_url, AnswerResult, config=config or AnswerConfig())
         self.embedder = embedder
         self.llm = llm
-        self.config = config or AnswerConfig()
+
+    def load(self) -> None:
+        self.embedder.load()
+
+    @property
+    def model(self) -> str:
+        return self.embedder.name
+
+    def describe(self, batch: AnswerResult) -> str:
+        return (f"answers: {batch.answered} answered, {batch.retrying} retrying, "
+                f"{batch.failed} failed")
 
     # -- batches --------------------------------------------------------------------------
 
@@ -206,16 +215,13 @@ class AnswerWorker(QueueWorker[AnswerResult]):
         vector = self.embedder.embed([question["question"]])[0]
         self._meter("answer.query_embedding", self.embedder.name, started, question,
                     input_tokens=self.embedder.count_tokens(question["question"]))
-        params = {
-            "vector": "[" + ",".join(repr(x) for x in vector) + "]",
-            "k": question["match_count"],
-            "filter": Jsonb(question["filter"]),
-            "threshold": self.config.min_similarity,
-            "model": self.embedder.name,
-        }
-        with as_request(self.conn, claims):
-            rows = self.conn.execute(_MATCH, params).fetchall()
-        return [Passage(n=n, **row) for n, row in enumerate(rows, start=1)]
+        rows = retrieve(self.conn, vector, claims=claims, model=self.embedder.name,
+                        k=question["match_count"], metadata_filter=question["filter"],
+                        threshold=self.config.min_similarity)
+        return [Passage(n=n, document_id=row["document_id"], chunk_id=row["chunk_id"],
+                        chunk_index=row["chunk_index"], title=row["title"],
+                        content=row["content"], similarity=row["score"])
+                for n, row in enumerate(rows, start=1)]
 
     def _history(self, question: dict[str, Any], claims: dict[str, Any]) -> list[Message]:
         """Earlier finished turns of the conversation, read as the asker (so only theirs)."""
@@ -285,33 +291,21 @@ class AnswerWorker(QueueWorker[AnswerResult]):
 
     def _fail(self, job: dict[str, Any], exc: BaseException) -> AnswerResult:
         """Mark the answer failed with the error, and back the job off (or fail it at the cap)."""
-        conn = self.conn
-        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            conn.rollback()
         message = str(exc) or type(exc).__name__
-        log.warning("question %s failed (attempt %s): %s", job["question_id"], job["attempts"],
-                    message)
-        with conn.transaction():
-            conn.execute(
-                """
-                insert into public.answers as a
-                  (question_id, asker_id, conversation_id, mode, model, status, error)
-                select q.id, q.asker_id, q.conversation_id, %(mode)s, %(model)s, 'failed',
-                       %(error)s
-                from public.questions q where q.id = %(question)s
-                on conflict (question_id) do update
-                  set status = 'failed', error = excluded.error, updated_at = now()
-                """,
-                {"question": job["question_id"], "error": message[:2000],
-                 "mode": "generative" if self.llm is not None else "extractive",
-                 "model": self.llm.name if self.llm is not None else None},
-            )
-            row = conn.execute(
-                "select suparag_private.fail_answer_job(%s, %s, %s, %s) as outcome",
-                (job["job_id"], message, self.config.max_attempts,
-                 self.config.backoff(job["attempts"])),
-            ).fetchone()
-        status = row["outcome"] if row else None
+
+        def mark_answer_failed() -> None:
+            self.conn.execute(_FAILED_ANSWER, {
+                "question": job["question_id"], "error": message[:2000],
+                "mode": "generative" if self.llm is not None else "extractive",
+                "model": self.llm.name if self.llm is not None else None})
+
+        status = self.record_failure(
+            job, f"question {job['question_id']}", message,
+            "select suparag_private.fail_answer_job(%s, %s, %s, %s) as outcome",
+            (job["job_id"], message, self.config.max_attempts,
+             self.config.backoff(job["attempts"])),
+            before=mark_answer_failed,
+        )
         return AnswerResult(failed=int(status == "failed"), retrying=int(status == "queued"),
                             gone=int(status is None))
 

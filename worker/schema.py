@@ -1,10 +1,19 @@
-"""Apply the deployable migrations and record them as the Supabase CLI does.
+"""The schema: where its SQL lives, and applying the migrations as the Supabase CLI does.
+
+The SQL ships inside the wheel (`supabase/migrations`, `supabase/config.toml`
+and `sql/` under `worker/_data/`, see pyproject's force-include); an editable
+install or a checkout reads it from the repository. Both resolve to the same
+files.
 
 History lives in `supabase_migrations.schema_migrations (version, statements,
 name)`, the table `supabase db push` reads and writes, so either tool sees
 what the other applied. A push runs in one transaction under an advisory
 lock: two concurrent pushes cannot interleave, and a failing migration leaves
-the database exactly as it was.
+the database exactly as it was. That is why a migration may not control the
+transaction itself: a `commit;` inside one would end the push's transaction
+early and release the lock. The one form accepted is a whole file wrapped in
+`begin;` ... `commit;` (landed migration 20261121000700 is written so), which
+runs as the push's own transaction with the wrapper left out.
 """
 
 from __future__ import annotations
@@ -18,11 +27,32 @@ from typing import Any
 import psycopg
 
 from worker.errors import MigrationFailed
-from worker.sqlfiles import migrations_dir, standin_sql
+
+_PACKAGE = Path(__file__).resolve().parent
+_CHECKOUT = _PACKAGE.parent
 
 _NAME = re.compile(r"^(?P<version>\d{14})_(?P<name>[a-z0-9_]+)\.sql$")
 # Arbitrary but fixed: serialises `db push` across processes and machines.
 _LOCK_KEY = 0x5355504152414701
+
+
+def _pick(packaged: Path, checkout: Path) -> Path:
+    return packaged if packaged.exists() else checkout
+
+
+def migrations_dir() -> Path:
+    """The deployable migrations, named as the Supabase CLI names them."""
+    return _pick(_PACKAGE / "_data" / "migrations", _CHECKOUT / "supabase" / "migrations")
+
+
+def supabase_config() -> Path:
+    """The Supabase CLI `config.toml` that `suparag init` writes when none exists."""
+    return _pick(_PACKAGE / "_data" / "config.toml", _CHECKOUT / "supabase" / "config.toml")
+
+
+def standin_sql() -> Path:
+    """The local-only SQL that makes plain PostgreSQL look like a Supabase database."""
+    return _pick(_PACKAGE / "_data" / "sql", _CHECKOUT / "sql") / "supabase_standin.sql"
 
 
 @dataclass(frozen=True)
@@ -40,6 +70,10 @@ class Migration:
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+    def body(self) -> str:
+        """The SQL to run inside the push's transaction; refuses transaction control."""
+        return checked_body(self.sql, self.path.name)
 
 
 @dataclass(frozen=True)
@@ -107,8 +141,9 @@ def push(conn: psycopg.Connection[Any], directory: Path | None = None) -> list[M
         for migration in discover(directory):
             if migration.version in applied:
                 continue
+            body = migration.body()
             try:
-                conn.execute(migration.sql.encode())
+                conn.execute(body.encode())
             except psycopg.Error as exc:
                 raise MigrationFailed(
                     f"migration {migration.path.name} failed, nothing was applied: "
@@ -121,6 +156,64 @@ def push(conn: psycopg.Connection[Any], directory: Path | None = None) -> list[M
             )
             done.append(migration)
     return done
+
+
+# -- transaction control ------------------------------------------------------------------
+
+# What a statement may not start with inside a push: each ends, nests or splits
+# the transaction the push runs in.
+_CONTROL = frozenset({"begin", "commit", "rollback", "end", "abort", "start", "savepoint",
+                      "release"})
+# Comments, quoted strings and identifiers, and dollar-quoted bodies are blanked
+# out before statements are split, so a `begin` or a `;` inside a function body
+# is never mistaken for one.
+_OPAQUE = re.compile(
+    r"--[^\n]*|/\*.*?\*/|'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|(\$[A-Za-z_0-9]*\$).*?\1",
+    re.DOTALL,
+)
+_WORD = re.compile(r"[A-Za-z_]+")
+
+
+def _statements(sql: str) -> list[tuple[int, int, str]]:
+    """Top-level statements as (start of its first word, end after its `;`, first word).
+
+    A semicolon inside an SQL-standard body (`begin atomic ... end`) does not
+    end the statement.
+    """
+    blank = _OPAQUE.sub(lambda m: re.sub(r"[^\n]", " ", m.group()), sql)
+    found: list[tuple[int, int, str]] = []
+    start = 0
+    for part in re.finditer(r"[^;]*(?:;|$)", blank):
+        text = " ".join(blank[start:part.end()].lower().split())
+        if part.end() < len(blank) and "begin atomic" in text and \
+                not re.search(r"\bend\s*;$", text):
+            continue  # inside an atomic body: the statement goes on
+        word = _WORD.search(blank, start, part.end())
+        if word:
+            found.append((word.start(), part.end(), word.group().lower()))
+        start = part.end()
+    return found
+
+
+def checked_body(sql: str, name: str) -> str:
+    """sql without a whole-file `begin;` ... `commit;` wrapper; any other
+    transaction control is refused with MigrationFailed."""
+    statements = _statements(sql)
+    if (len(statements) >= 2 and statements[0][2] in ("begin", "start")
+            and statements[-1][2] in ("commit", "end")):
+        (first, first_end, _), (last, last_end, _) = statements[0], statements[-1]
+        sql = sql[:first] + sql[first_end:last] + sql[last_end:]
+        statements = _statements(sql)
+    for start, _end, word in statements:
+        if word in _CONTROL:
+            line = sql.count("\n", 0, start) + 1
+            raise MigrationFailed(
+                f"{name}, line {line}: `{word}` controls the transaction, which a migration "
+                "may not do: `suparag db push` applies all pending migrations in one "
+                "transaction. Remove it (the one form allowed is a whole file wrapped in "
+                "begin; ... commit;)"
+            )
+    return sql
 
 
 def apply_standin(conn: psycopg.Connection[Any]) -> None:
