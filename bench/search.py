@@ -29,7 +29,7 @@ from bench._common import (
     pct,
     progress,
 )
-from worker.db import connect, set_request_context
+from worker.db import connect, ensure_vector_types, set_request_context
 from worker.errors import BenchError
 from worker.users import add_user
 
@@ -49,12 +49,9 @@ def clustered(rng: np.random.Generator, n: int, centers: np.ndarray) -> np.ndarr
     return unit
 
 
-def text(v: np.ndarray) -> str:
-    return "[" + ",".join(f"{x:.6f}" for x in v) + "]"
-
-
 def load(conn: Any, n_chunks: int,
          rng: np.random.Generator) -> tuple[dict[str, dict[str, Any]], np.ndarray, float]:
+    ensure_vector_types(conn)  # vectors go to the database through pgvector's adapter
     wide = add_user(conn, "wide@bench.local", team="wide")
     narrow = add_user(conn, "narrow@bench.local", team="narrow")
     n_docs = n_chunks // PER_DOC
@@ -77,7 +74,7 @@ def load(conn: Any, n_chunks: int,
                             " embedding, embedding_model, content_hash) from stdin") as copy:
         for i, v in enumerate(vectors):
             words = " ".join(rng.choice(WORDS, 12))
-            copy.write_row((ids[i // PER_DOC], i % PER_DOC, words, text(v), "bench", "h"))
+            copy.write_row((ids[i // PER_DOC], i % PER_DOC, words, v, "bench", "h"))
     started = time.perf_counter()
     conn.execute(index["indexdef"])
     built = time.perf_counter() - started
@@ -106,7 +103,7 @@ def timed(conn: Any, claims: dict[str, Any], sql: str, params: tuple[Any, ...],
 def measure(conn: Any, callers: dict[str, dict[str, Any]], centers: np.ndarray, queries: int,
             rng: np.random.Generator) -> list[dict[str, Any]]:
     """Latency and recall of both search functions, per caller, over the same queries."""
-    qs = [text(v) for v in clustered(rng, queries, centers)]
+    qs = list(clustered(rng, queries, centers))
     words = [" ".join(rng.choice(WORDS, 2)) for _ in range(queries)]
     results = []
     with progress() as bar:
@@ -117,10 +114,10 @@ def measure(conn: Any, callers: dict[str, dict[str, Any]], centers: np.ndarray, 
     return results
 
 
-def _measure_caller(conn: Any, name: str, claims: dict[str, Any], qs: list[str],
+def _measure_caller(conn: Any, name: str, claims: dict[str, Any], qs: list[np.ndarray],
                     words: list[str], advance: Callable[[], None]) -> dict[str, Any]:
-    match = "select chunk_id from public.match_documents(%s::extensions.vector, %s)"
-    hybrid = "select chunk_id from public.hybrid_search(%s, %s::extensions.vector, %s)"
+    match = "select chunk_id from public.match_documents(%s, %s)"
+    hybrid = "select chunk_id from public.hybrid_search(%s, %s, %s)"
     for q in qs[:5]:  # warm caches
         timed(conn, claims, match, (q, K))
     m_lat, h_lat, recalls, counts = [], [], [], []

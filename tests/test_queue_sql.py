@@ -70,34 +70,31 @@ def without_meant(text: str, queue, function: str) -> str:
     return " ".join(text.split())
 
 
-def test_the_claim_functions_lease_alike(conn):
-    """Due, unleased, oldest first, `for update skip locked`, a lease and one attempt."""
+# What each pair of functions must do alike: the function of each queue, the
+# part of its body compared, and a phrase that part must hold.
+FUNCTIONS = {
+    # Due, unleased, oldest first, `for update skip locked`, a lease and one attempt.
+    "claim": (("claim_embedding_jobs", "claim_answer_jobs"),
+              ("update suparag_private.{jobs} j", "$function$"), "for update skip locked"),
+    # The same status, backoff and lease release on failure.
+    "fail": (("fail_embedding_job", "fail_answer_job"),
+             ("update suparag_private.{jobs} j set status", " returning"),
+             "when j.attempts >= max_attempts then 'failed'"),
+    # Requeue failed jobs with their attempts reset.
+    "retry": (("retry_embedding_jobs", "retry_answer_jobs"),
+              ("update suparag_private.{jobs} j", " returning"), "where j.status = 'failed'"),
+}
+
+
+@pytest.mark.parametrize("function", sorted(FUNCTIONS))
+def test_the_queue_functions_are_the_same_but_for_their_nouns(conn, function):
+    names, (start, end), phrase = FUNCTIONS[function]
     shared = []
-    for queue in (EMBEDDINGS, ANSWERS):
-        text = normalised(definition(conn, f"claim_{queue.table}"), queue)
-        body = segment(text, "update suparag_private.{jobs} j", "$function$")
-        shared.append(without_meant(body, queue, "claim"))
+    for queue, name in zip((EMBEDDINGS, ANSWERS), names, strict=True):
+        body = segment(normalised(definition(conn, name), queue), start, end)
+        shared.append(without_meant(body, queue, function))
     assert shared[0] == shared[1]
-    assert "for update skip locked" in shared[0]
-
-
-def test_the_fail_functions_back_off_alike(conn):
-    """The same status, backoff and lease release on failure."""
-    shared = []
-    for queue, name in ((EMBEDDINGS, "fail_embedding_job"), (ANSWERS, "fail_answer_job")):
-        text = normalised(definition(conn, name), queue)
-        body = segment(text, "update suparag_private.{jobs} j set status", " returning")
-        shared.append(without_meant(body, queue, "fail"))
-    assert shared[0] == shared[1]
-    assert "when j.attempts >= max_attempts then 'failed'" in shared[0]
-
-
-def test_the_retry_functions_requeue_alike(conn):
-    shared = []
-    for queue in (EMBEDDINGS, ANSWERS):
-        text = normalised(definition(conn, f"retry_{queue.table}"), queue)
-        shared.append(segment(text, "update suparag_private.{jobs} j", " returning"))
-    assert shared[0] == shared[1]
+    assert phrase in shared[0]
 
 
 @pytest.mark.parametrize("column", ["status", "attempts", "run_after", "leased_by",
