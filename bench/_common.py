@@ -32,10 +32,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from worker import migrations
 from worker.chunking import chunk_document
 from worker.db import as_request, connect
-from worker.embedders import Embedder
 from worker.embedding import WorkerConfig
 from worker.errors import SuparagError
 from worker.local.postgres import LocalPostgres, free_port
+from worker.models.base import Embedder
 from worker.runner import EmbeddingService, ServiceConfig
 from worker.users import User, add_user
 

@@ -61,7 +61,7 @@ def ask(
     worker` claims the question first, this waits for its answer instead.
     """
     from worker.answering import AnswerWorker
-    from worker.llm import llm_from_settings
+    from worker.models.factory import llm_from_settings
     from worker.settings import get_settings
 
     conversation_id = _conversation_id(conversation)

@@ -13,8 +13,8 @@ from rich.logging import RichHandler
 
 from cli._common import DbUrlOption, JsonOption, err_console, print_json
 from worker.db import resolve_db_url
-from worker.embedders import embedder_from_settings
 from worker.embedding import WorkerConfig
+from worker.models.factory import embedder_from_settings
 from worker.runner import EmbeddingService, ServiceConfig
 from worker.settings import get_settings
 
@@ -84,7 +84,7 @@ def worker(
     for noisy in ("httpx", "sentence_transformers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from worker.answering import AnswerConfig, AnswerWorker
-    from worker.llm import llm_from_settings
+    from worker.models.factory import llm_from_settings
     from worker.usage import MeteredEmbedder
 
     settings = get_settings()

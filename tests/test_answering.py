@@ -29,7 +29,7 @@ from worker.answering import (
 )
 from worker.db import as_request, connect
 from worker.embedding import EmbeddingWorker, WorkerConfig
-from worker.llm import OpenAIChat
+from worker.models.llm import OpenAIChat
 
 #: name -> (owner, team, visibility, content)
 CORPUS = {

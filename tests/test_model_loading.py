@@ -16,7 +16,8 @@ import pytest
 from test_cli import DbCli
 
 from worker.chunking import chunk_document
-from worker.embedders import DEFAULT_MODEL, _packaged_model_path
+from worker.models.base import DEFAULT_MODEL
+from worker.models.local import _packaged_model_path
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 TEXT = "The blue database restarts every Friday at midnight."

@@ -19,8 +19,8 @@ from typing import Any
 import psycopg
 
 from worker.db import as_request
-from worker.embedders import Embedder
 from worker.ingest import IngestReport, discover, ingest, make_target
+from worker.models.base import Embedder
 from worker.users import User, add_user
 
 CORPUS = Path(__file__).parent / "demo_corpus"

@@ -22,8 +22,8 @@ import psycopg
 
 from worker.chunking import Chunk, chunk_document
 from worker.db import connect
-from worker.embedders import Embedder, EmbeddingServiceUnavailable
-from worker.errors import ConfigError
+from worker.errors import ConfigError, EmbeddingServiceUnavailable
+from worker.models.base import Embedder
 
 log = logging.getLogger("suparag.embedding")
 

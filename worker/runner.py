@@ -43,9 +43,9 @@ import psycopg
 from psycopg import sql
 
 from worker.db import connect, redact
-from worker.embedders import Embedder
 from worker.embedding import BatchResult, EmbeddingWorker, WorkerConfig
 from worker.errors import ConfigError
+from worker.models.base import Embedder
 
 if TYPE_CHECKING:
     from worker.answering import AnswerResult, AnswerWorker
