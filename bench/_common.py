@@ -31,13 +31,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from worker import schema
 from worker.db import as_request, connect
-from worker.embedders import Embedder
 from worker.errors import BenchError
 from worker.jobs.chunking import chunk_document
 from worker.jobs.embedding import EmbeddingWorker
 from worker.jobs.queue import WorkerConfig
 from worker.jobs.service import Service, ServiceConfig
 from worker.local.postgres import LocalPostgres, free_port
+from worker.models.base import Embedder
 from worker.users import User, add_user
 
 Conn = psycopg.Connection[dict[str, Any]]

@@ -57,10 +57,10 @@ from bench._common import (
 from worker.api.keys import load_or_create
 from worker.api.process import LocalApi
 from worker.db import as_request, connect
-from worker.embedders import SentenceTransformerEmbedder
 from worker.errors import BenchError
 from worker.jobs.embedding import EmbeddingWorker
 from worker.local.postgres import free_port
+from worker.models.local import SentenceTransformerEmbedder
 from worker.users import User, add_user
 
 #: Give up on an answer after this long (a stuck worker, not a slow one).

@@ -54,8 +54,9 @@ from bench._common import (
     warm_up,
 )
 from worker.db import connect
-from worker.embedders import Embedder, SentenceTransformerEmbedder
 from worker.errors import BenchError
+from worker.models.base import Embedder
+from worker.models.local import SentenceTransformerEmbedder
 from worker.users import User
 
 GOAL_P95_MS = 500.0

@@ -46,8 +46,9 @@ from bench._common import (
     warm_up,
 )
 from worker.db import connect
-from worker.embedders import Embedder, SentenceTransformerEmbedder
 from worker.errors import BenchError
+from worker.models.base import Embedder
+from worker.models.local import SentenceTransformerEmbedder
 
 GOAL_RATIO = 0.85
 POLL_SECONDS = 0.02

@@ -55,7 +55,7 @@ def ask(
     worker` claims the question first, this waits for its answer instead.
     """
     from worker.asking import ask as ask_as
-    from worker.llm import llm_from_settings
+    from worker.models.factory import llm_from_settings
     from worker.settings import get_settings
 
     conversation_id = _conversation_id(conversation)

@@ -13,9 +13,9 @@ from rich.logging import RichHandler
 
 from cli._common import DbUrlOption, JsonOption, err_console, print_json
 from worker.db import resolve_db_url
-from worker.embedders import embedder_from_settings
 from worker.jobs.queue import WorkerConfig
 from worker.jobs.service import Service, ServiceConfig
+from worker.models.factory import embedder_from_settings
 from worker.settings import get_settings
 
 
@@ -86,7 +86,7 @@ def worker(
     from worker.jobs.answering import AnswerConfig, AnswerWorker
     from worker.jobs.embedding import EmbeddingWorker
     from worker.jobs.queue import QueueWorker
-    from worker.llm import llm_from_settings
+    from worker.models.factory import llm_from_settings
     from worker.usage import MeteredEmbedder
 
     settings = get_settings()

@@ -166,7 +166,7 @@ def claims_of(world: World, caller: str) -> dict[str, Any] | None:
 @pytest.fixture(scope="session")
 def embedder():
     """The real packaged model (all-MiniLM-L6-v2), loaded once per session."""
-    from worker.embedders import SentenceTransformerEmbedder
+    from worker.models.local import SentenceTransformerEmbedder
 
     model = SentenceTransformerEmbedder()
     model.embed(["warm up"])

@@ -30,7 +30,7 @@ from worker.jobs.answering import (
 )
 from worker.jobs.embedding import EmbeddingWorker
 from worker.jobs.queue import WorkerConfig
-from worker.llm import OpenAIChat
+from worker.models.llm import OpenAIChat
 
 #: name -> (owner, team, visibility, content)
 CORPUS = {

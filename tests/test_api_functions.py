@@ -20,7 +20,7 @@ from supabase_functions.errors import FunctionsHttpError
 from worker.api.app import create_app
 from worker.api.functions import functions_routes
 from worker.api.keys import ProjectKeys, load_or_create
-from worker.embedders import Embedder
+from worker.models.base import Embedder
 from worker.users import add_user
 
 # supabase-py's own client construction passes a deprecated argument to the functions client.

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from test_cli import DbCli
 
-from worker.embedders import DEFAULT_MODEL, _packaged_model_path
 from worker.jobs.chunking import chunk_document
+from worker.models.base import DEFAULT_MODEL
+from worker.models.local import _packaged_model_path
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 TEXT = "The blue database restarts every Friday at midnight."

@@ -27,19 +27,12 @@ import pytest
 from conftest import http_double
 
 from worker.db import as_request
-from worker.embedders import (
-    EmbeddingServiceError,
-    OpenAIEmbedder,
-    SentenceTransformerEmbedder,
-    embedder_for_model,
-    embedder_from_settings,
-    estimate_tokens,
-    make_embedder,
-    split_estimated,
-)
-from worker.errors import ConfigError
+from worker.errors import ConfigError, EmbeddingServiceError
 from worker.jobs.embedding import EmbeddingWorker
 from worker.jobs.queue import WorkerConfig
+from worker.models.factory import embedder_for_model, embedder_from_settings, make_embedder
+from worker.models.local import SentenceTransformerEmbedder
+from worker.models.openai import OpenAIEmbedder, estimate_tokens, split_estimated
 from worker.settings import Settings
 from worker.users import add_user
 
@@ -437,7 +430,7 @@ def test_embedder_for_model_rebuilds_the_embedder_a_stored_name_came_from(server
 
 
 def test_importing_embedders_loads_neither_openai_nor_torch():
-    code = ("import sys, worker.embedders; "
+    code = ("import sys, worker.models.factory; "
             "print(sorted(m for m in ('openai', 'torch', 'sentence_transformers')"
             " if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -8,9 +8,9 @@ from psycopg.types.json import Jsonb
 from test_cli import DbCli
 
 from worker.db import as_request
-from worker.embedders import DEFAULT_MODEL
 from worker.errors import ConfigError, NotFound
 from worker.jobs.embedding import EmbeddingWorker
+from worker.models.base import DEFAULT_MODEL
 from worker.search import choose_model, configured_model, parse_filter, search
 from worker.settings import Settings
 

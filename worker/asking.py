@@ -18,9 +18,8 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from worker.db import as_request
-from worker.embedders import Embedder
 from worker.jobs.answering import AnswerWorker
-from worker.llm import LLM
+from worker.models.base import LLM, Embedder
 from worker.users import User
 
 _INSERT = """

@@ -61,6 +61,18 @@ class MigrationFailed(SuparagError, psycopg.DatabaseError):
 # -- models: embedders and chat models (worker/models) ------------------------------------
 
 
+class EmbeddingServiceError(SuparagError):
+    """A remote embedding service failed or refused a request (status and server named)."""
+
+
+class EmbeddingServiceUnavailable(EmbeddingServiceError):
+    """The service is down or throttling past our patience: no document can be embedded now."""
+
+
+class LLMError(SuparagError):
+    """The chat model failed, timed out or refused the request (server and reason named)."""
+
+
 # -- ingest (worker/ingest) ---------------------------------------------------------------
 
 

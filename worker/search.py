@@ -21,8 +21,9 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from worker.db import as_request, ensure_vector_types, to_vector
-from worker.embedders import Embedder, embedder_for_model, embedder_from_settings
 from worker.errors import ConfigError, NotFound
+from worker.models.base import Embedder
+from worker.models.factory import embedder_for_model, embedder_from_settings
 from worker.settings import Settings, get_settings
 from worker.status import models_in_use
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -80,6 +81,19 @@ class Settings(BaseSettings):
         default=None, validation_alias="SUPABASE_SERVICE_ROLE_KEY",
         description="The project's service_role key, for the Realtime wake-ups (never logged).",
     )
+
+    @model_validator(mode="after")
+    def _openai_client_names(self) -> Settings:
+        """OPENAI_API_KEY / OPENAI_BASE_URL, the openai client's own names, as the last resort.
+
+        They count only when SUPARAG_OPENAI_* is unset or empty in the environment
+        and in `.env`, and only from the process environment, as the client reads
+        them. (An AliasChoices would let a bare OPENAI_* in the environment beat a
+        SUPARAG_OPENAI_* in `.env`: pydantic-settings ranks sources before names.)
+        """
+        self.openai_api_key = self.openai_api_key or os.environ.get("OPENAI_API_KEY") or None
+        self.openai_base_url = self.openai_base_url or os.environ.get("OPENAI_BASE_URL") or None
+        return self
 
 
 @lru_cache(maxsize=1)

@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from worker.embedders import Embedder
+from worker.models.base import Embedder
 
 
 @dataclass(frozen=True)

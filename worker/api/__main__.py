@@ -14,7 +14,7 @@ from worker.api.app import create_app
 from worker.api.functions import functions_routes
 from worker.api.keys import load_or_create
 from worker.api.realtime import realtime_routes
-from worker.embedders import embedder_from_settings
+from worker.models.factory import embedder_from_settings
 from worker.settings import get_settings
 
 

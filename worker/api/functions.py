@@ -30,7 +30,7 @@ from starlette.routing import Route
 from worker.api.context import request_claims
 from worker.api.errors import ApiError
 from worker.api.keys import ProjectKeys
-from worker.embedders import Embedder
+from worker.models.base import Embedder
 
 #: The channels `suparag worker` listens on (worker.runner and worker.answering).
 WAKE_CHANNELS = ("suparag_embedding_jobs", "suparag_answer_jobs")

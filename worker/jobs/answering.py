@@ -9,7 +9,7 @@ user. So a passage reaches the answer, or the model's prompt, only if a plain
 for the queue, for reading the question and for writing the answer.
 
 Without a chat model the answer is extractive: the best passages, quoted and
-cited. With one (worker.llm), the passages go into the prompt by number, with
+cited. With one (worker.models.llm), the passages go into the prompt by number, with
 the conversation's earlier turns, and the reply streams into the answer row,
 a few updates a second, so Realtime subscribers watch it grow. A failure marks
 the answer `failed` with the error and backs the job off; at the retry cap
@@ -29,9 +29,8 @@ from psycopg.types.json import Jsonb
 
 from worker import usage
 from worker.db import as_request
-from worker.embedders import Embedder
 from worker.jobs.queue import ANSWERS, Counts, QueueWorker, WorkerConfig
-from worker.llm import LLM, Message, Usage
+from worker.models.base import LLM, Embedder, Message, Usage
 from worker.search import retrieve
 from worker.users import find_user
 

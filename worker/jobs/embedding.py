@@ -16,10 +16,10 @@ from typing import Any
 from pgvector import Vector
 
 from worker.db import to_vector
-from worker.embedders import Embedder, EmbeddingServiceUnavailable
-from worker.errors import ConfigError, EmbeddingJobError
+from worker.errors import ConfigError, EmbeddingJobError, EmbeddingServiceUnavailable
 from worker.jobs.chunking import Chunk, chunk_document
 from worker.jobs.queue import EMBEDDINGS, Counts, QueueWorker, WorkerConfig
+from worker.models.base import Embedder
 
 log = logging.getLogger("suparag.embedding")
 

