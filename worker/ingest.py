@@ -26,6 +26,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from worker.documents import VISIBILITIES, loads, parse_pairs, storable
 from worker.errors import ConfigError, NotFound
 from worker.users import User, find_user
 
@@ -36,7 +37,6 @@ FORMATS = {
     ".html": "html", ".htm": "html",
     ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
 }
-VISIBILITIES = ("private", "team", "public")
 
 #: Like git: a NUL in the first 8 KB means binary.
 SNIFF_BYTES = 8192
@@ -45,9 +45,6 @@ DEFAULT_FALLBACK_ENCODING = "cp1252"
 #: Documents per transaction; a batch also ends once it holds this much text.
 BATCH_SIZE = 50
 BATCH_CHARS = 8 * 1024 * 1024
-
-_SURROGATES = re.compile("[\ud800-\udfff]")
-
 
 class NotText(Exception):
     """The bytes are not text we can read; the message is the reason."""
@@ -164,33 +161,6 @@ class Target:
 # -- options -------------------------------------------------------------------------
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _loads(text: str) -> Any:
-    """Strict JSON: NaN and Infinity, which jsonb refuses, are errors."""
-    return json.loads(text, parse_constant=_reject_constant)
-
-
-def parse_metadata(pairs: Iterable[str]) -> dict[str, Any]:
-    """`key=value` pairs; a value is JSON when it parses (2024, true), else text.
-
-    The same rule as `suparag search --filter`, so a filter finds what was tagged.
-    """
-    result: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"metadata {pair!r} is not key=value: e.g. --metadata lang=en")
-        try:
-            result[key] = _loads(raw)
-        except ValueError:
-            result[key] = raw
-    clean, _ = _sanitize(result)
-    return dict(clean)
-
-
 def check_encoding(name: str) -> str:
     """The codec's canonical name, or ConfigError."""
     try:
@@ -221,7 +191,7 @@ def make_target(
             f"`suparag users add {user.email} --team TEAM`"
         )
     return Target(owner=user, team=team or None, visibility=visibility,
-                  metadata=parse_metadata(metadata))
+                  metadata=parse_pairs(metadata, option="metadata"))
 
 
 # -- finding files -------------------------------------------------------------------
@@ -318,31 +288,6 @@ def decode(data: bytes, fallback: str = DEFAULT_FALLBACK_ENCODING) -> tuple[str,
         return text, fallback
 
 
-def _sanitize(value: Any) -> tuple[Any, int]:
-    """value with NULs removed and lone surrogates replaced (PostgreSQL stores neither)."""
-    if isinstance(value, str):
-        bad = value.count("\x00") + len(_SURROGATES.findall(value))
-        if not bad:
-            return value, 0
-        return _SURROGATES.sub("\ufffd", value.replace("\x00", "")), bad
-    if isinstance(value, dict):
-        total, out = 0, {}
-        for key, item in value.items():
-            clean_key, n = _sanitize(key)
-            clean_item, m = _sanitize(item)
-            out[clean_key] = clean_item
-            total += n + m
-        return out, total
-    if isinstance(value, list):
-        total, items = 0, []
-        for item in value:
-            clean_item, n = _sanitize(item)
-            items.append(clean_item)
-            total += n
-        return items, total
-    return value, 0
-
-
 def read_source(
     file: SourceFile,
     *,
@@ -393,7 +338,7 @@ def read_source(
 
     # NULs past the first 8 KB, or from JSON escapes: PostgreSQL text cannot hold them.
     for index, doc in enumerate(parsed.documents):
-        fields_, removed = _sanitize([doc.title, doc.content, doc.metadata])
+        fields_, removed = storable([doc.title, doc.content, doc.metadata])
         if removed:
             title, content, metadata = fields_
             parsed.documents[index] = Document(doc.source, title, content, metadata)
@@ -615,7 +560,7 @@ def _read_json(file: SourceFile, text: str, base_meta: dict[str, Any], parsed: P
         parsed.skipped.append(Skipped(file.source, "empty: no JSON value"))
         return
     try:
-        value = _loads(text)
+        value = loads(text)
     except ValueError as exc:
         parsed.skipped.append(Skipped(file.source, f"invalid JSON: {exc}"))
         return
@@ -645,7 +590,7 @@ def _read_jsonl(file: SourceFile, text: str, base_meta: dict[str, Any], parsed: 
         lines += 1
         where = f"line {number}"
         try:
-            value = _loads(line)
+            value = loads(line)
         except ValueError as exc:
             parsed.skipped.append(Skipped(f"{file.source}#line={number}",
                                           f"{where}: invalid JSON: {exc}"))
