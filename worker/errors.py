@@ -64,6 +64,10 @@ class MigrationFailed(SuparagError, psycopg.DatabaseError):
 # -- ingest (worker/ingest) ---------------------------------------------------------------
 
 
+class NotText(SuparagError):
+    """A file's bytes are not text ingest can read; the message is the reason it is skipped."""
+
+
 # -- the queues (worker/jobs) -------------------------------------------------------------
 
 

@@ -27,7 +27,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from worker.documents import VISIBILITIES, loads, parse_pairs, storable
-from worker.errors import ConfigError, NotFound
+from worker.errors import ConfigError, NotFound, NotText
 from worker.users import User, find_user
 
 #: Extension -> format; any other file is read as plain text if it decodes as text.
@@ -45,10 +45,6 @@ DEFAULT_FALLBACK_ENCODING = "cp1252"
 #: Documents per transaction; a batch also ends once it holds this much text.
 BATCH_SIZE = 50
 BATCH_CHARS = 8 * 1024 * 1024
-
-class NotText(Exception):
-    """The bytes are not text we can read; the message is the reason."""
-
 
 # -- what we found, read and wrote ---------------------------------------------------
 
