@@ -13,11 +13,14 @@ import pytest
 from conftest import free_port
 from test_cli import Cli
 
+from cli.ingest import Visibility
 from worker import ingest as ingest_mod
 from worker.db import as_request, connect
+from worker.documents import VISIBILITIES, parse_pairs
 from worker.errors import ConfigError, NotFound, UserNotFound
 from worker.jobs.embedding import EmbeddingWorker
 from worker.jobs.queue import WorkerConfig
+from worker.search import parse_filter
 from worker.users import add_user
 
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000")
@@ -378,6 +381,24 @@ def test_owner_team_and_visibility(conn, people, tmp_path):
         run(conn, [kb], owner="ghost@example.com")
     with pytest.raises(ConfigError, match="not key=value"):
         run(conn, [kb], metadata=["oops"])
+
+
+def test_metadata_and_filter_read_pairs_alike():
+    # One rule for `ingest -m` and `search --filter`, so a filter finds what was tagged;
+    # jsonb refuses NaN and NUL, so both become what ingest stores: text, and text without it.
+    pairs = ["year=2024", "draft=false", "ratio=NaN", "low=-Infinity", "note=a\x00b"]
+    expected = {"year": 2024, "draft": False, "ratio": "NaN", "low": "-Infinity", "note": "ab"}
+    assert parse_pairs(pairs, option="metadata") == parse_filter(pairs) == expected
+
+
+def test_visibilities_are_written_once(conn):
+    # typer needs a literal enum and the table a check constraint; both hold the same three.
+    assert tuple(Visibility) == VISIBILITIES
+    checks = conn.execute(
+        "select pg_get_constraintdef(oid) as def from pg_constraint"
+        " where conrelid = 'public.documents'::regclass and contype = 'c'"
+        " and pg_get_constraintdef(oid) like '%visibility = ANY%'").fetchall()
+    assert [tuple(re.findall(r"'(\w+)'::text", row["def"])) for row in checks] == [VISIBILITIES]
 
 
 def test_ingested_documents_obey_rls(conn, people, tmp_path):

@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 
 from worker.db import as_request
+from worker.documents import VISIBILITIES
 from worker.ingest import IngestReport, discover, ingest, make_target
 from worker.users import User, add_user
 
@@ -26,7 +27,6 @@ CORPUS = Path(__file__).parent / "demo_corpus"
 #: email -> team
 USERS = {"alice@example.com": "red", "carol@example.com": "red", "bob@example.com": "blue"}
 OWNERS = {"alice": "alice@example.com", "bob": "bob@example.com"}
-VISIBILITIES = ("private", "team", "public")
 
 QUERIES = (
     "What do we do when the primary database goes down?",

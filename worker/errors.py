@@ -76,6 +76,10 @@ class LLMError(SuparagError):
 # -- ingest (worker/ingest) ---------------------------------------------------------------
 
 
+class NotText(SuparagError):
+    """A file's bytes are not text ingest can read; the message is the reason it is skipped."""
+
+
 # -- the queues (worker/jobs) -------------------------------------------------------------
 
 class EmbeddingJobError(SuparagError):

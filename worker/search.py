@@ -11,7 +11,6 @@ caller can read would tell them something about rows they cannot.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from worker.db import as_request, ensure_vector_types, to_vector
+from worker.documents import parse_pairs
 from worker.errors import ConfigError, NotFound
 from worker.models.base import Embedder
 from worker.models.factory import embedder_for_model, embedder_from_settings
@@ -88,17 +88,8 @@ def choose_model(conn: psycopg.Connection[Any], *, requested: str | None = None,
 
 
 def parse_filter(pairs: Sequence[str]) -> dict[str, Any]:
-    """`key=value` pairs as a metadata filter; a value is JSON when it parses, else text."""
-    result: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"filter {pair!r} is not key=value: e.g. --filter lang=en")
-        try:
-            result[key] = json.loads(raw)
-        except ValueError:
-            result[key] = raw
-    return result
+    """`key=value` pairs as a metadata filter, read as `ingest --metadata` reads them."""
+    return parse_pairs(pairs, option="filter")
 
 
 def check_options(*, hybrid: bool, threshold: float | None) -> None:

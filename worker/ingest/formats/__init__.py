@@ -1,0 +1,50 @@
+"""Stage 3: a file's text to documents, by its extension.
+
+Every format is one function with one signature, `read(file, text) -> Parsed`,
+chosen from one table. A reader gives each document its title, content and the
+metadata the file itself carries (a JSON record's); the pipeline adds `format`,
+`encoding` and `source` afterwards, the same for every format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from worker.ingest.formats.html import read_html
+from worker.ingest.formats.records import read_json, read_jsonl
+from worker.ingest.formats.text import read_markdown, read_plain, read_rst
+from worker.ingest.items import Parsed, SourceFile
+
+Reader = Callable[[SourceFile, str], Parsed]
+
+
+@dataclass(frozen=True)
+class Format:
+    """A reader and the name it is recorded under in `metadata.format`."""
+
+    name: str
+    read: Reader
+
+
+_MARKDOWN = Format("markdown", read_markdown)
+_HTML = Format("html", read_html)
+_JSONL = Format("jsonl", read_jsonl)
+
+#: Extension (lower case) -> format.
+FORMATS: dict[str, Format] = {
+    ".md": _MARKDOWN, ".markdown": _MARKDOWN,
+    ".txt": Format("text", read_markdown),  # titled like markdown: by its first heading
+    ".rst": Format("rst", read_rst),
+    ".html": _HTML, ".htm": _HTML,
+    ".json": Format("json", read_json),
+    ".jsonl": _JSONL, ".ndjson": _JSONL,
+}
+#: Any other extension: the text as is, if the file decodes as text.
+OTHER = Format("text", read_plain)
+
+
+def format_for(path: Path) -> Format:
+    """The format a file is read as, by its extension."""
+    return FORMATS.get(path.suffix.lower(), OTHER)
