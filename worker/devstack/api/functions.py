@@ -27,10 +27,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from worker.api.context import request_claims
-from worker.api.errors import ApiError
-from worker.api.keys import ProjectKeys
+from worker.devstack.api.context import request_claims
+from worker.devstack.api.keys import ProjectKeys
 from worker.embedders import Embedder
+from worker.errors import ApiError
 
 #: The channels `suparag worker` listens on (worker.runner and worker.answering).
 WAKE_CHANNELS = ("suparag_embedding_jobs", "suparag_answer_jobs")
