@@ -12,9 +12,9 @@ from psycopg.types.json import Jsonb
 from rich.markup import escape
 from rich.table import Table
 
-from cli._common import DbUrlOption, JsonOption, console, err_console, print_json
+from cli._common import DbUrlOption, JsonOption, console, err_console, print_json, resolve_db_url
 from worker import search as search_mod
-from worker.db import as_request, connect, resolve_db_url
+from worker.db import as_request, connect
 from worker.errors import ConfigError, SuparagError
 from worker.users import find_user
 

@@ -13,10 +13,10 @@ from rich.table import Table
 from cli._common import console, err_console
 from worker import demo as demo_mod
 from worker.db import connect
+from worker.devstack import stack
 from worker.embedders import embedder_from_settings
 from worker.embedding import EmbeddingWorker
 from worker.errors import SuparagError
-from worker.local import stack
 from worker.search import search
 from worker.settings import get_settings
 

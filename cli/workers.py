@@ -11,8 +11,7 @@ from typing import Annotated
 import typer
 from rich.logging import RichHandler
 
-from cli._common import DbUrlOption, JsonOption, err_console, print_json
-from worker.db import resolve_db_url
+from cli._common import DbUrlOption, JsonOption, err_console, print_json, resolve_db_url
 from worker.embedders import embedder_from_settings
 from worker.embedding import WorkerConfig
 from worker.runner import EmbeddingService, ServiceConfig
