@@ -13,7 +13,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -29,14 +28,15 @@ import psycopg
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from cli._common import cli_command
 from worker import schema
 from worker.db import as_request, connect
+from worker.devstack.postgres import LocalPostgres, free_port
 from worker.errors import BenchError
 from worker.jobs.chunking import chunk_document
 from worker.jobs.embedding import EmbeddingWorker
 from worker.jobs.queue import WorkerConfig
 from worker.jobs.service import Service, ServiceConfig
-from worker.local.postgres import LocalPostgres, free_port
 from worker.models.base import Embedder
 from worker.users import User, add_user
 
@@ -275,8 +275,7 @@ class RunningWorker:
                    SUPARAG_EMBEDDING_MODEL=self.embedder.name)
         self._log = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(
-            [sys.executable, "-c", "from cli.main import main; main()", "worker",
-             "--batch-size", str(self.batch_size), "--db-url", self.db_url],
+            cli_command("worker", "--batch-size", str(self.batch_size), "--db-url", self.db_url),
             env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
         return self
 

@@ -3,7 +3,7 @@
     python -m bench.answers [--n 30] [--rate 1] [--docs 200] [--db-url URL] [--json]
 
 Loads --docs generated documents for one user and embeds them, then starts
-the local API (`python -m worker.api`, what `suparag dev` runs) and the real
+the local API (`python -m worker.devstack.api`, what `suparag dev` runs) and the real
 `suparag worker` in a process of its own. An app's client, supabase-py's
 async client unchanged, signs up over /auth/v1 and subscribes to `answers`
 over /realtime/v1. It then inserts N questions through /rest/v1 on a fixed
@@ -54,12 +54,12 @@ from bench._common import (
     progress,
     summary,
 )
-from worker.api.keys import load_or_create
-from worker.api.process import LocalApi
 from worker.db import as_request, connect
+from worker.devstack.api.keys import load_or_create
+from worker.devstack.postgres import free_port
+from worker.devstack.processes import LocalApi
 from worker.errors import BenchError
 from worker.jobs.embedding import EmbeddingWorker
-from worker.local.postgres import free_port
 from worker.models.local import SentenceTransformerEmbedder
 from worker.users import User, add_user
 

@@ -10,9 +10,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli._common import DbUrlOption, JsonOption, console, err_console, print_json
+from cli._common import DbUrlOption, JsonOption, console, err_console, print_json, resolve_db_url
 from worker import search as search_mod
-from worker.db import connect, resolve_db_url
+from worker.db import connect
 from worker.errors import AnswerFailed, ConfigError
 from worker.users import find_user
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from cli._common import DbUrlOption, JsonOption, console, print_json
+from cli._common import DbUrlOption, JsonOption, console, print_json, resolve_db_url
 from worker import schema
-from worker.db import connect, redact, resolve_db_url
-from worker.local import stack
+from worker.db import connect, redact
+from worker.devstack import stack
 from worker.settings import get_settings
 
 app = typer.Typer(help="Apply and inspect suparag's migrations (the Supabase CLI's history table).")

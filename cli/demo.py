@@ -14,9 +14,9 @@ from cli._common import console, err_console
 from worker import demo as demo_mod
 from worker.asking import ask
 from worker.db import connect
+from worker.devstack import stack
 from worker.errors import DemoFailed
 from worker.jobs.embedding import EmbeddingWorker
-from worker.local import stack
 from worker.models.factory import embedder_from_settings
 from worker.search import search
 from worker.settings import get_settings

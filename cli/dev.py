@@ -6,10 +6,10 @@ from typing import Annotated
 
 import typer
 
-from cli._common import JsonOption, console, err_console, print_json
+from cli._common import JsonOption, cli_command, console, err_console, print_json
 from worker import schema
 from worker.db import connect
-from worker.local import stack
+from worker.devstack import stack
 from worker.settings import Settings, get_settings
 
 app = typer.Typer(
@@ -69,7 +69,7 @@ def dev(ctx: typer.Context, db_port: PortOption = None, api_port: ApiPortOption 
     settings = get_settings()
     with err_console.status("Starting the local database, API and workers…", spinner="dots"):
         started = stack.start(settings, port=db_port, api_port=api_port, api=not no_api,
-                              workers=not no_workers)
+                              worker_command=None if no_workers else cli_command("worker"))
     if json_out:
         info: dict[str, object] = {
             "db_url": started.server.url,

@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 from rich.progress import Progress
 
-from cli._common import DbUrlOption, err_console
-from worker.db import connect, resolve_db_url
+from cli._common import DbUrlOption, err_console, resolve_db_url
+from worker.db import connect
 
 app = typer.Typer(help="Export data for other tools (e.g. fine-tuning sets).")
 

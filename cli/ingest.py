@@ -10,9 +10,9 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cli._common import DbUrlOption, JsonOption, console, err_console, print_json
+from cli._common import DbUrlOption, JsonOption, console, err_console, print_json, resolve_db_url
 from worker import ingest as ingest_mod
-from worker.db import connect, resolve_db_url
+from worker.db import connect
 
 
 class Visibility(StrEnum):

@@ -8,8 +8,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli._common import DbUrlOption, JsonOption, console, print_json
-from worker.db import connect, resolve_db_url
+from cli._common import DbUrlOption, JsonOption, console, print_json, resolve_db_url
+from worker.db import connect
 from worker.status import failed_jobs, retry_failed
 
 app = typer.Typer(help="Inspect and retry embedding jobs that failed after their last attempt.")

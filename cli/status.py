@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.markup import escape
 from rich.table import Table
 
-from cli._common import DbUrlOption, JsonOption, console, print_json
-from worker.db import connect, resolve_db_url
+from cli._common import DbUrlOption, JsonOption, console, print_json, resolve_db_url
+from worker.db import connect
 from worker.status import pipeline_status
 
 

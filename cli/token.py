@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from cli._common import DbUrlOption, JsonOption, print_json
-from worker.db import connect, resolve_db_url
-from worker.local import stack
+from cli._common import DbUrlOption, JsonOption, print_json, resolve_db_url
+from worker.db import connect
+from worker.devstack import stack
 from worker.settings import get_settings
 from worker.users import find_user
 

@@ -9,8 +9,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli._common import DbUrlOption, JsonOption, console, print_json
-from worker.db import connect, resolve_db_url
+from cli._common import DbUrlOption, JsonOption, console, print_json, resolve_db_url
+from worker.db import connect
 
 
 def usage(

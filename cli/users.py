@@ -7,9 +7,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli._common import DbUrlOption, JsonOption, console, print_json
+from cli._common import DbUrlOption, JsonOption, console, print_json, resolve_db_url
 from worker import users as users_mod
-from worker.db import connect, resolve_db_url
+from worker.db import connect
 
 app = typer.Typer(help="Manage local users (rows in auth.users) to own documents and search as.")
 

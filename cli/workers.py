@@ -11,8 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.logging import RichHandler
 
-from cli._common import DbUrlOption, JsonOption, err_console, print_json
-from worker.db import resolve_db_url
+from cli._common import DbUrlOption, JsonOption, err_console, print_json, resolve_db_url
 from worker.jobs.queue import WorkerConfig
 from worker.jobs.service import Service, ServiceConfig
 from worker.models.factory import embedder_from_settings

@@ -142,7 +142,7 @@ $$;
 
 -- Realtime change capture (local only) -----------------------------------------
 -- Supabase Realtime decodes the WAL; here there is no decoder, so the local API's
--- Realtime server (worker/api/realtime.py) attaches an AFTER ROW trigger to every
+-- Realtime server (worker/devstack/api/realtime/) attaches an AFTER ROW trigger to every
 -- table in the supabase_realtime publication (suparag_realtime.sync_triggers, on
 -- its start and on every join). The trigger writes the change to a table and
 -- notifies `suparag_realtime`; the server reads new rows by transaction id and

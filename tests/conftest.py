@@ -22,7 +22,7 @@ import pytest
 
 from worker import schema
 from worker.db import connect
-from worker.local.postgres import LocalPostgres, ServerStatus, free_port
+from worker.devstack.postgres import LocalPostgres, ServerStatus, free_port
 from worker.users import User, add_user
 
 TEMPLATE = "suparag_template"

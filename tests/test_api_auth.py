@@ -18,8 +18,8 @@ from supabase_auth.errors import AuthApiError, AuthWeakPasswordError
 from test_api_rest import PASSWORD, Api, serve
 from test_cli import Cli
 
-from worker.api.auth import check_password, hash_password
-from worker.api.keys import keys_path, load_or_create
+from worker.devstack.api.auth import check_password, hash_password
+from worker.devstack.api.keys import keys_path, load_or_create
 from worker.users import add_user, find_user
 
 

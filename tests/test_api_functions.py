@@ -17,9 +17,9 @@ from conftest import running_app
 from supabase import create_client
 from supabase_functions.errors import FunctionsHttpError
 
-from worker.api.app import create_app
-from worker.api.functions import functions_routes
-from worker.api.keys import ProjectKeys, load_or_create
+from worker.devstack.api.app import create_app
+from worker.devstack.api.functions import functions_routes
+from worker.devstack.api.keys import ProjectKeys, load_or_create
 from worker.models.base import Embedder
 from worker.users import add_user
 

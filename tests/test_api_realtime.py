@@ -16,9 +16,9 @@ import websockets
 from conftest import running_app
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 
-from worker.api.app import create_app
-from worker.api.keys import ProjectKeys, load_or_create
-from worker.api.realtime import realtime_routes
+from worker.devstack.api.app import create_app
+from worker.devstack.api.keys import ProjectKeys, load_or_create
+from worker.devstack.api.realtime.hub import realtime_routes
 from worker.users import User, add_user
 
 # The realtime client itself reads deprecated websockets attributes when a socket closes.

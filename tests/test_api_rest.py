@@ -15,8 +15,8 @@ from conftest import running_app
 from postgrest.exceptions import APIError
 from supabase import Client, create_client
 
-from worker.api.app import create_app
-from worker.api.keys import ProjectKeys, load_or_create
+from worker.devstack.api.app import create_app
+from worker.devstack.api.keys import ProjectKeys, load_or_create
 from worker.jobs.embedding import EmbeddingWorker
 from worker.users import add_user, find_user
 

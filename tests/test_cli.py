@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from conftest import free_port, port_taken
 
-from worker.local.postgres import _bin
+from worker.devstack.postgres import _bin
 from worker.schema import migrations_dir
 
 SUPARAG = str(Path(sys.executable).parent / "suparag")

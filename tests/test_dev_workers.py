@@ -13,8 +13,8 @@ import pytest
 from conftest import free_port
 from test_cli import Cli
 
-from worker.api.process import LocalWorkers
 from worker.db import connect
+from worker.devstack.processes import LocalWorkers
 from worker.users import add_user
 
 WAIT = 120.0  # the worker loads the model on 2 cores before it drains

@@ -20,27 +20,7 @@ from pgvector import Vector
 from psycopg.adapt import PyFormat
 from psycopg.rows import dict_row
 
-from worker.errors import DatabaseUnavailable, ServerNotRunning
-from worker.settings import Settings, get_settings
-
-
-def resolve_db_url(db_url: str | None = None, *, settings: Settings | None = None) -> str:
-    """The database to use: an explicit URL, then SUPARAG_DB_URL, then the local server."""
-    if db_url:
-        return db_url
-    settings = settings or get_settings()
-    if settings.db_url:
-        return settings.db_url
-    from worker.local.postgres import LocalPostgres
-
-    local = LocalPostgres(settings.home, port=settings.db_port)
-    status = local.status()
-    if status is None:
-        raise ServerNotRunning(
-            f"no database configured and the local server in {local.home} is not running: "
-            "run `suparag dev`, or set SUPARAG_DB_URL"
-        )
-    return status.url
+from worker.errors import DatabaseUnavailable
 
 
 def redact(url: str) -> str:

@@ -101,3 +101,38 @@ class BenchError(SuparagError):
 
 
 # -- the local API of the dev stack (worker/devstack) -------------------------------------
+
+
+class ApiError(SuparagError):
+    """An error the local API answers with `{code, message, details, hint}` and a status
+    (PostgREST's shape; `worker.devstack.api.errors` builds the response)."""
+
+    def __init__(self, status: int, code: str, message: str, *, details: str | None = None,
+                 hint: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.details, self.hint, self.headers = details, hint, headers
+
+
+class AuthError(SuparagError):
+    """An error the local `/auth/v1` answers with `{code, error_code, msg}` (GoTrue's shape)."""
+
+    def __init__(self, status: int, error_code: str, msg: str, **extra: object) -> None:
+        super().__init__(msg)
+        self.status, self.error_code, self.msg, self.extra = status, error_code, msg, extra
+
+
+class InvalidToken(SuparagError):
+    """A JWT that is malformed, wrongly signed, expired or names no API role."""
+
+    def __init__(self, message: str, *, expired: bool = False) -> None:
+        super().__init__(message)
+        self.expired = expired
+
+
+class SubscriptionError(SuparagError, ValueError):
+    """A Realtime postgres_changes binding the local API cannot serve (bad event or filter)."""
+
+
+class JoinRefused(SuparagError):
+    """A Realtime join (or token refresh) refused; the message is the reply's `reason`."""

@@ -1,4 +1,4 @@
-"""PostgREST's URL grammar, turned into SQL: `select=`, filters, `order`, `limit`, `offset`.
+"""PostgREST's query grammar, turned into SQL: `select=`, filters, `order`, `limit`, `offset`.
 
 Every identifier from the URL goes through `psycopg.sql.Identifier` and every
 value becomes a query parameter, so nothing a client sends is spliced into SQL.
@@ -6,7 +6,7 @@ Supported subset (see docs/local-api.md): columns with `alias:` and `::cast`,
 JSON paths `col->key` / `col->>key`; filters `eq neq lt lte gt gte like ilike
 in is cs cd ov`, each optionally negated with `not.`; the logical filters
 `or=(...)` and `and=(...)`, nested and negated; embedded resources
-`relation(columns)` (the relationship is found by rest.py).
+`relation(columns)` (built by resource_embed.py, which finds the relationship).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 from psycopg import sql
 
-from worker.api.errors import ApiError
+from worker.errors import ApiError
 
 #: Query parameters that are not filters.
 RESERVED = frozenset({"select", "order", "limit", "offset", "columns", "on_conflict"})
@@ -95,17 +95,18 @@ def _balanced(text: str) -> bool:
 
 
 #: An embedded resource in `select=`: `[alias:]relation(select list)`.
-_EMBED = re.compile(rf"^(?:({_NAME}):)?({_NAME})\((.*)\)$", re.DOTALL)
+_RESOURCE_EMBED = re.compile(rf"^(?:({_NAME}):)?({_NAME})\((.*)\)$", re.DOTALL)
 
-#: Builds the SQL of one embedded resource: (relation, its select list text) -> expression.
-Embedder = Callable[[str, str], sql.Composable]
+#: Builds the SQL of one resource embed (PostgREST's term for a related table in
+#: `select=`): (relation, its select list text) -> expression.
+ResourceEmbed = Callable[[str, str], sql.Composable]
 
 
-def select_list(value: str | None, embed: Embedder | None = None) -> sql.Composable:
+def select_list(value: str | None, embed: ResourceEmbed | None = None) -> sql.Composable:
     """The `select=` parameter as a select list (default `*`).
 
     Items like `answers(*)` or `alias:answers(id,content)` embed a related
-    table; embed builds each one (None: embedding is refused, e.g. for
+    table; embed builds each one (None: resource embeds are refused, e.g. for
     function results).
     """
     if not value or value.strip() == "*":
@@ -117,7 +118,7 @@ def select_list(value: str | None, embed: Embedder | None = None) -> sql.Composa
     for raw in _split_top(value):
         item = raw.strip()
         if "(" in item:
-            nested = _EMBED.match(item)
+            nested = _RESOURCE_EMBED.match(item)
             if nested is None:
                 raise parse_error(f'"failed to parse select parameter ({item})"',
                                   "embed a related table as relation(columns) or "

@@ -3,15 +3,16 @@ and the workers."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from worker import schema
-from worker.api.keys import ProjectKeys, load_or_create
-from worker.api.process import ApiStatus, LocalApi, LocalWorkers, WorkerStatus
 from worker.db import connect
+from worker.devstack.api.keys import ProjectKeys, load_or_create
+from worker.devstack.postgres import LocalPostgres, ServerStatus
+from worker.devstack.processes import ApiStatus, LocalApi, LocalWorkers, WorkerStatus
 from worker.errors import RemoteRefused, ServerNotRunning
-from worker.local.postgres import LocalPostgres, ServerStatus
 from worker.settings import Settings
 
 
@@ -57,12 +58,13 @@ def project_keys(settings: Settings) -> ProjectKeys:
 
 
 def start(settings: Settings, *, port: int | None = None, api_port: int | None = None,
-          api: bool = False, workers: bool = False) -> DevStarted:
+          api: bool = False, worker_command: Sequence[str] | None = None) -> DevStarted:
     """Start (or reuse) the local server, apply the stand-in, then pending migrations.
 
     With api, also start (or reuse) the API on top of it, as
-    `supabase start` does, and return once it answers. With workers, also
-    start (or reuse) `suparag worker` (embeddings and answers) in the background.
+    `supabase start` does, and return once it answers. With worker_command (how
+    the caller runs `suparag worker`, see `LocalWorkers.start`), also start (or
+    reuse) the workers (embeddings and answers) in the background.
     """
     server = local_server(settings, port=port)
     reused = server.status() is not None
@@ -76,8 +78,9 @@ def start(settings: Settings, *, port: int | None = None, api_port: int | None =
         api_status, api_reused = local_api(settings, port=api_port,
                                            db_port=port).start(status.url)
         started = replace(started, api=api_status, api_reused=api_reused, keys=keys)
-    if workers:
-        worker_status, workers_reused = local_workers(settings).start(status.url)
+    if worker_command is not None:
+        worker_status, workers_reused = local_workers(settings).start(status.url,
+                                                                      worker_command)
         started = replace(started, workers=worker_status, workers_reused=workers_reused)
     return started
 

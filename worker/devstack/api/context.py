@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from worker.api.errors import ApiError
-from worker.api.keys import InvalidToken, ProjectKeys
+from worker.devstack.api.keys import ProjectKeys
+from worker.errors import ApiError, InvalidToken
 
 _CHALLENGE = 'Bearer error="invalid_token", error_description="{}"'
 

@@ -27,13 +27,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from worker.api.context import request_claims
-from worker.api.errors import ApiError
-from worker.api.keys import ProjectKeys
+from worker.devstack.api.context import request_claims
+from worker.devstack.api.keys import ProjectKeys
+from worker.errors import ApiError
+from worker.jobs.queue import QUEUES
 from worker.models.base import Embedder
 
-#: The channels `suparag worker` listens on (worker.runner and worker.answering).
-WAKE_CHANNELS = ("suparag_embedding_jobs", "suparag_answer_jobs")
+#: The channels `suparag worker` listens on, one per queue (worker.jobs.queue).
+WAKE_CHANNELS = tuple(queue.channel for queue in QUEUES)
 #: Texts one embed call may carry; more is a 400 rather than a stalled API.
 MAX_INPUTS = 256
 

@@ -17,20 +17,13 @@ from typing import Any
 
 import jwt
 
+from worker.errors import InvalidToken
 from worker.users import User
 
 ALGORITHM = "HS256"
 KEY_LIFETIME = 10 * 365 * 24 * 3600
 ACCESS_TOKEN_LIFETIME = 3600
 API_ROLES = frozenset({"anon", "authenticated", "service_role"})
-
-
-class InvalidToken(Exception):
-    """A JWT that is malformed, wrongly signed, expired or names no API role."""
-
-    def __init__(self, message: str, *, expired: bool = False) -> None:
-        super().__init__(message)
-        self.expired = expired
 
 
 @dataclass(frozen=True)

@@ -16,24 +16,12 @@ from psycopg_pool import ConnectionPool
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from worker.api.auth import AuthApi, AuthError
-from worker.api.errors import ApiError
-from worker.api.keys import ProjectKeys
-from worker.api.rest import RestApi
-
-
-async def _api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return exc.response()
-
-
-async def _auth_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, AuthError)
-    return exc.response()
+from worker.devstack.api.auth import AuthApi
+from worker.devstack.api.errors import EXCEPTION_HANDLERS
+from worker.devstack.api.keys import ProjectKeys
+from worker.devstack.api.rest.routes import RestApi
 
 
 def create_app(db_url: str, keys: ProjectKeys, *, routes: Sequence[BaseRoute] = (),
@@ -57,7 +45,7 @@ def create_app(db_url: str, keys: ProjectKeys, *, routes: Sequence[BaseRoute] = 
     rest, auth = RestApi(pool, keys), AuthApi(pool, keys)
     app = Starlette(
         routes=[*rest.routes(), *auth.routes(), *routes],
-        exception_handlers={ApiError: _api_error, AuthError: _auth_error},
+        exception_handlers=EXCEPTION_HANDLERS,
         # Browser apps on another local port call the API directly, as with `supabase start`.
         middleware=[Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"],
                                allow_headers=["*"], expose_headers=["Content-Range"])],

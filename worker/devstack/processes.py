@@ -1,10 +1,11 @@
 """The API and the workers as background processes of `suparag dev`, like
 `supabase start`'s services.
 
-`python -m worker.api` runs detached (its own session, so it outlives the CLI),
-with its pid in SUPARAG_HOME/api.pid and its output in SUPARAG_HOME/logs/api.log.
-`suparag worker` runs the same way, with SUPARAG_HOME/worker.pid and
-SUPARAG_HOME/logs/worker.log.
+`python -m worker.devstack.api` runs detached (its own session, so it outlives the
+CLI), with its pid in SUPARAG_HOME/api.pid and its output in SUPARAG_HOME/logs/api.log.
+The worker runs the same way, with SUPARAG_HOME/worker.pid and
+SUPARAG_HOME/logs/worker.log; the caller says how to start it (the CLI passes its
+own `suparag worker`), so this supervisor never names a layer above it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,78 @@ from typing import Any
 import httpx
 import psutil
 
+from worker.devstack.postgres import check_port_free, free_port
 from worker.errors import LocalServerError
-from worker.local.postgres import check_port_free, free_port
 
-MODULE = "worker.api"
-#: How `suparag dev` runs `suparag worker`: the CLI's own entry point under this
-#: interpreter, so it needs no script on PATH (and its command line says it is ours).
-WORKER_CODE = "from cli.main import main; main()"
+#: The API process's module (`python -m worker.devstack.api`).
+MODULE = "worker.devstack.api"
+
+
+class _Detached:
+    """A background process of one home folder: SUPARAG_HOME/<name>.pid records its
+    pid and command line, SUPARAG_HOME/logs/<name>.log collects its output."""
+
+    #: How long stop() waits after SIGTERM before SIGKILL.
+    GRACE_SECONDS = 15.0
+
+    def __init__(self, home: Path, name: str) -> None:
+        self.home = home.expanduser().resolve()
+        self.pidfile = self.home / f"{name}.pid"
+        self.log_path = self.home / "logs" / f"{name}.log"
+
+    def _running(self) -> tuple[int, dict[str, Any]] | None:
+        """The pid and record of the pidfile if that process runs and is ours, else None.
+
+        After a crash the pid may belong to another program, so the process's
+        command line must hold every argument it was started with.
+        """
+        try:
+            record = json.loads(self.pidfile.read_text())
+            pid = int(record["pid"])
+            argv = [str(part) for part in record["argv"]]
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
+        if not argv:
+            return None
+        try:
+            cmdline = psutil.Process(pid).cmdline()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            return None
+        if not all(part in cmdline for part in argv):
+            return None
+        return pid, record
+
+    def _spawn(self, argv: list[str], **record: Any) -> tuple[subprocess.Popen[bytes], int]:
+        """Start argv detached, appending to the log; returns it and the log offset its
+        output starts at."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            offset = log.tell()
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        self.pidfile.write_text(json.dumps({"pid": proc.pid, "argv": argv, **record}))
+        return proc, offset
+
+    def stop(self) -> bool:
+        """Stop the process if it runs (SIGTERM, then SIGKILL after GRACE_SECONDS).
+        Returns whether it was running."""
+        running = self._running()
+        self.pidfile.unlink(missing_ok=True)
+        if running is None:
+            return False
+        _terminate(running[0], grace=self.GRACE_SECONDS)
+        return True
+
+
+def _terminate(pid: int, *, grace: float) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited after grace seconds."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+        psutil.Process(pid).wait(timeout=grace)
+    except (ProcessLookupError, psutil.NoSuchProcess):
+        return
+    except psutil.TimeoutExpired:
+        os.kill(pid, signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -45,18 +111,19 @@ class ApiStatus:
         return f"http://127.0.0.1:{self.port}"
 
 
-class LocalApi:
+class LocalApi(_Detached):
     """The API process of one suparag home folder."""
 
+    #: How long the API may take to answer its health check.
+    READY_SECONDS = 60.0
+
     def __init__(self, home: Path, *, port: int) -> None:
-        self.home = home.expanduser().resolve()
+        super().__init__(home, "api")
         self.port = port
-        self.pidfile = self.home / "api.pid"
-        self.log_path = self.home / "logs" / "api.log"
 
     def status(self) -> ApiStatus | None:
         """The running API of this home, or None (a stale pidfile counts as not running)."""
-        found = _running(self.pidfile, lambda record: [MODULE, str(self.home)])
+        found = self._running()
         if found is None:
             return None
         pid, record = found
@@ -70,17 +137,11 @@ class LocalApi:
         if running is not None:  # the database moved (another port): follow it
             self.stop()
         check_port_free(self.port, "SUPARAG_API_PORT or --api-port")
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", MODULE, "--db-url", db_url, "--home", str(self.home),
-                 "--port", str(self.port)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.pidfile.write_text(json.dumps({"pid": proc.pid, "port": self.port,
-                                            "db_url": db_url}))
-        deadline = time.monotonic() + 60
+        proc, _ = self._spawn(
+            [sys.executable, "-m", MODULE, "--db-url", db_url, "--home", str(self.home),
+             "--port", str(self.port)],
+            port=self.port, db_url=db_url)
+        deadline = time.monotonic() + self.READY_SECONDS
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 self.pidfile.unlink(missing_ok=True)
@@ -94,55 +155,9 @@ class LocalApi:
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
-        self._terminate(proc.pid)
-        raise LocalServerError(f"the local API did not come up in 60 s; see {self.log_path}")
-
-    def stop(self) -> bool:
-        """Stop the API if it runs. Returns whether it was running."""
-        running = self.status()
-        self.pidfile.unlink(missing_ok=True)
-        if running is None:
-            return False
-        self._terminate(running.pid)
-        return True
-
-    @staticmethod
-    def _terminate(pid: int) -> None:
-        _terminate(pid, grace=15)
-
-
-
-def _running(pidfile: Path, markers: Callable[[dict[str, Any]], list[str]]
-             ) -> tuple[int, dict[str, Any]] | None:
-    """The pid and record of pidfile if that process runs and is ours, else None.
-
-    After a crash the pid may belong to another program, so the process's
-    command line must contain every marker the record implies.
-    """
-    try:
-        record = json.loads(pidfile.read_text())
-        pid = int(record["pid"])
-        wanted = markers(record)
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
-        return None
-    try:
-        cmdline = psutil.Process(pid).cmdline()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return None
-    if not all(marker in cmdline for marker in wanted):
-        return None
-    return pid, record
-
-
-def _terminate(pid: int, *, grace: float) -> None:
-    """SIGTERM, then SIGKILL if the process has not exited after grace seconds."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-        psutil.Process(pid).wait(timeout=grace)
-    except (ProcessLookupError, psutil.NoSuchProcess):
-        return
-    except psutil.TimeoutExpired:
-        os.kill(pid, signal.SIGKILL)
+        _terminate(proc.pid, grace=self.GRACE_SECONDS)
+        raise LocalServerError(f"the local API did not come up in {self.READY_SECONDS:.0f} s; "
+                               f"see {self.log_path}")
 
 
 @dataclass(frozen=True)
@@ -166,7 +181,7 @@ class WorkerStatus:
             return None
 
 
-class LocalWorkers:
+class LocalWorkers(_Detached):
     """The `suparag worker` process that `suparag dev` starts for one home folder."""
 
     #: SIGTERM lets the batch in hand finish; a batch of 16 documents on a CPU
@@ -176,13 +191,11 @@ class LocalWorkers:
     READY_SECONDS = 180.0
 
     def __init__(self, home: Path) -> None:
-        self.home = home.expanduser().resolve()
-        self.pidfile = self.home / "worker.pid"
-        self.log_path = self.home / "logs" / "worker.log"
+        super().__init__(home, "worker")
 
     def status(self) -> WorkerStatus | None:
         """The running worker of this home, or None (a stale pidfile counts as not running)."""
-        found = _running(self.pidfile, lambda record: [WORKER_CODE, str(record["db_url"])])
+        found = self._running()
         if found is None:
             return None
         pid, record = found
@@ -190,31 +203,24 @@ class LocalWorkers:
         return WorkerStatus(pid=pid, db_url=str(record["db_url"]),
                             http_port=int(port) if port is not None else None)
 
-    def start(self, db_url: str) -> tuple[WorkerStatus, bool]:
+    def start(self, db_url: str, command: Sequence[str]) -> tuple[WorkerStatus, bool]:
         """Start the worker against db_url, or reuse a running one. Returns (status, reused).
 
-        Returns once the worker is ready: its model loaded and LISTEN in place,
-        so the first commit after this is embedded without waiting for a model
-        load. (It then drains both queues, logging to log_path.) The worker
-        also serves GET /health, and wake-up POSTs, on a free local port.
+        command runs `suparag worker` (the caller's, e.g. `python -m cli worker`);
+        `--db-url` and `--http-port` are added to it. Returns once the worker is
+        ready: its model loaded and LISTEN in place, so the first commit after
+        this is embedded without waiting for a model load. (It then drains both
+        queues, logging to log_path.) The worker also serves GET /health, and
+        wake-up POSTs, on a free local port.
         """
         running = self.status()
         if running is not None and running.db_url == db_url:
             return running, True
         if running is not None:  # the database moved (another port): follow it
             self.stop()
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         port = free_port()
-        with self.log_path.open("ab") as log:
-            offset = log.tell()
-            proc = subprocess.Popen(
-                [sys.executable, "-c", WORKER_CODE, "worker", "--db-url", db_url,
-                 "--http-port", str(port)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.pidfile.write_text(json.dumps({"pid": proc.pid, "db_url": db_url,
-                                            "http_port": port}))
+        proc, offset = self._spawn([*command, "--db-url", db_url, "--http-port", str(port)],
+                                   db_url=db_url, http_port=port)
         status = WorkerStatus(pid=proc.pid, db_url=db_url, http_port=port)
         deadline = time.monotonic() + self.READY_SECONDS
         while time.monotonic() < deadline:
@@ -230,15 +236,6 @@ class LocalWorkers:
         self.stop()
         raise LocalServerError(f"the worker was not ready after {self.READY_SECONDS:.0f} s; "
                                f"see {self.log_path}")
-
-    def stop(self) -> bool:
-        """Stop the worker if it runs (SIGTERM: it finishes its batch). Returns whether it ran."""
-        running = self.status()
-        self.pidfile.unlink(missing_ok=True)
-        if running is None:
-            return False
-        _terminate(running.pid, grace=self.GRACE_SECONDS)
-        return True
 
 
 def _exit_reason(log_path: Path, offset: int) -> str:

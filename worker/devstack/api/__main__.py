@@ -1,4 +1,4 @@
-"""`python -m worker.api --db-url URL --home DIR --port N`: serve the local API.
+"""`python -m worker.devstack.api --db-url URL --home DIR --port N`: serve the local API.
 
 `suparag dev` starts this detached, with its output in SUPARAG_HOME/logs/api.log.
 """
@@ -10,16 +10,16 @@ from pathlib import Path
 
 import uvicorn
 
-from worker.api.app import create_app
-from worker.api.functions import functions_routes
-from worker.api.keys import load_or_create
-from worker.api.realtime import realtime_routes
+from worker.devstack.api.app import create_app
+from worker.devstack.api.functions import functions_routes
+from worker.devstack.api.keys import load_or_create
+from worker.devstack.api.realtime.hub import realtime_routes
 from worker.models.factory import embedder_from_settings
 from worker.settings import get_settings
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m worker.api", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m worker.devstack.api", description=__doc__)
     parser.add_argument("--db-url", required=True)
     parser.add_argument("--home", type=Path, required=True, help="where keys.json lives")
     parser.add_argument("--host", default="127.0.0.1")

@@ -27,25 +27,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from worker.api.context import bearer_token, request_claims
-from worker.api.keys import ACCESS_TOKEN_LIFETIME, InvalidToken, ProjectKeys
+from worker.devstack.api.context import bearer_token, request_claims
+from worker.devstack.api.keys import ACCESS_TOKEN_LIFETIME, ProjectKeys
+from worker.errors import AuthError, InvalidToken
 from worker.users import User
 
 MIN_PASSWORD = 6
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
-
-
-class AuthError(Exception):
-    """An error GoTrue would answer with `{code, error_code, msg}`."""
-
-    def __init__(self, status: int, error_code: str, msg: str,
-                 **extra: Any) -> None:
-        super().__init__(msg)
-        self.status, self.error_code, self.msg, self.extra = status, error_code, msg, extra
-
-    def response(self) -> JSONResponse:
-        return JSONResponse({"code": self.status, "error_code": self.error_code,
-                             "msg": self.msg, **self.extra}, status_code=self.status)
 
 
 def hash_password(password: str) -> str:

@@ -1,0 +1,244 @@
+"""The Realtime hub: websockets, their channels, join / leave / token refresh, and the
+dispatcher's lifetime, on `/realtime/v1/websocket`.
+
+Frames are read and written through the serializer that the socket's `vsn` names
+(protocol.py); joins carry `postgres_changes` bindings (bindings.py) that the
+dispatcher (dispatcher.py) serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jwt
+import psycopg
+from starlette.concurrency import run_in_threadpool
+from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from worker.db import connect
+from worker.devstack.api.keys import ProjectKeys
+from worker.devstack.api.realtime import protocol
+from worker.devstack.api.realtime.bindings import Binding, binding_id
+from worker.devstack.api.realtime.channels import Channel, Socket
+from worker.devstack.api.realtime.dispatcher import Dispatcher
+from worker.errors import InvalidToken, JoinRefused, SubscriptionError
+
+log = logging.getLogger("suparag.realtime")
+
+PATH = "/realtime/v1/websocket"
+
+
+def verify(keys: ProjectKeys, token: str) -> dict[str, Any]:
+    """The token's claims, or JoinRefused with the reason Supabase Realtime gives."""
+    try:
+        return keys.verify(token)
+    except InvalidToken as exc:
+        cause = exc.__cause__
+        if exc.expired:
+            try:
+                exp = int(jwt.decode(token, options={"verify_signature": False})["exp"])
+                ago = max(0, int(time.time()) - exp)
+            except (jwt.InvalidTokenError, KeyError, TypeError, ValueError):
+                ago = 0
+            reason = f"InvalidJWTToken: Token has expired {ago} seconds ago"
+        elif isinstance(cause, jwt.InvalidSignatureError):
+            reason = "JwtSignatureError: Failed to validate JWT signature"
+        elif isinstance(cause, jwt.MissingRequiredClaimError):
+            reason = "InvalidJWTToken: Fields `role` and `exp` are required in JWT"
+        elif isinstance(cause, jwt.DecodeError):
+            reason = "MalformedJWT: The token provided is not a valid JWT"
+        else:
+            reason = f"Unauthorized: {exc}"
+        raise JoinRefused(reason) from exc
+
+
+class RealtimeHub:
+    """Serves `/realtime/v1/websocket` for one database and one set of project keys.
+
+    The dispatcher runs while at least one socket is connected, so a server
+    with no subscribers captures nothing.
+    """
+
+    def __init__(self, db_url: str, keys: ProjectKeys) -> None:
+        self.db_url, self.keys = db_url, keys
+        self._lock = threading.Lock()
+        self._sockets: set[Socket] = set()
+        self._dispatcher: Dispatcher | None = None
+
+    def routes(self) -> list[BaseRoute]:
+        return [WebSocketRoute(PATH, self.endpoint)]
+
+    def channels(self) -> list[Channel]:
+        """Every channel joined on any socket (the dispatcher delivers to these)."""
+        with self._lock:
+            return [ch for s in self._sockets for ch in list(s.channels.values())]
+
+    # -- dispatcher lifetime ----------------------------------------------------------
+
+    def _prepare(self) -> None:
+        """Attach capture triggers and make sure the dispatcher runs (blocking)."""
+        with connect(self.db_url, autocommit=True) as conn:
+            conn.execute("select suparag_realtime.sync_triggers()")
+        with self._lock:
+            dispatcher = self._dispatcher
+            if dispatcher is None or dispatcher.stopping.is_set() or not dispatcher.is_alive():
+                dispatcher = self._dispatcher = Dispatcher(self.db_url, self)
+                dispatcher.start()
+        if not dispatcher.ready.wait(30) or dispatcher.error is not None:
+            raise RuntimeError(f"realtime could not start: {dispatcher.error}")
+
+    def _attach(self, socket: Socket) -> None:
+        with self._lock:
+            self._sockets.add(socket)
+
+    def _detach(self, socket: Socket) -> None:
+        with self._lock:
+            self._sockets.discard(socket)
+            if not self._sockets and self._dispatcher is not None:
+                self._dispatcher.stop()
+                self._dispatcher = None
+
+    def shut_down(self, channel: Channel, message: str) -> None:
+        """End a channel as upstream's shutdown_response does: a system error, then close."""
+        with self._lock:
+            channel.socket.channels.pop(channel.topic, None)
+        name = channel.topic.removeprefix("realtime:")
+        channel.socket.send(channel.topic, "system", {"extension": "system", "status": "error",
+                                                      "message": message, "channel": name})
+        channel.socket.send(channel.topic, "phx_close", {}, ref=channel.join_ref)
+
+    # -- the websocket ----------------------------------------------------------------
+
+    async def endpoint(self, ws: WebSocket) -> None:
+        serializer = protocol.serializer_for(ws.query_params.get("vsn", protocol.DEFAULT_VSN))
+        apikey = ws.query_params.get("apikey") or ws.headers.get("apikey")
+        # Upstream refuses the socket (HTTP 403) without a valid project key.
+        if serializer is None or not apikey:
+            await ws.close(code=1008)
+            return
+        try:
+            verify(self.keys, apikey)
+        except JoinRefused:
+            await ws.close(code=1008)
+            return
+        await ws.accept()
+        socket = Socket(loop=asyncio.get_running_loop(), serializer=serializer)
+        self._attach(socket)
+        writer = asyncio.create_task(self._write(ws, socket))
+        try:
+            while True:
+                received = await ws.receive()
+                if received["type"] == "websocket.disconnect":
+                    break
+                text = received.get("text")
+                if text is None:  # binary frames carry 2.0.0's broadcasts: not served
+                    continue
+                try:
+                    message = serializer.decode(text)
+                except ValueError:
+                    log.info("realtime: ignoring a frame that is not a Phoenix message")
+                    continue
+                await self._handle(socket, apikey, message)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self._detach(socket)
+            socket.outbox.put_nowait(None)
+            await asyncio.gather(writer, return_exceptions=True)
+
+    @staticmethod
+    async def _write(ws: WebSocket, socket: Socket) -> None:
+        while (frame := await socket.outbox.get()) is not None:
+            try:
+                await ws.send_text(frame)
+            except (WebSocketDisconnect, RuntimeError):
+                return
+
+    async def _handle(self, socket: Socket, apikey: str, message: protocol.Message) -> None:
+        topic, event, payload = message.topic, message.event, message.payload
+        ref, join_ref = message.ref, message.join_ref
+
+        def reply(status: str, response: Mapping[str, Any]) -> None:
+            socket.send(topic, "phx_reply", {"status": status, "response": response},
+                        ref=ref, join_ref=join_ref)
+
+        if topic == "phoenix":
+            if event == "heartbeat":
+                reply("ok", {})
+            return
+        if event == "phx_join":
+            await self._join(socket, apikey, topic, payload, join_ref or ref, reply)
+        elif event == "phx_leave":
+            with self._lock:
+                channel = socket.channels.pop(topic, None)
+            reply("ok", {})
+            socket.send(topic, "phx_close", {}, ref=channel.join_ref if channel else join_ref)
+        elif event == "access_token":
+            self._refresh(socket, topic, payload)
+        else:
+            log.info("realtime: %s on %s is not served (postgres_changes only)", event, topic)
+
+    async def _join(self, socket: Socket, apikey: str, topic: str, payload: Mapping[str, Any],
+                    join_ref: str | None, reply: Callable[[str, Mapping[str, Any]], None]
+                    ) -> None:
+        if not topic.startswith("realtime:") or topic == "realtime:":
+            reply("error", {"reason": "TopicNameRequired: You must provide a topic name"})
+            return
+        token = payload.get("access_token") or apikey
+        if not isinstance(token, str) or token.startswith("sb_"):
+            token = apikey
+        try:
+            claims = verify(self.keys, token)
+        except JoinRefused as exc:
+            reply("error", {"reason": str(exc)})
+            return
+        config = payload.get("config") or {}
+        raw = [p for p in (config.get("postgres_changes") or []) if isinstance(p, Mapping)]
+        name = topic.removeprefix("realtime:")
+        try:
+            bindings = [Binding.parse(p) for p in raw]
+        except SubscriptionError as exc:
+            # Upstream accepts the join and reports bad params as a system error.
+            reply("ok", {"postgres_changes": [{**p, "id": binding_id(p)} for p in raw]})
+            socket.send(topic, "system", {"extension": "postgres_changes", "status": "error",
+                                          "message": str(exc), "channel": name})
+            return
+        if bindings:
+            # Before the reply: once subscribe() returns, every commit is captured.
+            try:
+                await run_in_threadpool(self._prepare)
+            except (psycopg.Error, RuntimeError) as exc:
+                log.warning("realtime: %s", exc)
+                reply("error", {"reason": "UnableToConnectToProject: Realtime was unable to "
+                                          "connect to the project database"})
+                return
+        with self._lock:
+            socket.channels[topic] = Channel(topic=topic, join_ref=join_ref, claims=claims,
+                                             bindings=bindings, socket=socket)
+        reply("ok", {"postgres_changes": [{**b.params, "id": b.id} for b in bindings]})
+        if bindings:
+            socket.send(topic, "system", {"extension": "postgres_changes", "status": "ok",
+                                          "message": "Subscribed to PostgreSQL", "channel": name})
+
+    def _refresh(self, socket: Socket, topic: str, payload: Mapping[str, Any]) -> None:
+        channel = socket.channels.get(topic)
+        token = payload.get("access_token")
+        if channel is None or not isinstance(token, str) or token.startswith("sb_"):
+            return
+        try:
+            claims = verify(self.keys, token)
+        except JoinRefused as exc:
+            self.shut_down(channel, str(exc))
+            return
+        channel.claims = claims
+
+
+def realtime_routes(db_url: str, keys: ProjectKeys) -> list[BaseRoute]:
+    """The Realtime websocket route, to pass as `create_app(..., routes=...)`."""
+    return RealtimeHub(db_url, keys).routes()

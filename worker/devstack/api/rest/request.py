@@ -1,0 +1,83 @@
+"""Reading a `/rest/v1` request, before any database work: the caller's claims, the
+`Prefer` header, the schema profile and the JSON body, as one `Call`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+
+from worker.devstack.api.context import request_claims
+from worker.devstack.api.keys import ProjectKeys
+from worker.devstack.api.rest.catalog import SCHEMA
+from worker.errors import ApiError
+
+#: The `Accept` type that asks for one object rather than an array.
+SINGLE_OBJECT = "application/vnd.pgrst.object+json"
+
+
+@dataclass
+class Call:
+    """What one REST request asks for, parsed before any database work."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    params: list[tuple[str, str]]
+    claims: dict[str, Any]
+    prefer: dict[str, str]
+    body: Any = None
+
+    @property
+    def role(self) -> str:
+        return str(self.claims.get("role", "anon"))
+
+    def param(self, name: str) -> str | None:
+        return next((v for k, v in self.params if k == name), None)
+
+    @property
+    def single(self) -> bool:
+        return SINGLE_OBJECT in self.headers.get("accept", "")
+
+
+def parse_prefer(header: str) -> dict[str, str]:
+    """`Prefer: return=representation, count=exact` as {"return": ..., "count": ...}."""
+    prefer: dict[str, str] = {}
+    for item in header.split(","):
+        key, _, value = item.strip().partition("=")
+        if key:
+            prefer[key] = value
+    return prefer
+
+
+def check_profile(headers: Mapping[str, str], method: str) -> None:
+    """PGRST106 (406) unless the `Accept-Profile` / `Content-Profile` asked for is SCHEMA."""
+    name = "accept-profile" if method in ("GET", "HEAD") else "content-profile"
+    profile = headers.get(name)
+    if profile is not None and profile != SCHEMA:
+        raise ApiError(406, "PGRST106", f"The schema must be one of the following: {SCHEMA}",
+                       hint="suparag's local API serves only schema public")
+
+
+async def read_call(request: Request, keys: ProjectKeys) -> Call:
+    """The request as a Call: a 401 without a valid key, a 400 for a body that is not JSON."""
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    claims = request_claims(headers, keys)
+    check_profile(headers, request.method)
+    body: Any = None
+    if request.method in ("POST", "PATCH"):
+        raw = await request.body()
+        if raw.strip():
+            try:
+                body = json.loads(raw)
+            except ValueError as exc:
+                raise ApiError(400, "PGRST102", "Empty or invalid json",
+                               details=str(exc)) from exc
+        elif "table" in request.path_params:
+            raise ApiError(400, "PGRST102", "Empty or invalid json")
+    return Call(method=request.method, path=request.url.path, headers=headers,
+                params=list(request.query_params.multi_items()), claims=claims,
+                prefer=parse_prefer(headers.get("prefer", "")), body=body)

@@ -1,0 +1,94 @@
+"""`/rest/v1`: PostgREST's semantics for tables in `public` and `/rpc/<function>`.
+
+Each request goes PostgREST's way: read the request (request.py: claims, `Prefer`,
+profile, body), then one transaction on a pooled connection: `set transaction read
+only` for GET/HEAD and for STABLE/IMMUTABLE functions, then the role and `request.*`
+settings exactly as `worker.db.set_request_context` sets them, then one statement
+(tables.py or rpc.py, whose query grammar is grammar.py and whose catalog lookups
+are catalog.py). Results are built as JSON by PostgreSQL (`json_agg`) and answered
+by response.py. Only schema `public` is served.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from worker.db import set_request_context
+from worker.devstack.api.context import request_claims
+from worker.devstack.api.errors import from_database
+from worker.devstack.api.keys import ProjectKeys
+from worker.devstack.api.rest import catalog, rpc, tables
+from worker.devstack.api.rest.request import Call, read_call
+from worker.devstack.api.rest.response import JSON_TYPE, Result, respond
+from worker.errors import ApiError
+
+
+class RestApi:
+    """The `/rest/v1` routes over a connection pool."""
+
+    def __init__(self, pool: ConnectionPool[psycopg.Connection[Any]], keys: ProjectKeys) -> None:
+        self.pool, self.keys = pool, keys
+
+    def routes(self) -> list[Route]:
+        methods = ["GET", "HEAD", "POST", "PATCH", "DELETE"]
+        return [
+            Route("/rest/v1/rpc/{function}", self.handle, methods=["GET", "HEAD", "POST"]),
+            Route("/rest/v1/{table}", self.handle, methods=methods),
+            Route("/rest/v1/", self.root, methods=["GET"]),
+        ]
+
+    async def root(self, request: Request) -> Response:
+        request_claims({k.lower(): v for k, v in request.headers.items()}, self.keys)
+        return Response(json.dumps({"info": {"title": "suparag local API"}}),
+                        media_type=JSON_TYPE)
+
+    async def handle(self, request: Request) -> Response:
+        call = await read_call(request, self.keys)
+        if "function" in request.path_params:
+            result = await run_in_threadpool(self._rpc, call, request.path_params["function"])
+        else:
+            result = await run_in_threadpool(self._table, call, request.path_params["table"])
+        return respond(call, result)
+
+    def _table(self, call: Call, table: str) -> Result:
+        return self._run(call, read_only=call.method in ("GET", "HEAD"),
+                         work=lambda conn: tables.run(conn, call, table))
+
+    def _rpc(self, call: Call, function: str) -> Result:
+        args = rpc.arguments(call)
+        try:
+            with self.pool.connection() as conn:
+                spec = catalog.find_function(conn, function, args)
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise ApiError(503, "PGRST000", "Database connection error",
+                           details=str(exc)) from exc
+        return self._run(call, read_only=rpc.read_only(call, spec),
+                         work=lambda conn: rpc.run(conn, call, spec, args))
+
+    def _run(self, call: Call, *, read_only: bool,
+             work: Callable[[psycopg.Connection[Any]], Result]) -> Result:
+        """Run work(conn) in one transaction as the caller, mapping errors like PostgREST."""
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                if read_only:
+                    conn.execute("set transaction read only")
+                set_request_context(conn, call.claims, method=call.method, path=call.path,
+                                    headers=call.headers)
+                return work(conn)
+        except psycopg.Error as exc:
+            if exc.diag.sqlstate is None:
+                raise ApiError(503, "PGRST000", "Database connection error",
+                               details=str(exc)) from exc
+            raise from_database(exc, role=call.role) from exc
+        except PoolTimeout as exc:
+            raise ApiError(503, "PGRST003", "Timed out acquiring connection from connection "
+                           "pool.") from exc
