@@ -1,16 +1,38 @@
-"""Errors suparag raises on purpose. Every message says what to do next.
+"""Errors suparag raises on purpose: the one exception tree. Every message says what to do next.
 
     SuparagError
-    ├── ConfigError              settings missing or contradictory
-    ├── NotFound                 a named thing does not exist
-    │   └── UserNotFound         no auth.users row for that email or id
-    ├── LocalServerError         the embedded PostgreSQL could not be managed
-    │   ├── PortInUse            another program holds the port
-    │   └── ServerNotRunning     a command needs `suparag dev` first
-    ├── RemoteRefused            an operation that is for local databases only
+    ├── ConfigError                  settings missing or contradictory
+    ├── NotFound                     a named thing does not exist
+    │   └── UserNotFound             no auth.users row for that email or id
+    ├── LocalServerError             the embedded PostgreSQL could not be managed
+    │   ├── PortInUse                another program holds the port
+    │   └── ServerNotRunning         a command needs `suparag dev` first
+    ├── RemoteRefused                an operation that is for local databases only
+    ├── models (worker/models)
+    │   ├── EmbeddingServiceError    a remote embedding service failed or refused a request
+    │   │   └── EmbeddingServiceUnavailable   down or throttling: nothing can be embedded now
+    │   └── LLMError                 the chat model failed, timed out or refused
+    ├── ingest (worker/ingest)
+    │   └── NotText                  a file is not text; the message is why it is skipped
+    ├── queues (worker/jobs)
+    │   ├── EmbeddingJobError        a document could not be embedded (stored on its job)
+    │   └── AnswerFailed             a question asked from the CLI was not answered
+    ├── commands (cli, bench)
+    │   ├── DemoFailed               what RLS returned differs from the sharing rules
+    │   └── BenchError               a benchmark could not run to the end
+    ├── the dev stack's local API (worker/devstack)
+    │   ├── ApiError                 PostgREST-shaped error: status, code, message, hint
+    │   ├── AuthError                GoTrue-shaped error: status, error_code, msg
+    │   ├── InvalidToken             a JWT that is malformed, wrongly signed or expired
+    │   ├── SubscriptionError        (also ValueError) a Realtime binding we cannot serve
+    │   └── JoinRefused              a Realtime join or token refresh refused
     └── (database errors also subclass psycopg's, so driver-level handlers still work)
-        ├── DatabaseUnavailable  psycopg.OperationalError: cannot connect
-        └── MigrationFailed      psycopg.DatabaseError: a migration did not apply
+        ├── DatabaseUnavailable      psycopg.OperationalError: cannot connect
+        └── MigrationFailed          psycopg.DatabaseError: a migration did not apply
+
+Third-party errors are translated where they enter (`raise ... from exc`);
+`cli/main.py` is the one place that turns a SuparagError into a one-line
+message and exit code 1.
 """
 
 from __future__ import annotations
