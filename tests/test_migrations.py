@@ -35,6 +35,8 @@ LANDED = {
         "8cedaa97d9eaeb4b1a5cee4bcd8dd3d58129def9c4496e7606739c4d42b07d18",
     "20261121000700_suparag_hybrid_full_text.sql":
         "3a2199399173964db05745867837f9dc3b48723006c9dcf4e7531f9ece26f14e",
+    "20261202000000_suparag_documents_team_default.sql":
+        "27d25863f9a44014200f76a69050fd58bba528b28507d4c4952a62fa79e1df63",
 }
 
 
