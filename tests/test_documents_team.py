@@ -45,17 +45,17 @@ def test_turning_a_document_into_a_team_document_takes_the_callers_team(conn, wo
 
 
 def test_a_team_that_is_not_the_callers_is_still_refused(conn, world):
-    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
-        with as_request(conn, claims_of(world, "carol")):
-            conn.execute("insert into public.documents (title, visibility, team)"
-                         " values ('sneaky', 'team', 'b')")
+    with (pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"),
+          as_request(conn, claims_of(world, "carol"))):
+        conn.execute("insert into public.documents (title, visibility, team)"
+                     " values ('sneaky', 'team', 'b')")
 
 
 def test_a_caller_without_a_team_is_told_what_to_send(conn, world):
     """mallory's team is only in user_metadata, which grants nothing."""
-    with pytest.raises(psycopg.errors.CheckViolation) as caught:
-        with as_request(conn, claims_of(world, "mallory")):
-            conn.execute(INSERT, ("mallory's plan", "team"))
+    with (pytest.raises(psycopg.errors.CheckViolation) as caught,
+          as_request(conn, claims_of(world, "mallory"))):
+        conn.execute(INSERT, ("mallory's plan", "team"))
     diag = caught.value.diag
     assert diag.message_primary == "a team document needs a team, and the caller has none"
     assert "visibility 'private' or 'public'" in diag.message_hint
