@@ -1,7 +1,8 @@
 """`/realtime/v1/websocket`: Supabase Realtime's `postgres_changes`, locally.
 
-The Phoenix protocol that the Supabase clients speak (JSON serializer, vsn
-1.0.0): `phoenix` heartbeats, `phx_join` with `config.postgres_changes`, the
+The Phoenix protocol that the Supabase clients speak (serializer vsn 1.0.0, JSON
+objects, from supabase-py; vsn 2.0.0, JSON arrays and binary frames, from
+supabase-js): `phoenix` heartbeats, `phx_join` with `config.postgres_changes`, the
 reply with binding ids, a `system` "Subscribed to PostgreSQL" message,
 `access_token` refreshes, `phx_leave`, and `postgres_changes` events in
 Supabase's payload shape. Broadcast and presence are not served.

@@ -32,7 +32,7 @@ class Socket:
 
     loop: asyncio.AbstractEventLoop
     serializer: Serializer
-    outbox: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
+    outbox: asyncio.Queue[str | bytes | None] = field(default_factory=asyncio.Queue)
     channels: dict[str, Channel] = field(default_factory=dict)
 
     def send(self, topic: str, event: str, payload: Mapping[str, Any], *,

@@ -18,6 +18,7 @@ from typing import Any
 import jwt
 import psycopg
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -111,21 +112,28 @@ class RealtimeHub:
         name = channel.topic.removeprefix("realtime:")
         channel.socket.send(channel.topic, "system", {"extension": "system", "status": "error",
                                                       "message": message, "channel": name})
-        channel.socket.send(channel.topic, "phx_close", {}, ref=channel.join_ref)
+        channel.socket.send(channel.topic, "phx_close", {}, ref=channel.join_ref,
+                            join_ref=channel.join_ref)
 
     # -- the websocket ----------------------------------------------------------------
 
     async def endpoint(self, ws: WebSocket) -> None:
-        serializer = protocol.serializer_for(ws.query_params.get("vsn", protocol.DEFAULT_VSN))
+        vsn = ws.query_params.get("vsn", protocol.DEFAULT_VSN)
+        serializer = protocol.serializer_for(vsn)
         apikey = ws.query_params.get("apikey") or ws.headers.get("apikey")
-        # Upstream refuses the socket (HTTP 403) without a valid project key.
-        if serializer is None or not apikey:
-            await ws.close(code=1008)
+        # Upstream refuses the socket (HTTP 403) for a serializer it does not serve
+        # (Phoenix logs the mismatch) and without a valid project key.
+        if serializer is None:
+            await self._refuse(ws, f"serializer vsn {vsn!r} is not served: connect with "
+                                   f"vsn={' or vsn='.join(protocol.SERVED)}")
+            return
+        if not apikey:
+            await self._refuse(ws, "no apikey: pass the project's anon key as ?apikey=")
             return
         try:
             verify(self.keys, apikey)
-        except JoinRefused:
-            await ws.close(code=1008)
+        except JoinRefused as exc:
+            await self._refuse(ws, f"the apikey is not this project's: {exc}")
             return
         await ws.accept()
         socket = Socket(loop=asyncio.get_running_loop(), serializer=serializer)
@@ -136,13 +144,14 @@ class RealtimeHub:
                 received = await ws.receive()
                 if received["type"] == "websocket.disconnect":
                     break
-                text = received.get("text")
-                if text is None:  # binary frames carry 2.0.0's broadcasts: not served
-                    continue
+                frame = received.get("text")
+                if frame is None:
+                    frame = received.get("bytes") or b""
                 try:
-                    message = serializer.decode(text)
-                except ValueError:
-                    log.info("realtime: ignoring a frame that is not a Phoenix message")
+                    message = serializer.decode(frame)
+                except ValueError as exc:
+                    log.info("realtime: ignoring a frame that is not a vsn %s message: %s",
+                             vsn, exc)
                     continue
                 await self._handle(socket, apikey, message)
         except WebSocketDisconnect:
@@ -153,10 +162,22 @@ class RealtimeHub:
             await asyncio.gather(writer, return_exceptions=True)
 
     @staticmethod
+    async def _refuse(ws: WebSocket, reason: str) -> None:
+        """Refuse the upgrade with HTTP 403, the reason in the log and the body."""
+        log.warning("realtime: socket refused: %s", reason)
+        if "websocket.http.response" in ws.scope.get("extensions", {}):
+            await ws.send_denial_response(JSONResponse({"message": reason}, status_code=403))
+        else:  # the server cannot send a body: a bare 403
+            await ws.close(code=1008)
+
+    @staticmethod
     async def _write(ws: WebSocket, socket: Socket) -> None:
         while (frame := await socket.outbox.get()) is not None:
             try:
-                await ws.send_text(frame)
+                if isinstance(frame, bytes):
+                    await ws.send_bytes(frame)
+                else:
+                    await ws.send_text(frame)
             except (WebSocketDisconnect, RuntimeError):
                 return
 
@@ -172,17 +193,30 @@ class RealtimeHub:
             if event == "heartbeat":
                 reply("ok", {})
             return
+        if message.binary is not None:
+            # vsn 2.0.0 binary pushes: no event here takes a binary payload.
+            if ref is not None:
+                reply("error", {"reason": f"binary payloads are not served locally: send "
+                                          f"{event} with a JSON payload"})
+            return
         if event == "phx_join":
             await self._join(socket, apikey, topic, payload, join_ref or ref, reply)
         elif event == "phx_leave":
             with self._lock:
                 channel = socket.channels.pop(topic, None)
             reply("ok", {})
-            socket.send(topic, "phx_close", {}, ref=channel.join_ref if channel else join_ref)
+            # Phoenix's close carries the channel's join_ref as both refs.
+            closing = channel.join_ref if channel else join_ref
+            socket.send(topic, "phx_close", {}, ref=closing, join_ref=closing)
         elif event == "access_token":
             self._refresh(socket, topic, payload)
         else:
             log.info("realtime: %s on %s is not served (postgres_changes only)", event, topic)
+            # A push that waits for its reply (broadcast with ack, presence) gets a
+            # clear refusal instead of a timeout.
+            if ref is not None:
+                reply("error", {"reason": f"{event} is not served by the local Realtime: "
+                                          f"it serves postgres_changes only"})
 
     async def _join(self, socket: Socket, apikey: str, topic: str, payload: Mapping[str, Any],
                     join_ref: str | None, reply: Callable[[str, Mapping[str, Any]], None]
