@@ -3,7 +3,9 @@
 #   bash run.sh demo   `suparag demo`: local stack, sample corpus, embeddings, search as each user
 #   bash run.sh test   run the test suite against real parts
 # Set-up: a virtualenv in .venv (or $SUPARAG_VENV) with suparag and its test tools,
-# reinstalled when pyproject.toml changes. Needs only python3 (>= 3.11) and pip.
+# reinstalled when pyproject.toml changes. Needs python3 (>= 3.11) and pip; the tests
+# also need Node >= 20 with npm (supabase-js, pinned in tests/js/package-lock.json,
+# is installed there with `npm ci` by the test that uses it).
 set -euo pipefail
 cd "$(dirname "$0")"
 venv="${SUPARAG_VENV:-.venv}"
