@@ -209,19 +209,15 @@ class AuthApi:
     def _create_user(self, email: str, password: str, data: dict[str, Any]) -> dict[str, Any]:
         app_metadata = {"provider": "email", "providers": ["email"]}
         with self.pool.connection() as conn:
-            # An account an operator made with `suparag users add` has no password yet:
-            # the first sign-up with its email sets one (and keeps its team).
+            # Any existing email is refused, as GoTrue does: an account an operator made
+            # with `suparag users add` has no password, and letting a sign-up set one
+            # would hand that account (and its team) to whoever asked first.
             row: dict[str, Any] | None = conn.execute(
                 f"""
                 insert into auth.users (email, encrypted_password, raw_app_meta_data,
                                         raw_user_meta_data, email_confirmed_at, last_sign_in_at)
                 values (lower(%(email)s), %(hash)s, %(app)s, %(data)s, now(), now())
-                on conflict (email) do update
-                  set encrypted_password = excluded.encrypted_password,
-                      raw_user_meta_data = auth.users.raw_user_meta_data
-                                           || excluded.raw_user_meta_data,
-                      last_sign_in_at = now(), updated_at = now()
-                  where auth.users.encrypted_password is null
+                on conflict (email) do nothing
                 returning {_USER_COLUMNS}
                 """,
                 {"email": email, "hash": hash_password(password), "app": Jsonb(app_metadata),
