@@ -193,3 +193,18 @@ def test_an_invalid_apikey_beside_a_valid_bearer_is_401(api, world):
     response = httpx.post(f"{api.url}/functions/v1/embed", json={"input": "x"}, headers={
         "apikey": "not-a-key", "Authorization": f"Bearer {alice}"})
     assert response.status_code == 401
+
+
+def test_range_headers_and_tx_preferences_are_refused_as_documented(api, conn, world):
+    """docs/local-api.md lists both as refused: a rollback asked for must not commit."""
+    service = api.keys.service_role_key
+    ranged = send(api, "GET", "/rest/v1/documents", key=service, Range="0-1")
+    assert ranged.status_code == 400 and "limit=" in ranged.json()["hint"]
+    rollback = send(api, "DELETE", "/rest/v1/documents?team=eq.a", key=service,
+                    Prefer="tx=rollback")
+    assert rollback.status_code == 400 and "tx=rollback" in rollback.json()["message"]
+    assert conn.execute("select count(*) as n from public.documents where team = 'a'"
+                        ).fetchone()["n"] == 2
+    # supabase-py's .range() is limit and offset, and still works.
+    rows = api.client(service).table("documents").select("id").range(0, 1).execute()
+    assert len(rows.data) == 2

@@ -85,6 +85,20 @@ def check_params(params: list[tuple[str, str]]) -> None:
                            "cannot hold one.")
 
 
+def check_unsupported(headers: Mapping[str, str], prefer: Mapping[str, str]) -> None:
+    """PGRST100 (400) for what docs/local-api.md says is refused rather than ignored: a
+    `Range` header (its rows would be wrong) and `Prefer: tx=` (a rollback asked for
+    would be committed)."""
+    if "range" in headers:
+        raise ApiError(400, "PGRST100", "Range headers are not supported by suparag's "
+                       "local API", hint="Use limit= and offset= (supabase-py's .range() "
+                       "does).")
+    if "tx" in prefer:
+        raise ApiError(400, "PGRST100", f"Prefer: tx={prefer['tx']} is not supported by "
+                       "suparag's local API", hint="Drop the tx preference; each request "
+                       "commits, as on a Supabase project.")
+
+
 async def read_call(request: Request, keys: ProjectKeys, *,
                     max_rows: int = DEFAULT_MAX_ROWS) -> Call:
     """The request as a Call: a 401 without a valid key, a 400 for a body that is not
@@ -94,6 +108,8 @@ async def read_call(request: Request, keys: ProjectKeys, *,
     check_profile(headers, request.method)
     params = list(request.query_params.multi_items())
     check_params(params)
+    prefer = parse_prefer(headers.get("prefer", ""))
+    check_unsupported(headers, prefer)
     body: Any = None
     if request.method in ("POST", "PATCH"):
         body = await read_json(request, max_bytes=MAX_REST_BODY, error=_body_error)
@@ -101,4 +117,4 @@ async def read_call(request: Request, keys: ProjectKeys, *,
             raise ApiError(400, "PGRST102", "Empty or invalid json")
     return Call(method=request.method, path=request.url.path, headers=headers,
                 params=params, claims=claims,
-                prefer=parse_prefer(headers.get("prefer", "")), body=body, max_rows=max_rows)
+                prefer=prefer, body=body, max_rows=max_rows)
