@@ -55,6 +55,7 @@ from bench._common import (
     summary,
 )
 from worker.db import as_request, connect
+from worker.devstack.api.auth import hash_password
 from worker.devstack.api.keys import load_or_create
 from worker.devstack.postgres import free_port
 from worker.devstack.processes import LocalApi
@@ -159,7 +160,10 @@ def _load(conn: Conn, url: str, embedder: SentenceTransformerEmbedder, corpus: l
           owner_email: str, email: str) -> User:
     """The corpus, owned by the asker's team mate, embedded before the clock starts."""
     owner = add_user(conn, owner_email, team="bench")
-    add_user(conn, email, team="bench")  # the sign-up below sets the password
+    asker = add_user(conn, email, team="bench")
+    # The operator sets the asker's password: sign-up refuses an existing email.
+    conn.execute("update auth.users set encrypted_password = %s where id = %s",
+                 (hash_password(PASSWORD), asker.id))
     _insert(conn, owner, corpus)
     worker = EmbeddingWorker(url, embedder)
     try:
@@ -183,9 +187,10 @@ async def _ask_all(api_url: str, anon_key: str, email: str, questions: list[str]
                          "pip install supabase (or `pip install -e .[test]`)") from exc
 
     client = await acreate_client(api_url, anon_key)
-    session = (await client.auth.sign_up({"email": email, "password": PASSWORD})).session
+    session = (await client.auth.sign_in_with_password(
+        {"email": email, "password": PASSWORD})).session
     if session is None:
-        raise BenchError("sign-up returned no session")
+        raise BenchError("sign-in returned no session")
     deadline = time.monotonic() + 30
     while client.realtime.access_token != session.access_token:  # handed over in a task
         if time.monotonic() > deadline:

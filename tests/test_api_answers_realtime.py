@@ -15,6 +15,7 @@ import pytest
 from supabase import AsyncClient, acreate_client
 from test_api_realtime import Api, Inbox, run, serve
 
+from worker.devstack.api.auth import hash_password
 from worker.jobs.answering import EXTRACTIVE_HEADER, AnswerWorker
 from worker.jobs.embedding import EmbeddingWorker
 from worker.users import User, add_user
@@ -45,6 +46,9 @@ def users(conn) -> dict[str, User]:
     ):
         conn.execute("insert into public.documents (owner_id, team, visibility, title, content)"
                      " values (%s, %s, 'team', %s, %s)", (made[owner].id, team, title, content))
+        # The operator gives the account a password (sign-up refuses an existing email).
+        conn.execute("update auth.users set encrypted_password = %s where id = %s",
+                     (hash_password(PASSWORD), made[owner].id))
     conn.commit()
     return made
 
@@ -52,7 +56,8 @@ def users(conn) -> dict[str, User]:
 async def signed_in_listener(api: Api, email: str) -> tuple[AsyncClient, Inbox]:
     """An app's async client: signed in, its channel subscribed to every change of answers."""
     client = await acreate_client(api.url, api.keys.anon_key)
-    session = (await client.auth.sign_up({"email": email, "password": PASSWORD})).session
+    session = (await client.auth.sign_in_with_password(
+        {"email": email, "password": PASSWORD})).session
     assert session is not None
     # The client hands the new token to Realtime in a background task.
     deadline = time.monotonic() + WAIT

@@ -144,12 +144,28 @@ def test_wrong_password_duplicate_and_weak_password(api, conn):
         {"email": "ben@example.com", "password": PASSWORD}).session is not None
 
 
-def test_operator_created_user_claims_account_on_sign_up(api, conn):
-    add_user(conn, "carol@example.com", team="a")
+def test_sign_up_cannot_take_over_an_operator_created_user(api, conn):
+    """`suparag users add` makes a row without a password; a sign-up with its email (by
+    anyone holding the public anon key) must not set one and sign in as that user."""
+    victim = add_user(conn, "v@x.example", team="red")
     conn.commit()
-    session = api.client().auth.sign_up({"email": "carol@example.com",
-                                         "password": PASSWORD}).session
-    assert api.keys.verify(session.access_token)["app_metadata"]["team"] == "a"
+    with pytest.raises(AuthApiError) as caught:
+        api.client().auth.sign_up({"email": "V@x.example", "password": "attacker's"})
+    assert caught.value.status == 422 and caught.value.code == "user_already_exists"
+    raw = httpx.post(f"{api.url}/auth/v1/signup",
+                     json={"email": "v@x.example", "password": "attacker's"},
+                     headers={"apikey": api.keys.anon_key})
+    assert raw.status_code == 422
+    assert raw.json() == {"code": 422, "error_code": "user_already_exists",
+                          "msg": "User already registered"}
+    assert "access_token" not in raw.text
+    row = conn.execute("select encrypted_password, raw_app_meta_data from auth.users"
+                       " where id = %s", (victim.id,)).fetchone()
+    assert row["encrypted_password"] is None
+    assert row["raw_app_meta_data"]["team"] == "red"
+    with pytest.raises(AuthApiError):
+        api.client().auth.sign_in_with_password({"email": "v@x.example",
+                                                 "password": "attacker's"})
 
 
 def test_user_endpoint_refuses_bad_tokens(api, conn):
@@ -217,9 +233,11 @@ def test_dev_serves_the_api_in_the_background(dev_cli):
     assert stat.S_IMODE(keys_file.stat().st_mode) == 0o600
 
     # The official client works against it, and a token from `suparag token` too.
-    cli("users", "add", "ann@example.com", "--team", "red")
+    # Ann signs up; then the operator puts her in a team, which her next sign-in carries.
     client = create_client(url, anon)
     client.auth.sign_up({"email": "ann@example.com", "password": PASSWORD})
+    cli("users", "add", "ann@example.com", "--team", "red")
+    client.auth.sign_in_with_password({"email": "ann@example.com", "password": PASSWORD})
     inserted = client.table("documents").insert(
         {"title": "hello", "content": "world", "visibility": "team", "team": "red"}).execute()
     assert inserted.data[0]["team"] == "red"

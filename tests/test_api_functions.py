@@ -20,6 +20,11 @@ from supabase_functions.errors import FunctionsHttpError
 from worker.devstack.api.app import create_app
 from worker.devstack.api.functions import functions_routes
 from worker.devstack.api.keys import ProjectKeys, load_or_create
+from worker.devstack.api.limits import (
+    MAX_EMBED_INPUTS,
+    MAX_EMBED_TEXT_BYTES,
+    MAX_EMBED_TOTAL_BYTES,
+)
 from worker.models.base import Embedder
 from worker.users import add_user
 
@@ -133,3 +138,26 @@ def test_wake_notifies_every_listening_worker_without_a_key(api, db_url):
             for note in listener.notifies(timeout=0.5, stop_after=2):
                 channels.add(note.channel)
                 assert note.payload == "http"
+
+
+def test_embed_input_is_capped_before_the_model_runs(api, embedder):
+    """The anon key is public: the size of what it may make the model do is bounded."""
+    big = "word " * (MAX_EMBED_TEXT_BYTES // 5 + 1)
+    response = api.post("/functions/v1/embed", {"input": big})
+    assert response.status_code == 413
+    assert f"at most {MAX_EMBED_TEXT_BYTES} bytes per text" in response.json()["message"]
+    many = ["x" * (MAX_EMBED_TEXT_BYTES - 1)] * (MAX_EMBED_TOTAL_BYTES // MAX_EMBED_TEXT_BYTES
+                                                  + 1)
+    response = api.post("/functions/v1/embed", {"input": many})
+    assert response.status_code == 413
+    assert f"at most {MAX_EMBED_TOTAL_BYTES} bytes per call" in response.json()["message"]
+    response = api.post("/functions/v1/embed", {"input": ["x"] * (MAX_EMBED_INPUTS + 1)})
+    assert response.status_code == 400 and str(MAX_EMBED_INPUTS) in response.json()["message"]
+    # Within the bytes but longer than the model reads: refused, not cut off silently.
+    long = "the " * (embedder.max_tokens + 10)
+    response = api.post("/functions/v1/embed", {"input": ["short", long]})
+    assert response.status_code == 400
+    assert f"at most {embedder.max_tokens} tokens" in response.json()["message"]
+    assert api.loads == [1]  # the byte limits refused before the model was loaded
+    fits = "the " * (embedder.max_tokens - 10)
+    assert len(api.post("/functions/v1/embed", {"input": fits}).json()["embedding"]) == 384

@@ -18,6 +18,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute
 
+from worker.devstack.api import limits
 from worker.devstack.api.auth import AuthApi
 from worker.devstack.api.errors import EXCEPTION_HANDLERS
 from worker.devstack.api.keys import ProjectKeys
@@ -25,8 +26,10 @@ from worker.devstack.api.rest.routes import RestApi
 
 
 def create_app(db_url: str, keys: ProjectKeys, *, routes: Sequence[BaseRoute] = (),
-               pool_size: int = 8) -> Starlette:
-    """The local API for the database at db_url, its tokens signed with keys."""
+               pool_size: int = 8, max_rows: int | None = None) -> Starlette:
+    """The local API for the database at db_url, its tokens signed with keys; reads
+    return at most max_rows rows (default: `[api] max_rows` of the project's
+    supabase/config.toml, found from the working directory, else 1000)."""
     pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
         db_url, min_size=1, max_size=pool_size, open=False, timeout=10,
         # A restarted or reset local database leaves dead connections behind.
@@ -42,7 +45,8 @@ def create_app(db_url: str, keys: ProjectKeys, *, routes: Sequence[BaseRoute] = 
         finally:
             pool.close()
 
-    rest, auth = RestApi(pool, keys), AuthApi(pool, keys)
+    rows = limits.max_rows() if max_rows is None else max_rows
+    rest, auth = RestApi(pool, keys, max_rows=rows), AuthApi(pool, keys)
     app = Starlette(
         routes=[*rest.routes(), *auth.routes(), *routes],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -13,10 +13,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
+import re
 import secrets
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -29,6 +31,7 @@ from starlette.routing import Route
 
 from worker.devstack.api.context import bearer_token, request_claims
 from worker.devstack.api.keys import ACCESS_TOKEN_LIFETIME, ProjectKeys
+from worker.devstack.api.limits import MAX_AUTH_BODY, MAX_EMAIL_LENGTH, read_json
 from worker.errors import AuthError, InvalidToken
 from worker.users import User
 
@@ -52,6 +55,26 @@ def check_password(password: str, stored: str | None) -> bool:
     actual = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n),
                             r=int(r), p=int(p))
     return hmac.compare_digest(actual, base64.b64decode(digest))
+
+
+#: GoTrue's email check (badoux/checkmail's format): local part, @, a domain.
+_EMAIL = re.compile(r"[a-zA-Z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}"
+                    r"[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*")
+
+
+def _email(value: Any, *, check_format: bool = True) -> str:
+    """value as an email address, or GoTrue's 400 `validation_failed` saying what is wrong.
+    Sign-in skips the format (an unknown address is `invalid_credentials`) but not what
+    PostgreSQL cannot look up (a NUL) or GoTrue's length limit."""
+    if not isinstance(value, str) or not value:
+        raise AuthError(400, "validation_failed", "An email address is required")
+    if len(value) > MAX_EMAIL_LENGTH:
+        raise AuthError(400, "validation_failed",
+                        f"An email address is too long (at most {MAX_EMAIL_LENGTH} characters)")
+    if "\0" in value or (check_format and not _EMAIL.fullmatch(value)):
+        raise AuthError(400, "validation_failed",
+                        "Unable to validate email address: invalid format")
+    return value
 
 
 _USER_COLUMNS = """id, aud, role, email, encrypted_password, email_confirmed_at, last_sign_in_at,
@@ -103,10 +126,9 @@ class AuthApi:
 
     @staticmethod
     async def _body(request: Request) -> dict[str, Any]:
-        try:
-            body = json.loads(await request.body() or b"{}")
-        except ValueError as exc:
-            raise AuthError(400, "bad_json", "Could not parse request body as JSON") from exc
+        body = await read_json(request, max_bytes=MAX_AUTH_BODY, error=_body_error)
+        if body is None:
+            return {}
         if not isinstance(body, dict):
             raise AuthError(400, "bad_json", "Request body must be a JSON object")
         return body
@@ -122,10 +144,7 @@ class AuthApi:
     async def signup(self, request: Request) -> Response:
         self._require_apikey(request)
         body = await self._body(request)
-        email, password = body.get("email"), body.get("password")
-        if not isinstance(email, str) or "@" not in email:
-            raise AuthError(400, "validation_failed", "Unable to validate email address: "
-                            "invalid format")
+        email, password = _email(body.get("email")), body.get("password")
         if not isinstance(password, str) or len(password) < MIN_PASSWORD:
             raise AuthError(422, "weak_password",
                             f"Password should be at least {MIN_PASSWORD} characters.",
@@ -150,6 +169,7 @@ class AuthApi:
         return JSONResponse(await run_in_threadpool(self._session, request, row))
 
     async def user(self, request: Request) -> Response:
+        self._require_apikey(request)
         claims = self._user_claims(request)
         row = await run_in_threadpool(self._fetch, claims["sub"])
         if row is None:
@@ -157,6 +177,7 @@ class AuthApi:
         return JSONResponse(user_json(row))
 
     async def logout(self, request: Request) -> Response:
+        self._require_apikey(request)
         claims = self._user_claims(request)
         scope = request.query_params.get("scope", "global")
         if scope not in ("global", "local", "others"):
@@ -208,20 +229,16 @@ class AuthApi:
 
     def _create_user(self, email: str, password: str, data: dict[str, Any]) -> dict[str, Any]:
         app_metadata = {"provider": "email", "providers": ["email"]}
-        with self.pool.connection() as conn:
-            # An account an operator made with `suparag users add` has no password yet:
-            # the first sign-up with its email sets one (and keeps its team).
+        with self.pool.connection() as conn, _invalid_data():
+            # Any existing email is refused, as GoTrue does: an account an operator made
+            # with `suparag users add` has no password, and letting a sign-up set one
+            # would hand that account (and its team) to whoever asked first.
             row: dict[str, Any] | None = conn.execute(
                 f"""
                 insert into auth.users (email, encrypted_password, raw_app_meta_data,
                                         raw_user_meta_data, email_confirmed_at, last_sign_in_at)
                 values (lower(%(email)s), %(hash)s, %(app)s, %(data)s, now(), now())
-                on conflict (email) do update
-                  set encrypted_password = excluded.encrypted_password,
-                      raw_user_meta_data = auth.users.raw_user_meta_data
-                                           || excluded.raw_user_meta_data,
-                      last_sign_in_at = now(), updated_at = now()
-                  where auth.users.encrypted_password is null
+                on conflict (email) do nothing
                 returning {_USER_COLUMNS}
                 """,
                 {"email": email, "hash": hash_password(password), "app": Jsonb(app_metadata),
@@ -235,6 +252,7 @@ class AuthApi:
         email, password = body.get("email"), body.get("password")
         if not isinstance(email, str) or not isinstance(password, str):
             raise AuthError(400, "validation_failed", "email and password are required")
+        email = _email(email, check_format=False)
         with self.pool.connection() as conn:
             row: dict[str, Any] | None = conn.execute(
                 f"select {_USER_COLUMNS} from auth.users where email = lower(%s)", (email,)
@@ -282,6 +300,20 @@ class AuthApi:
         params: tuple[Any, ...] = (user_id,) if scope == "global" else (user_id, session_id)
         with self.pool.connection() as conn:
             conn.execute("delete from auth.refresh_tokens where user_id = %s" + where, params)
+
+
+@contextmanager
+def _invalid_data() -> Iterator[None]:
+    """A value PostgreSQL cannot store (a NUL in `data`) as GoTrue's 400, not a crash."""
+    try:
+        yield
+    except psycopg.DataError as exc:
+        raise AuthError(400, "validation_failed", "Invalid user data: "
+                        f"{exc.diag.message_primary or exc}") from exc
+
+
+def _body_error(status: int, message: str, details: str | None) -> AuthError:
+    return AuthError(status, "bad_json" if status == 400 else "request_too_large", message)
 
 
 def _digest(refresh_token: str) -> str:

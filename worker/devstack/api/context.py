@@ -24,9 +24,20 @@ def request_claims(headers: Mapping[str, str], keys: ProjectKeys) -> dict[str, A
     """The verified claims of the request, or a PostgREST-shaped 401.
 
     Supabase's gateway refuses a request without a key, so a missing token is
-    a 401 here too rather than PostgREST's bare anon.
+    a 401 here too rather than PostgREST's bare anon; and an `apikey` header that
+    is not a valid project key is a 401 even beside a valid Bearer token.
     """
     token = bearer_token(headers)
+    apikey = headers.get("apikey")
+    if apikey and apikey != token:
+        # Supabase's gateway checks the apikey header on its own, whatever the Bearer
+        # token: a wrong key beside a valid token is still refused.
+        try:
+            keys.verify(apikey)
+        except InvalidToken as exc:
+            raise ApiError(401, "PGRST301", f"Invalid API key: {exc}",
+                           hint="Send the anon key (see `suparag dev status`) as the apikey "
+                           "header.", headers={"WWW-Authenticate": "Bearer"}) from exc
     if token is None:
         raise ApiError(401, "PGRST301", "No API key found in request",
                        hint="Send the anon key (see `suparag dev status`) as the apikey "

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from json import JSONDecodeError
 from typing import Any
 
 import psycopg
@@ -29,19 +28,55 @@ from starlette.routing import Route
 
 from worker.devstack.api.context import request_claims
 from worker.devstack.api.keys import ProjectKeys
+from worker.devstack.api.limits import (
+    MAX_EMBED_INPUTS,
+    MAX_EMBED_TEXT_BYTES,
+    MAX_EMBED_TOTAL_BYTES,
+    MAX_FUNCTIONS_BODY,
+    read_json,
+)
 from worker.errors import ApiError
 from worker.jobs.queue import QUEUES
 from worker.models.base import Embedder
 
 #: The channels `suparag worker` listens on, one per queue (worker.jobs.queue).
 WAKE_CHANNELS = tuple(queue.channel for queue in QUEUES)
-#: Texts one embed call may carry; more is a 400 rather than a stalled API.
-MAX_INPUTS = 256
+_HINT = 'Send {"input": "text"} or {"input": ["text", ...]}.'
 
 
 def _bad_request(message: str) -> ApiError:
-    return ApiError(400, "bad_request", message,
-                    hint='Send {"input": "text"} or {"input": ["text", ...]}.')
+    return ApiError(400, "bad_request", message, hint=_HINT)
+
+
+def _body_error(status: int, message: str, details: str | None) -> ApiError:
+    return ApiError(status, "bad_request" if status == 400 else "request_too_large", message,
+                    details=details, hint=_HINT)
+
+
+def _check_sizes(texts: list[str]) -> None:
+    """Bound the model's work before it starts (the anon key is public): 400 for too
+    many texts, 413 for a text or a call too large."""
+    if len(texts) > MAX_EMBED_INPUTS:
+        raise _bad_request(f"at most {MAX_EMBED_INPUTS} texts per call (got {len(texts)})")
+    sizes = [len(t.encode()) for t in texts]
+    for i, size in enumerate(sizes):
+        if size > MAX_EMBED_TEXT_BYTES:
+            raise ApiError(413, "request_too_large", f"text {i} is {size} bytes; at most "
+                           f"{MAX_EMBED_TEXT_BYTES} bytes per text", hint="Split the text "
+                           "into chunks (`suparag ingest` does) and embed each.")
+    if sum(sizes) > MAX_EMBED_TOTAL_BYTES:
+        raise ApiError(413, "request_too_large", f"the texts are {sum(sizes)} bytes; at most "
+                       f"{MAX_EMBED_TOTAL_BYTES} bytes per call", hint="Send fewer texts "
+                       "per call.")
+
+
+def _check_tokens(embedder: Embedder, texts: list[str]) -> None:
+    """400 for a text longer than the model reads (it would be cut off silently)."""
+    for i, text in enumerate(texts):
+        tokens = embedder.count_tokens(text)
+        if tokens > embedder.max_tokens:
+            raise _bad_request(f"text {i} is {tokens} tokens; {embedder.name} reads at most "
+                               f"{embedder.max_tokens} tokens per text")
 
 
 class FunctionsApi:
@@ -67,10 +102,7 @@ class FunctionsApi:
 
     async def embed(self, request: Request) -> Response:
         request_claims(request.headers, self.keys)  # 401 unless a valid project JWT
-        try:
-            body = await request.json()
-        except (JSONDecodeError, UnicodeDecodeError) as exc:
-            raise _bad_request(f"the body is not JSON: {exc}") from exc
+        body = await read_json(request, max_bytes=MAX_FUNCTIONS_BODY, error=_body_error)
         texts = body.get("input") if isinstance(body, dict) else None
         single = isinstance(texts, str)
         if single:
@@ -79,9 +111,9 @@ class FunctionsApi:
                 or not all(isinstance(t, str) and t.strip() for t in texts)):
             raise _bad_request("`input` must be a non-empty string or a non-empty list of "
                                "non-empty strings")
-        if len(texts) > MAX_INPUTS:
-            raise _bad_request(f"at most {MAX_INPUTS} texts per call (got {len(texts)})")
+        _check_sizes(texts)
         embedder = await run_in_threadpool(self.embedder)
+        await run_in_threadpool(_check_tokens, embedder, texts)
         vectors = await run_in_threadpool(embedder.embed, texts)
         rows = [[float(x) for x in vector] for vector in vectors]
         if single:

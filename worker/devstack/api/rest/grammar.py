@@ -278,10 +278,10 @@ def order_clause(value: str | None) -> sql.Composable:
 
 
 def non_negative(name: str, value: str | None) -> int | None:
-    """`limit` / `offset` as an int."""
+    """`limit` / `offset` as an int: ASCII digits only (`²` passes str.isdigit)."""
     if value is None:
         return None
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise parse_error(f'"failed to parse {name} ({value})"', f"{name} is a whole number")
     return int(value)
 

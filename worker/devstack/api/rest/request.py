@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +11,8 @@ from starlette.requests import Request
 
 from worker.devstack.api.context import request_claims
 from worker.devstack.api.keys import ProjectKeys
+from worker.devstack.api.limits import DEFAULT_MAX_ROWS, MAX_REST_BODY, read_json
+from worker.devstack.api.rest import grammar
 from worker.devstack.api.rest.catalog import SCHEMA
 from worker.errors import ApiError
 
@@ -30,6 +31,8 @@ class Call:
     claims: dict[str, Any]
     prefer: dict[str, str]
     body: Any = None
+    #: Rows one read may return (PostgREST's `db-max-rows`, the CLI's `[api] max_rows`).
+    max_rows: int = DEFAULT_MAX_ROWS
 
     @property
     def role(self) -> str:
@@ -37,6 +40,12 @@ class Call:
 
     def param(self, name: str) -> str | None:
         return next((v for k, v in self.params if k == name), None)
+
+    @property
+    def limit(self) -> int:
+        """`limit=`, capped at max_rows as PostgREST caps it (no limit: max_rows)."""
+        asked = grammar.non_negative("limit", self.param("limit"))
+        return self.max_rows if asked is None else min(asked, self.max_rows)
 
     @property
     def single(self) -> bool:
@@ -62,22 +71,50 @@ def check_profile(headers: Mapping[str, str], method: str) -> None:
                        hint="suparag's local API serves only schema public")
 
 
-async def read_call(request: Request, keys: ProjectKeys) -> Call:
-    """The request as a Call: a 401 without a valid key, a 400 for a body that is not JSON."""
+def _body_error(status: int, message: str, details: str | None) -> ApiError:
+    return ApiError(status, "PGRST102", message, details=details)
+
+
+def check_params(params: list[tuple[str, str]]) -> None:
+    """PGRST100 (400) for a NUL in the query string: PostgreSQL text cannot hold one,
+    so no filter, order or select with it can be sent (PostgREST refuses it too)."""
+    for key, value in params:
+        if "\0" in key or "\0" in value:
+            raise ApiError(400, "PGRST100", f"query parameter {key!r} contains a NUL "
+                           "character (%00)", hint="Remove the NUL: PostgreSQL text "
+                           "cannot hold one.")
+
+
+def check_unsupported(headers: Mapping[str, str], prefer: Mapping[str, str]) -> None:
+    """PGRST100 (400) for what docs/local-api.md says is refused rather than ignored: a
+    `Range` header (its rows would be wrong) and `Prefer: tx=` (a rollback asked for
+    would be committed)."""
+    if "range" in headers:
+        raise ApiError(400, "PGRST100", "Range headers are not supported by suparag's "
+                       "local API", hint="Use limit= and offset= (supabase-py's .range() "
+                       "does).")
+    if "tx" in prefer:
+        raise ApiError(400, "PGRST100", f"Prefer: tx={prefer['tx']} is not supported by "
+                       "suparag's local API", hint="Drop the tx preference; each request "
+                       "commits, as on a Supabase project.")
+
+
+async def read_call(request: Request, keys: ProjectKeys, *,
+                    max_rows: int = DEFAULT_MAX_ROWS) -> Call:
+    """The request as a Call: a 401 without a valid key, a 400 for a body that is not
+    JSON or a query string with a NUL, a 413 for a body above MAX_REST_BODY."""
     headers = {k.lower(): v for k, v in request.headers.items()}
     claims = request_claims(headers, keys)
     check_profile(headers, request.method)
+    params = list(request.query_params.multi_items())
+    check_params(params)
+    prefer = parse_prefer(headers.get("prefer", ""))
+    check_unsupported(headers, prefer)
     body: Any = None
     if request.method in ("POST", "PATCH"):
-        raw = await request.body()
-        if raw.strip():
-            try:
-                body = json.loads(raw)
-            except ValueError as exc:
-                raise ApiError(400, "PGRST102", "Empty or invalid json",
-                               details=str(exc)) from exc
-        elif "table" in request.path_params:
+        body = await read_json(request, max_bytes=MAX_REST_BODY, error=_body_error)
+        if body is None and "table" in request.path_params:
             raise ApiError(400, "PGRST102", "Empty or invalid json")
     return Call(method=request.method, path=request.url.path, headers=headers,
-                params=list(request.query_params.multi_items()), claims=claims,
-                prefer=parse_prefer(headers.get("prefer", "")), body=body)
+                params=params, claims=claims,
+                prefer=prefer, body=body, max_rows=max_rows)

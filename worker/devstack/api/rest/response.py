@@ -44,6 +44,14 @@ def json_rows(conn: psycopg.Connection[Any], inner: sql.Composable, params: list
     return str(row["body"]), int(row["n"])
 
 
+def check_single(call: Call, rows: int) -> None:
+    """PGRST116 (406) if one object was asked for and there are not exactly one rows.
+    Raised inside the request's transaction, it rolls back what the statement did."""
+    if call.single and rows != 1:
+        raise ApiError(406, "PGRST116", "JSON object requested, multiple (or no) rows returned",
+                       details=f"The result contains {rows} rows")
+
+
 def respond(call: Call, result: Result) -> Response:
     """The HTTP response for result: PGRST116 (406) if one object was asked for and the
     result is not exactly one row."""
@@ -57,10 +65,7 @@ def respond(call: Call, result: Result) -> Response:
         headers["Content-Range"] = f"*/{result.total}"
     body = result.body
     if call.single and body is not None:
-        if result.rows != 1:
-            raise ApiError(406, "PGRST116",
-                           "JSON object requested, multiple (or no) rows returned",
-                           details=f"The result contains {result.rows} rows")
+        check_single(call, result.rows)
         body = json.dumps(json.loads(body)[0])
     if body is None or call.method == "HEAD":
         return Response(status_code=result.status, headers=headers)

@@ -26,6 +26,7 @@ from worker.db import set_request_context
 from worker.devstack.api.context import request_claims
 from worker.devstack.api.errors import from_database
 from worker.devstack.api.keys import ProjectKeys
+from worker.devstack.api.limits import DEFAULT_MAX_ROWS
 from worker.devstack.api.rest import catalog, rpc, tables
 from worker.devstack.api.rest.request import Call, read_call
 from worker.devstack.api.rest.response import JSON_TYPE, Result, respond
@@ -35,8 +36,9 @@ from worker.errors import ApiError
 class RestApi:
     """The `/rest/v1` routes over a connection pool."""
 
-    def __init__(self, pool: ConnectionPool[psycopg.Connection[Any]], keys: ProjectKeys) -> None:
-        self.pool, self.keys = pool, keys
+    def __init__(self, pool: ConnectionPool[psycopg.Connection[Any]], keys: ProjectKeys, *,
+                 max_rows: int = DEFAULT_MAX_ROWS) -> None:
+        self.pool, self.keys, self.max_rows = pool, keys, max_rows
 
     def routes(self) -> list[Route]:
         methods = ["GET", "HEAD", "POST", "PATCH", "DELETE"]
@@ -52,7 +54,7 @@ class RestApi:
                         media_type=JSON_TYPE)
 
     async def handle(self, request: Request) -> Response:
-        call = await read_call(request, self.keys)
+        call = await read_call(request, self.keys, max_rows=self.max_rows)
         if "function" in request.path_params:
             result = await run_in_threadpool(self._rpc, call, request.path_params["function"])
         else:

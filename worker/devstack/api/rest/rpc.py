@@ -13,7 +13,7 @@ from psycopg.types.json import Jsonb
 from worker.devstack.api.rest import catalog, grammar
 from worker.devstack.api.rest.catalog import FunctionSpec
 from worker.devstack.api.rest.request import Call
-from worker.devstack.api.rest.response import Result, json_rows
+from worker.devstack.api.rest.response import Result, check_single, json_rows
 
 
 def arguments(call: Call) -> dict[str, Any]:
@@ -74,12 +74,12 @@ def run(conn: psycopg.Connection[Any], call: Call, spec: FunctionSpec,
     # On GET the arguments are query parameters too; they are not filters.
     skip = args if call.method != "POST" else ()
     where = grammar.where_clause(call.params, skip=skip)
-    limit = grammar.non_negative("limit", call.param("limit"))
     offset = grammar.non_negative("offset", call.param("offset"))
     inner = sql.SQL("select {} from {} _f{}{}{}").format(
         grammar.select_list(call.param("select")), fn, where.sql,
-        grammar.order_clause(call.param("order")), grammar.page_clause(limit, offset))
+        grammar.order_clause(call.param("order")), grammar.page_clause(call.limit, offset))
     rows_body, n = json_rows(conn, inner, params + where.params)
+    check_single(call, n)  # in the transaction: a volatile function's work is undone
     if spec.returns == "row" and not call.single:
         # A function returning one composite answers with an object.
         rows = json.loads(rows_body)

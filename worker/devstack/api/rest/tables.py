@@ -12,7 +12,7 @@ from psycopg.types.json import Jsonb
 from worker.devstack.api.rest import catalog, grammar
 from worker.devstack.api.rest.request import Call
 from worker.devstack.api.rest.resource_embed import OUTER, ResourceEmbeds
-from worker.devstack.api.rest.response import Result, json_rows
+from worker.devstack.api.rest.response import Result, check_single, json_rows
 from worker.errors import ApiError
 
 
@@ -24,12 +24,12 @@ def run(conn: psycopg.Connection[Any], call: Call, table: str) -> Result:
                                  ResourceEmbeds(conn, table, OUTER).build)
     where = grammar.where_clause(call.params)
     if call.method in ("GET", "HEAD"):
-        limit = grammar.non_negative("limit", call.param("limit"))
         offset = grammar.non_negative("offset", call.param("offset"))
         inner = sql.SQL("select {} from {} {}{}{}{}").format(
             select, target, sql.Identifier(OUTER), where.sql,
-            grammar.order_clause(call.param("order")), grammar.page_clause(limit, offset))
+            grammar.order_clause(call.param("order")), grammar.page_clause(call.limit, offset))
         body, n = json_rows(conn, inner, where.params)
+        check_single(call, n)
         total = _count(conn, target, where) if call.prefer.get("count") else None
         return Result(200, body, n, total)
     if call.method == "POST":
@@ -50,15 +50,22 @@ def _count(conn: psycopg.Connection[Any], source: sql.Composable,
 
 def _mutate(conn: psycopg.Connection[Any], call: Call, statement: sql.Composed,
             params: list[Any], select: sql.Composable, status: int) -> Result:
-    """Run an insert/update/delete, returning rows if `Prefer: return=representation`."""
+    """Run an insert/update/delete, returning rows if `Prefer: return=representation`.
+
+    With `Accept: application/vnd.pgrst.object+json` a statement that touched other
+    than one row is a 406 raised here, inside the transaction, so it is undone
+    (PostgREST does the same).
+    """
     wants_rows = call.prefer.get("return") == "representation"
     count = bool(call.prefer.get("count"))
     if not wants_rows:
         cursor = conn.execute(statement, params)
+        check_single(call, cursor.rowcount)
         total = cursor.rowcount if count else None
         return Result(201 if status == 201 else 204, None, cursor.rowcount, total)
     inner = sql.SQL("select {} from pgrst_source {}").format(select, sql.Identifier(OUTER))
     body, n = json_rows(conn, inner, params, source=statement)
+    check_single(call, n)
     return Result(status, body, n, n if count else None)
 
 
