@@ -10,6 +10,7 @@ from rich.table import Table
 from cli._common import DbUrlOption, JsonOption, console, print_json, resolve_db_url
 from worker import users as users_mod
 from worker.db import connect
+from worker.errors import ConfigError
 
 app = typer.Typer(help="Manage local users (rows in auth.users) to own documents and search as.")
 
@@ -23,12 +24,27 @@ def add(
         str | None,
         typer.Option(help="Team, stored in app_metadata where the JWT claim (and RLS) reads it."),
     ] = None,
+    password: Annotated[
+        str | None,
+        typer.Option(help="Set the user's password for the local `/auth/v1` (sign-up never "
+                     "claims an existing user). Local development only: the value is visible "
+                     "to other processes.", show_default=False),
+    ] = None,
     db_url: DbUrlOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Create a user (or set the team of an existing one)."""
+    """Create a user (or set the team, or password, of an existing one)."""
+    from worker.devstack.api.auth import MIN_PASSWORD, hash_password
+
+    if password is not None and len(password) < MIN_PASSWORD:
+        raise ConfigError(f"--password must be at least {MIN_PASSWORD} characters, as "
+                          "Supabase Auth's default asks")
     with connect(resolve_db_url(db_url)) as conn:
         user = users_mod.add_user(conn, email, team=team)
+        if password is not None:
+            conn.execute("update auth.users set encrypted_password = %s,"
+                         " email_confirmed_at = coalesce(email_confirmed_at, now())"
+                         " where id = %s", (hash_password(password), user.id))
         conn.commit()
     if json_out:
         print_json({"id": str(user.id), "email": user.email, "team": user.team})

@@ -16,7 +16,7 @@ from conftest import free_port, port_taken
 from supabase import ClientOptions, create_client
 from supabase_auth.errors import AuthApiError, AuthWeakPasswordError
 from test_api_rest import PASSWORD, Api, serve
-from test_cli import Cli
+from test_cli import Cli, DbCli
 
 from worker.devstack.api.auth import check_password, hash_password
 from worker.devstack.api.keys import keys_path, load_or_create
@@ -166,6 +166,23 @@ def test_sign_up_cannot_take_over_an_operator_created_user(api, conn):
     with pytest.raises(AuthApiError):
         api.client().auth.sign_in_with_password({"email": "v@x.example",
                                                  "password": "attacker's"})
+
+
+def test_the_operator_gives_a_created_user_a_password(api, conn, tmp_path):
+    """The way in for users that exist before they sign up (the demo's, say):
+    `suparag users add EMAIL --password P`, then the official client signs in."""
+    cli = DbCli(tmp_path, api.db_url)
+    short = cli("users", "add", "v@x.example", "--password", "abc", check=False)
+    assert short.returncode == 1 and "at least 6 characters" in short.stderr
+    assert "Traceback" not in short.stderr
+    cli("users", "add", "v@x.example", "--team", "red", "--password", PASSWORD)
+    session = api.client().auth.sign_in_with_password(
+        {"email": "v@x.example", "password": PASSWORD}).session
+    assert session is not None
+    claims = jwt.decode(session.access_token, options={"verify_signature": False})
+    assert claims["app_metadata"]["team"] == "red"
+    with pytest.raises(AuthApiError):
+        api.client().auth.sign_in_with_password({"email": "v@x.example", "password": "wrong1"})
 
 
 def test_user_endpoint_refuses_bad_tokens(api, conn):
