@@ -8,30 +8,17 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+import test_api_realtime
 import websockets
-from test_api_realtime import Api, ask, run, serve
+from test_api_realtime import ask, run
 
-from worker.users import User, add_user
+# The fixtures of test_api_realtime: the API in-process, alice (team a) and bob (team b).
+api, users = test_api_realtime.api, test_api_realtime.users
 
 WAIT = 15.0
-
-
-@pytest.fixture
-def api(db_url: str, tmp_path: Path) -> Iterator[Api]:
-    yield from serve(db_url, tmp_path / "home")
-
-
-@pytest.fixture
-def users(conn) -> dict[str, User]:
-    made = {"alice": add_user(conn, "alice@example.com", team="a"),
-            "bob": add_user(conn, "bob@example.com", team="b")}
-    conn.commit()
-    return made
 
 
 def answer(conn, question_id: str, content: str) -> str:

@@ -11,15 +11,18 @@ import queue
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
-from test_api_realtime import Api, ask, serve
+import test_api_realtime
+from test_api_realtime import ask
 from test_api_realtime_vsn2 import answer
 
-from worker.users import User, add_user
+from worker.devstack.api.auth import hash_password
+
+# The fixtures of test_api_realtime: the API in-process, alice (team a) and bob (team b).
+api, users = test_api_realtime.api, test_api_realtime.users
 
 JS = Path(__file__).parent / "js"
 WAIT = 60.0
@@ -87,20 +90,11 @@ class Script:
         self.process.communicate(timeout=10)
 
 
-@pytest.fixture
-def api(db_url: str, tmp_path: Path) -> Iterator[Api]:
-    yield from serve(db_url, tmp_path / "home")
-
-
-@pytest.fixture
-def users(conn) -> dict[str, User]:
-    made = {"alice": add_user(conn, "alice@example.com", team="a"),
-            "bob": add_user(conn, "bob@example.com", team="b")}
-    conn.commit()
-    return made
-
-
 def test_supabase_js_receives_its_users_answer_and_never_anothers(api, conn, users):
+    # alice's password, set as `suparag users add --password` sets it.
+    conn.execute("update auth.users set encrypted_password = %s where id = %s",
+                  (hash_password(PASSWORD), users["alice"].id))
+    conn.commit()
     command = node_command()
     env = {**os.environ, "SUPABASE_URL": api.url, "SUPABASE_ANON_KEY": api.keys.anon_key,
            "EMAIL": "alice@example.com", "PASSWORD": PASSWORD}

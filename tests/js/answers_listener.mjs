@@ -39,11 +39,12 @@ const supabase = createClient(SUPABASE_URL, SUPABASE_ANON_KEY, {
   auth: { persistSession: false, autoRefreshToken: false },
 })
 
-const { data: auth, error: authError } = await supabase.auth.signUp({
+// The user exists already (made by the operator, with a password): sign in.
+const { data: auth, error: authError } = await supabase.auth.signInWithPassword({
   email: EMAIL,
   password: PASSWORD,
 })
-if (authError || !auth.session) fail(`sign-up failed: ${authError?.message ?? 'no session'}`)
+if (authError || !auth.session) fail(`sign-in failed: ${authError?.message ?? 'no session'}`)
 
 const events = []
 let state = null
