@@ -58,6 +58,7 @@ def ask(
     from worker.models.factory import llm_from_settings
     from worker.settings import get_settings
 
+    search_mod.check_query(question, what="question")
     conversation_id = _conversation_id(conversation)
     metadata_filter = search_mod.parse_filter(filters or [])
     url = resolve_db_url(db_url)

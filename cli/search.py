@@ -58,6 +58,7 @@ def search(
     `public.match_documents` (or `public.hybrid_search`) runs with the user's
     JWT claims, so the results are exactly what that user may read.
     """
+    search_mod.check_query(query)
     search_mod.check_options(hybrid=hybrid, threshold=threshold)
     metadata_filter = search_mod.parse_filter(filters or [])
     with connect(resolve_db_url(db_url)) as conn:

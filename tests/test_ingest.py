@@ -16,7 +16,7 @@ from test_cli import Cli
 from cli.ingest import Visibility
 from worker import ingest as ingest_mod
 from worker.db import as_request, connect
-from worker.documents import VISIBILITIES, parse_pairs
+from worker.documents import MAX_JSON_DEPTH, VISIBILITIES, parse_pairs
 from worker.errors import ConfigError, NotFound, UserNotFound
 from worker.jobs.embedding import EmbeddingWorker
 from worker.jobs.queue import WorkerConfig
@@ -466,3 +466,43 @@ def test_cli_errors_are_one_line(cli_at, conn, people, tmp_path):
     result = cli_at("ingest", str(kb / "nope"), "--owner", "alice@example.com", check=False)
     assert result.returncode == 1 and "no such file or folder" in result.stderr
     assert documents(conn) == {}
+
+
+def nested(depth: int) -> str:
+    """A record whose metadata nests arrays `depth` levels deep in all (the record is one)."""
+    return '{"content": "deep", "metadata": {"a": ' + "[" * (depth - 2) + "]" * (depth - 2) + "}}"
+
+
+def test_json_nested_too_deep_is_skipped_and_the_rest_ingested(conn, people, tmp_path):
+    # Issue 14: 3,000 levels used to end the whole run in a RecursionError.
+    kb = tmp_path / "kb"
+    write(kb / "deep.json", nested(3000))
+    write(kb / "over.json", nested(MAX_JSON_DEPTH + 1))
+    write(kb / "limit.json", nested(MAX_JSON_DEPTH))
+    write(kb / "log.jsonl", '{"content": "first"}\n' + nested(3000) + "\n"
+                            + nested(MAX_JSON_DEPTH + 1) + '\n{"content": "fourth"}\n')
+    write(kb / "a.md", "# A\n")
+    report = run(conn, [kb])
+    reason = (f"nested deeper than {MAX_JSON_DEPTH} levels of arrays and objects: "
+              "flatten it to ingest it")
+    assert skipped(report) == {
+        "kb/deep.json": reason, "kb/over.json": reason,
+        "kb/log.jsonl#line=2": f"line 2: {reason}", "kb/log.jsonl#line=3": f"line 3: {reason}"}
+    docs = documents(conn)
+    assert set(docs) == {"kb/a.md", "kb/limit.json", "kb/log.jsonl#line=1",
+                         "kb/log.jsonl#line=4"}
+    assert docs["kb/limit.json"]["content"] == "deep"
+
+
+def test_cli_reports_json_nested_too_deep(cli_at, conn, people, tmp_path):
+    kb = tmp_path / "kb"
+    write(kb / "deep.json", nested(3000))
+    write(kb / "log.jsonl", nested(3000) + '\n{"content": "second"}\n')
+    out = json.loads(cli_at("ingest", str(kb), "--owner", "alice@example.com", "--json").stdout)
+    assert (out["created"], out["skipped"]) == (1, 2)
+    assert {s["source"]: s["reason"] for s in out["skipped_items"]} == {
+        "kb/deep.json": f"nested deeper than {MAX_JSON_DEPTH} levels of arrays and objects: "
+                        "flatten it to ingest it",
+        "kb/log.jsonl#line=1": f"line 1: nested deeper than {MAX_JSON_DEPTH} levels of arrays "
+                               "and objects: flatten it to ingest it"}
+    assert set(documents(conn)) == {"kb/log.jsonl#line=2"}

@@ -217,6 +217,34 @@ def test_cli_search_errors(cli, world, tmp_path, db_url):
     assert result.returncode == 1 and "semantic search only" in result.stderr
 
 
+BLANKS = ["", "  ", " \t\n "]
+
+
+@pytest.mark.parametrize("blank", BLANKS)
+def test_cli_search_refuses_an_empty_query(cli, corpus, blank):
+    # Issue 14: `search ""` embedded the empty string and ranked chunks by it.
+    result = cli("search", blank, check=False)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        'error: the query is empty: say what to look for, e.g. suparag search "refund policy"']
+
+
+@pytest.mark.parametrize("blank", BLANKS)
+def test_cli_ask_refuses_an_empty_question(cli, corpus, blank):
+    # Issue 14: `ask ""` died in a CheckViolation traceback; a question of tabs and
+    # newlines passed the table's check (btrim trims spaces only) and was "answered".
+    result = cli("ask", blank, "--as", "alice@example.com", check=False)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        "error: the question is empty: say what to look for, e.g. "
+        'suparag ask "How do refunds work?" --as EMAIL']
+
+
+def test_search_refuses_an_empty_query(conn, corpus, embedder):
+    with pytest.raises(ConfigError, match="the query is empty"):
+        search(conn, embedder, " ", claims=None)
+
+
 def test_help_explains_search(cli):
     out = cli("search", "--help").stdout
     for option in ("--as", "--hybrid", "-k", "--threshold", "--filter", "--model", "--json"):

@@ -5,7 +5,7 @@ object: `suparag ingest --metadata` tags documents with it and `suparag search
 --filter` (and `ask --filter`) looks them up with it, so a filter finds what was
 tagged only while both read a pair the same way. Values must be what PostgreSQL
 stores: strict JSON (jsonb refuses NaN and Infinity) and text without NULs or
-lone surrogates.
+lone surrogates, nested at most MAX_JSON_DEPTH deep.
 """
 
 from __future__ import annotations
@@ -15,10 +15,15 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from worker.errors import ConfigError
+from worker.errors import ConfigError, JsonTooDeep
 
 #: Who may read a document; the documents table's check constraint holds the same three.
 VISIBILITIES = ("private", "team", "public")
+
+#: How deeply arrays and objects may nest in JSON we read (serde_json's default limit).
+#: Parsing, cleaning and storing a value each recurse once per level, so a record
+#: nested thousands deep would exhaust Python's stack (RecursionError) on the way in.
+MAX_JSON_DEPTH = 128
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
@@ -28,8 +33,32 @@ def _reject_constant(name: str) -> Any:
 
 
 def loads(text: str) -> Any:
-    """Strict JSON: NaN and Infinity, which jsonb refuses, are errors (ValueError)."""
-    return json.loads(text, parse_constant=_reject_constant)
+    """Strict JSON: NaN and Infinity, which jsonb refuses, are errors (ValueError), and
+    nesting deeper than MAX_JSON_DEPTH is JsonTooDeep (also a ValueError)."""
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise JsonTooDeep(_TOO_DEEP) from None
+    if _deeper_than(value, MAX_JSON_DEPTH):
+        raise JsonTooDeep(_TOO_DEEP)
+    return value
+
+
+_TOO_DEEP = (f"nested deeper than {MAX_JSON_DEPTH} levels of arrays and objects: "
+             "flatten it to ingest it")
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than limit levels (walked without recursion)."""
+    stack = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children
+                     if isinstance(child, dict | list))
+    return False
 
 
 def storable(value: Any) -> tuple[Any, int]:

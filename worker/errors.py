@@ -13,7 +13,8 @@
     │   │   └── EmbeddingServiceUnavailable   down or throttling: nothing can be embedded now
     │   └── LLMError                 the chat model failed, timed out or refused
     ├── ingest (worker/ingest)
-    │   └── NotText                  a file is not text; the message is why it is skipped
+    │   ├── NotText                  a file is not text; the message is why it is skipped
+    │   └── JsonTooDeep              (also ValueError) JSON nested deeper than we read
     ├── queues (worker/jobs)
     │   ├── EmbeddingJobError        a document could not be embedded (stored on its job)
     │   └── AnswerFailed             a question asked from the CLI was not answered
@@ -100,6 +101,10 @@ class LLMError(SuparagError):
 
 class NotText(SuparagError):
     """A file's bytes are not text ingest can read; the message is the reason it is skipped."""
+
+
+class JsonTooDeep(SuparagError, ValueError):
+    """JSON nests arrays and objects deeper than worker.documents.MAX_JSON_DEPTH."""
 
 
 # -- the queues (worker/jobs) -------------------------------------------------------------

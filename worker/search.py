@@ -92,6 +92,15 @@ def parse_filter(pairs: Sequence[str]) -> dict[str, Any]:
     return parse_pairs(pairs, option="filter")
 
 
+def check_query(text: str, *, what: str = "query") -> None:
+    """Refuse an empty or whitespace-only query or question: there is nothing to look for
+    (an empty string still embeds to a vector, which would rank chunks at random)."""
+    if not text.strip():
+        example = ('suparag ask "How do refunds work?" --as EMAIL' if what == "question"
+                   else 'suparag search "refund policy"')
+        raise ConfigError(f"the {what} is empty: say what to look for, e.g. {example}")
+
+
 def check_options(*, hybrid: bool, threshold: float | None) -> None:
     """Refuse a threshold on hybrid search: a fused rank has no similarity to cut at."""
     if hybrid and threshold is not None:
@@ -163,6 +172,7 @@ def search(
     whose metadata contains it. `threshold`: minimum cosine similarity
     (semantic search only).
     """
+    check_query(query)
     check_options(hybrid=hybrid, threshold=threshold)
     rows = retrieve(conn, embedder.embed([query])[0], claims=claims, model=embedder.name, k=k,
                     metadata_filter=metadata_filter, threshold=threshold,

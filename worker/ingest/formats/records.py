@@ -3,7 +3,8 @@
 A .json file holding one record is one document; an array of objects of which
 some are records gives one per record and reports the others; any other JSON is
 stored pretty-printed. Each non-blank JSONL line is one record. A bad record is
-reported (with its line or item) and the rest of the file is kept.
+reported (with its line or item) and the rest of the file is kept; JSON nested
+deeper than MAX_JSON_DEPTH is reported as such (a whole .json file, one JSONL line).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 from typing import Any
 
 from worker.documents import loads
+from worker.errors import JsonTooDeep
 from worker.ingest.items import Document, Parsed, Skipped, SourceFile
 
 
@@ -23,6 +25,9 @@ def read_json(file: SourceFile, text: str) -> Parsed:
         return parsed
     try:
         value = loads(text)
+    except JsonTooDeep as exc:
+        parsed.skipped.append(Skipped(file.source, str(exc)))
+        return parsed
     except ValueError as exc:
         parsed.skipped.append(Skipped(file.source, f"invalid JSON: {exc}"))
         return parsed
@@ -54,6 +59,9 @@ def read_jsonl(file: SourceFile, text: str) -> Parsed:
         where = f"line {number}"
         try:
             value = loads(line)
+        except JsonTooDeep as exc:
+            parsed.skipped.append(Skipped(f"{file.source}#line={number}", f"{where}: {exc}"))
+            continue
         except ValueError as exc:
             parsed.skipped.append(Skipped(f"{file.source}#line={number}",
                                           f"{where}: invalid JSON: {exc}"))

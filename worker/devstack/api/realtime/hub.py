@@ -34,6 +34,10 @@ log = logging.getLogger("suparag.realtime")
 
 PATH = "/realtime/v1/websocket"
 
+#: Channels one socket may hold, as Supabase Realtime's default `max_channels_per_client`;
+#: the next join is refused with upstream's reason.
+MAX_CHANNELS_PER_SOCKET = 100
+
 
 def verify(keys: ProjectKeys, token: str) -> dict[str, Any]:
     """The token's claims, or JoinRefused with the reason Supabase Realtime gives."""
@@ -149,7 +153,7 @@ class RealtimeHub:
                     frame = received.get("bytes") or b""
                 try:
                     message = serializer.decode(frame)
-                except ValueError as exc:
+                except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
                     log.info("realtime: ignoring a frame that is not a vsn %s message: %s",
                              vsn, exc)
                     continue
@@ -186,9 +190,14 @@ class RealtimeHub:
         ref, join_ref = message.ref, message.join_ref
 
         def reply(status: str, response: Mapping[str, Any]) -> None:
-            socket.send(topic, "phx_reply", {"status": status, "response": response},
+            socket.send(str(topic), "phx_reply", {"status": status, "response": response},
                         ref=ref, join_ref=join_ref)
 
+        # Whatever the codec let through, a malformed frame gets an error reply and the
+        # socket stays open (issue 14): one bad push must not end the client's other channels.
+        if not isinstance(topic, str) or not isinstance(event, str):
+            reply("error", {"reason": "InvalidMessage: topic and event must be strings"})
+            return
         if topic == "phoenix":
             if event == "heartbeat":
                 reply("ok", {})
@@ -209,6 +218,11 @@ class RealtimeHub:
             closing = channel.join_ref if channel else join_ref
             socket.send(topic, "phx_close", {}, ref=closing, join_ref=closing)
         elif event == "access_token":
+            if not isinstance(payload, Mapping) or not isinstance(
+                    payload.get("access_token"), str):
+                reply("error", {"reason": "MalformedJWT: the access_token payload must be "
+                                          '{"access_token": "<jwt>"}'})
+                return
             self._refresh(socket, topic, payload)
         else:
             log.info("realtime: %s on %s is not served (postgres_changes only)", event, topic)
@@ -224,6 +238,13 @@ class RealtimeHub:
         if not topic.startswith("realtime:") or topic == "realtime:":
             reply("error", {"reason": "TopicNameRequired: You must provide a topic name"})
             return
+        raw = _join_bindings(payload)
+        if isinstance(raw, str):
+            reply("error", {"reason": f"InvalidJoinPayload: {raw}"})
+            return
+        if topic not in socket.channels and len(socket.channels) >= MAX_CHANNELS_PER_SOCKET:
+            reply("error", {"reason": "ChannelRateLimitReached: Too many channels"})
+            return
         token = payload.get("access_token") or apikey
         if not isinstance(token, str) or token.startswith("sb_"):
             token = apikey
@@ -232,8 +253,6 @@ class RealtimeHub:
         except JoinRefused as exc:
             reply("error", {"reason": str(exc)})
             return
-        config = payload.get("config") or {}
-        raw = [p for p in (config.get("postgres_changes") or []) if isinstance(p, Mapping)]
         name = topic.removeprefix("realtime:")
         try:
             bindings = [Binding.parse(p) for p in raw]
@@ -271,6 +290,19 @@ class RealtimeHub:
             self.shut_down(channel, str(exc))
             return
         channel.claims = claims
+
+
+def _join_bindings(payload: Any) -> list[Mapping[str, Any]] | str:
+    """The `config.postgres_changes` entries of a join payload, or what is wrong with it."""
+    if not isinstance(payload, Mapping):
+        return "the join payload must be an object"
+    config = payload.get("config") or {}
+    if not isinstance(config, Mapping):
+        return "config must be an object"
+    changes = config.get("postgres_changes") or []
+    if not isinstance(changes, list) or not all(isinstance(p, Mapping) for p in changes):
+        return "config.postgres_changes must be a list of objects"
+    return changes
 
 
 def realtime_routes(db_url: str, keys: ProjectKeys) -> list[BaseRoute]:
