@@ -16,6 +16,7 @@ import pytest
 from conftest import wait_for
 
 from worker.db import connect
+from worker.errors import ConfigError
 from worker.jobs.embedding import EmbeddingWorker
 from worker.jobs.queue import WorkerConfig
 from worker.jobs.service import Service, ServiceConfig
@@ -121,6 +122,15 @@ def test_busy_port_is_a_clear_error(db_url, embedder):
                          service=ServiceConfig(http_port=port, listen=False))
         with pytest.raises(Exception, match="Choose another --http-port"):
             second.run()
+
+
+@pytest.mark.parametrize("port", [-1, 65536, 70000])
+def test_a_port_out_of_range_is_a_clear_error(db_url, embedder, port):
+    # Issue 14: bind() raised OverflowError, which no error boundary turns into a message.
+    service = Service([EmbeddingWorker(db_url, embedder)],
+                      service=ServiceConfig(http_port=port, listen=False))
+    with pytest.raises(ConfigError, match=f"--http-port {port} is not a port: give one from 0"):
+        service.run()
 
 
 # -- the real command, as a process -------------------------------------------------------

@@ -243,6 +243,9 @@ class Service:
             self._realtime.start()
         if self.service.http_port is not None:
             address = (self.service.http_host, self.service.http_port)
+            if not 0 <= self.service.http_port <= 65535:  # bind() would raise OverflowError
+                raise ConfigError(f"--http-port {self.service.http_port} is not a port: "
+                                  "give one from 0 (any free port) to 65535")
             try:
                 self._http = WakeServer(address, self.wakeups, self.health)
             except OSError as exc:
