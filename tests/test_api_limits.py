@@ -125,6 +125,24 @@ def test_a_nul_in_the_query_string_is_400(api, world, params):
     assert response.json()["code"] == "PGRST100" and "NUL" in response.json()["message"]
 
 
+def test_an_update_or_delete_without_a_filter_is_refused(api, conn, world):
+    """pg-safeupdate, as Supabase loads it for API requests: not every row the caller
+    owns, by a forgotten `.eq()`; with a filter that matches them all it is allowed."""
+    alice = api.keys.access_token(world.users["alice"])
+    for method, body in (("PATCH", b'{"title": "oops"}'), ("DELETE", None)):
+        response = send(api, method, "/rest/v1/documents", content=body, key=alice)
+        assert response.status_code == 400, response.text
+        verb = "UPDATE" if method == "PATCH" else "DELETE"
+        assert response.json()["code"] == "21000"
+        assert response.json()["message"] == f"{verb} requires a WHERE clause"
+    owned = conn.execute("select title from public.documents where owner_id = %s"
+                         " order by title", (world.users["alice"].id,)).fetchall()
+    assert [r["title"] for r in owned] == ["alice_private", "alice_public", "alice_team"]
+    everything = send(api, "PATCH", "/rest/v1/documents?id=not.is.null", key=alice,
+                      content=b'{"title": "renamed"}', Prefer="return=representation")
+    assert everything.status_code == 200 and len(everything.json()) == 3
+
+
 @pytest.mark.parametrize("method", ["DELETE", "PATCH"])
 @pytest.mark.parametrize("prefer", ["return=representation", "return=minimal"])
 def test_single_object_mutation_of_two_rows_changes_nothing(api, conn, world, method, prefer):

@@ -23,6 +23,8 @@ def run(conn: psycopg.Connection[Any], call: Call, table: str) -> Result:
     select = grammar.select_list(call.param("select"),
                                  ResourceEmbeds(conn, table, OUTER).build)
     where = grammar.where_clause(call.params)
+    if call.method in ("PATCH", "DELETE") and where.sql == sql.SQL(""):
+        _refuse_unfiltered(call.method)
     if call.method in ("GET", "HEAD"):
         offset = grammar.non_negative("offset", call.param("offset"))
         inner = sql.SQL("select {} from {} {}{}{}{}").format(
@@ -38,6 +40,15 @@ def run(conn: psycopg.Connection[Any], call: Call, table: str) -> Result:
         return _update(conn, call, table, columns, select, where)
     statement = sql.SQL("delete from {}{}").format(target, where.sql)
     return _mutate(conn, call, statement, where.params, select, 200)
+
+
+def _refuse_unfiltered(method: str) -> None:
+    """Supabase loads pg-safeupdate for API requests: an update or delete without a filter
+    fails with its error (SQLSTATE 21000) instead of changing every row the caller may."""
+    verb = "UPDATE" if method == "PATCH" else "DELETE"
+    raise ApiError(400, "21000", f"{verb} requires a WHERE clause",
+                   hint="Add a filter (e.g. ?id=eq.<id>). To change every row you may, say "
+                        "so with a filter that matches them all, e.g. ?id=not.is.null.")
 
 
 def _count(conn: psycopg.Connection[Any], source: sql.Composable,
