@@ -226,3 +226,38 @@ def test_range_headers_and_tx_preferences_are_refused_as_documented(api, conn, w
     # supabase-py's .range() is limit and offset, and still works.
     rows = api.client(service).table("documents").select("id").range(0, 1).execute()
     assert len(rows.data) == 2
+
+
+def test_sign_ins_are_rate_limited_per_address(api, conn):
+    """30 sign-ups and password sign-ins per 5 minutes from one address, as Supabase
+    Auth's default: a password cannot be guessed at the speed of a loop."""
+    headers = {"apikey": api.keys.anon_key}
+    signed_up = httpx.post(f"{api.url}/auth/v1/signup", headers=headers,
+                           json={"email": "guess@example.com", "password": PASSWORD})
+    assert signed_up.status_code == 200
+    token = f"{api.url}/auth/v1/token?grant_type=password"
+    for attempt in range(limits.SIGN_IN_LIMIT - 1):
+        wrong = httpx.post(token, headers=headers,
+                           json={"email": "guess@example.com", "password": f"guess {attempt}"})
+        assert wrong.status_code == 400, wrong.text
+    right = httpx.post(token, headers=headers,
+                       json={"email": "guess@example.com", "password": PASSWORD})
+    assert right.status_code == 429, right.text
+    assert right.json()["error_code"] == "over_request_rate_limit"
+    assert "access_token" not in right.text
+    # A session already held is not affected: refreshing is another budget.
+    refreshed = httpx.post(f"{api.url}/auth/v1/token?grant_type=refresh_token",
+                           headers=headers,
+                           json={"refresh_token": signed_up.json()["refresh_token"]})
+    assert refreshed.status_code == 200, refreshed.text
+
+
+def test_the_rate_limit_window_slides():
+    now = [0.0]
+    limit = limits.RateLimit(2, 10.0, clock=lambda: now[0])
+    assert limit.allow("a") and limit.allow("a") and not limit.allow("a")
+    assert limit.allow("b")  # per key
+    now[0] = 9.0
+    assert not limit.allow("a")
+    now[0] = 10.5  # the first two events have left the window
+    assert limit.allow("a") and limit.allow("a") and not limit.allow("a")

@@ -31,7 +31,14 @@ from starlette.routing import Route
 
 from worker.devstack.api.context import bearer_token, request_claims
 from worker.devstack.api.keys import ACCESS_TOKEN_LIFETIME, ProjectKeys
-from worker.devstack.api.limits import MAX_AUTH_BODY, MAX_EMAIL_LENGTH, read_json
+from worker.devstack.api.limits import (
+    MAX_AUTH_BODY,
+    MAX_EMAIL_LENGTH,
+    SIGN_IN_LIMIT,
+    SIGN_IN_WINDOW_SECONDS,
+    RateLimit,
+    read_json,
+)
 from worker.errors import AuthError, InvalidToken
 from worker.users import User
 
@@ -110,6 +117,16 @@ class AuthApi:
 
     def __init__(self, pool: ConnectionPool[psycopg.Connection[Any]], keys: ProjectKeys) -> None:
         self.pool, self.keys = pool, keys
+        self._sign_ins = RateLimit(SIGN_IN_LIMIT, SIGN_IN_WINDOW_SECONDS)
+
+    def _count_sign_in(self, request: Request) -> None:
+        """Sign-ups and password sign-ins share one budget per client address (GoTrue's)."""
+        address = request.client.host if request.client else "unknown"
+        if not self._sign_ins.allow(address):
+            raise AuthError(429, "over_request_rate_limit",
+                            f"Request rate limit reached: at most {SIGN_IN_LIMIT} sign-ups "
+                            f"and sign-ins per {SIGN_IN_WINDOW_SECONDS / 60:.0f} minutes "
+                            "from one address. Try again later.")
 
     def routes(self) -> list[Route]:
         return [
@@ -143,6 +160,7 @@ class AuthApi:
 
     async def signup(self, request: Request) -> Response:
         self._require_apikey(request)
+        self._count_sign_in(request)
         body = await self._body(request)
         email, password = _email(body.get("email")), body.get("password")
         if not isinstance(password, str) or len(password) < MIN_PASSWORD:
@@ -158,6 +176,7 @@ class AuthApi:
         body = await self._body(request)
         grant = request.query_params.get("grant_type")
         if grant == "password":
+            self._count_sign_in(request)
             row = await run_in_threadpool(self._password_grant, body)
         elif grant == "refresh_token":
             row, session_id, parent = await run_in_threadpool(self._refresh_grant, body)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 import tomllib
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,9 @@ MAX_EMBED_TEXT_BYTES = 16 * 1024
 MAX_EMBED_TOTAL_BYTES = 512 * 1024
 #: Characters in an email address (GoTrue's limit).
 MAX_EMAIL_LENGTH = 255
+#: Sign-ups and password sign-ins per client address: Supabase Auth's default of 30
+#: per 5 minutes, so a password cannot be guessed at the speed of a loop.
+SIGN_IN_LIMIT, SIGN_IN_WINDOW_SECONDS = 30, 300.0
 
 #: Makes the route's own error (PostgREST or GoTrue shape): (status, message, details).
 BodyError = Callable[[int, str, str | None], Exception]
@@ -93,3 +99,28 @@ def max_rows(start: Path | None = None) -> int:
                 return DEFAULT_MAX_ROWS
             return value if isinstance(value, int) and value > 0 else DEFAULT_MAX_ROWS
     return DEFAULT_MAX_ROWS
+
+
+class RateLimit:
+    """At most `limit` events per key in any `window` seconds (a sliding window)."""
+
+    def __init__(self, limit: int, window: float, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit, self.window, self._clock = limit, window, clock
+        self._events: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, key: str) -> bool:
+        """Count one event for key; False (and not counted) when key is over the limit."""
+        now = self._clock()
+        with self._lock:
+            events = self._events.setdefault(key, deque())
+            while events and events[0] <= now - self.window:
+                events.popleft()
+            if len(events) >= self.limit:
+                return False
+            events.append(now)
+            # Forget keys whose window has passed, so the table stays small.
+            for stale in [k for k, v in self._events.items() if v and v[-1] <= now - self.window]:
+                del self._events[stale]
+            return True
