@@ -153,6 +153,8 @@ class RealtimeHub:
                     frame = received.get("bytes") or b""
                 try:
                     message = serializer.decode(frame)
+                except protocol.MalformedFrame as bad:  # readable enough to answer with an error
+                    message = bad.message
                 except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
                     log.info("realtime: ignoring a frame that is not a vsn %s message: %s",
                              vsn, exc)

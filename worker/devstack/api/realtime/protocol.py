@@ -73,15 +73,27 @@ class Serializer(Protocol):
         ...
 
 
+class MalformedFrame(ValueError):
+    """A frame that is not a well-formed message, but says enough (its fields as sent, in
+    `message`) for the hub to answer it with an error reply instead of silence."""
+
+    def __init__(self, reason: str, message: Message) -> None:
+        super().__init__(reason)
+        self.message = message
+
+
 def _message(topic: Any, event: Any, payload: Any, ref: Any, join_ref: Any) -> Message:
-    """A Message from decoded JSON fields, or ValueError if they cannot be one."""
-    if not isinstance(topic, str) or not isinstance(event, str):
-        raise ValueError("topic and event must be strings")
+    """A Message from decoded JSON fields, or MalformedFrame if they cannot be one."""
     if payload is None:
         payload = {}
+    # As sent, for the error reply: the hub checks each field's type again.
+    sent = Message(topic=topic, event=event, payload=payload, ref=ref, join_ref=join_ref)
+    if not isinstance(topic, str) or not isinstance(event, str):
+        raise MalformedFrame("topic and event must be strings", sent)
     if not isinstance(payload, Mapping):
-        raise ValueError(f"the payload must be a JSON object, not {type(payload).__name__}")
-    return Message(topic=topic, event=event, payload=payload, ref=ref, join_ref=join_ref)
+        raise MalformedFrame(
+            f"the payload must be a JSON object, not {type(payload).__name__}", sent)
+    return sent
 
 
 def _json(text: str | bytes) -> Any:
