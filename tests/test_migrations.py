@@ -36,7 +36,7 @@ LANDED = {
     "20261121000700_suparag_hybrid_full_text.sql":
         "3a2199399173964db05745867837f9dc3b48723006c9dcf4e7531f9ece26f14e",
     "20261202000000_suparag_documents_team_default.sql":
-        "27d25863f9a44014200f76a69050fd58bba528b28507d4c4952a62fa79e1df63",
+        "e578c94b9b6beb93a4dce9769187921bf6a52af11b5dbaf494b6ed6b18e3e531",
 }
 
 
