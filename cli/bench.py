@@ -139,3 +139,36 @@ def answers(
 
     result = bench_answers.run(n=n, rate=rate, docs=docs, backlog=backlog, db_url=db_url)
     emit(result, json_out, bench_answers.print_report)
+
+
+@app.command()
+def chaos(
+    seconds: Annotated[float, typer.Option(min=1, help="Seconds of chaos before the drain.")]
+    = 120.0,
+    workers: Annotated[int, typer.Option(min=1, max=8, help="`suparag worker` processes on "
+                                         "the queue.")] = 2,
+    restarts: Annotated[int, typer.Option(min=0, max=10, help="Database restarts, evenly "
+                                          "spaced (alternately fast and immediate).")] = 2,
+    kill_every: Annotated[float, typer.Option(min=0.5, help="Seconds between SIGKILLs of a "
+                                              "random worker.")] = 4.0,
+    rate: Annotated[float, typer.Option(min=0.1, help="Driver operations per second.")] = 10.0,
+    seed: Annotated[int, typer.Option(help="Seed of the driver, the kills and the faults.")] = 14,
+    json_out: JsonOption = False,
+) -> None:
+    """The embedding guarantees under faults: kills, database restarts, a misbehaving API.
+
+    Loopback only, on a temporary embedded PostgreSQL: worker processes on one
+    queue use an OpenAI-compatible double that injects 429 + Retry-After, 500,
+    timeouts and slow answers; a driver inserts, edits and deletes documents.
+    After the drain a checker verifies every document, chunk and vector.
+    Exits 1 on any violation.
+    """
+    from bench import chaos as bench_chaos
+    from bench._common import emit
+
+    result = bench_chaos.run(seconds=seconds, workers=workers, restarts=restarts,
+                             kill_every=kill_every, rate=rate, seed=seed)
+    emit(result, json_out, bench_chaos.print_report)
+    if result["violations"]:
+        raise typer.Exit(code=1)
+
