@@ -172,3 +172,28 @@ def chaos(
     if result["violations"]:
         raise typer.Exit(code=1)
 
+
+@app.command()
+def api(
+    clients: Annotated[int, typer.Option(min=1, max=500, help="Signed-in clients, each a "
+                                         "different user.")] = 50,
+    seconds: Annotated[float, typer.Option(min=1, help="Seconds per phase.")] = 60.0,
+    slow: Annotated[int, typer.Option(min=0, help="Slow requests (pg_sleep(5) rpcs) kept "
+                                      "running in the second phase.")] = 8,
+    docs: Annotated[int, typer.Option(min=1, help="Documents in the corpus (random "
+                                      "vectors).")] = 500,
+    json_out: JsonOption = False,
+) -> None:
+    """The local API under load: rpc, inserts, selects, Realtime joins; then with slow calls.
+
+    Starts a temporary embedded PostgreSQL and the local API; clients over real
+    HTTP mix rpc('match_documents') (a precomputed query vector), inserts,
+    selects and Realtime subscriptions. Throughput, p50/p95/p99 per call type,
+    errors by status (503s apart), and the fast calls' p95 with slow requests
+    running against the quiet run (goal: within 2x).
+    """
+    from bench import api as bench_api
+    from bench._common import emit
+
+    result = bench_api.run(clients=clients, seconds=seconds, slow=slow, docs=docs)
+    emit(result, json_out, bench_api.print_report)
