@@ -1,7 +1,12 @@
 """supabase-js, unchanged and with its defaults (Realtime vsn 2.0.0), against the local
-API: a signed-in user's channel on `answers` receives their own answer and never
-another user's (issue 12). The client is the npm release pinned in
-tests/js/package-lock.json, installed here with `npm ci` when missing; Node >= 20."""
+API, as a JavaScript app uses it (issue 12): sign up and sign in, insert, the `embed`
+function, match_documents and hybrid_search under RLS, documents with their chunks, a
+Realtime channel on `answers` that receives its user's answer and never another's, and
+forged tokens refused on REST and Realtime. The client is the npm release pinned in
+tests/js/package-lock.json, installed here with `npm ci` when missing; Node >= 20.
+
+One Node process per scenario (tests/js/*.mjs); each prints JSON lines that the
+assertions here read."""
 
 from __future__ import annotations
 
@@ -11,22 +16,60 @@ import queue
 import shutil
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
-import test_api_realtime
-from test_api_realtime import ask
+from conftest import running_app
+from test_api_realtime import Api, ask
 from test_api_realtime_vsn2 import answer
 
+from worker.devstack.api.app import create_app
 from worker.devstack.api.auth import hash_password
-
-# The fixtures of test_api_realtime: the API in-process, alice (team a) and bob (team b).
-api, users = test_api_realtime.api, test_api_realtime.users
+from worker.devstack.api.functions import functions_routes
+from worker.devstack.api.keys import load_or_create
+from worker.devstack.api.realtime.hub import realtime_routes
+from worker.jobs.embedding import EmbeddingWorker
+from worker.models.base import Embedder
+from worker.users import User, add_user
 
 JS = Path(__file__).parent / "js"
 WAIT = 60.0
 PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def api(db_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Api]:
+    """The API as `suparag dev` serves it (REST, auth, Realtime, functions), in-process on
+    a free port; `embed` uses the session's model when the test asks for `embedder`."""
+    keys = load_or_create(tmp_path / "home")
+    model = (request.getfixturevalue("embedder") if "embedder" in request.fixturenames
+             else None)
+
+    def load() -> Embedder:
+        if model is None:
+            raise AssertionError("this test calls `embed`: give it the `embedder` fixture")
+        return model
+
+    app = create_app(db_url, keys, routes=[*realtime_routes(db_url, keys),
+                                           *functions_routes(keys, load)])
+    with running_app(app) as url:
+        yield Api(url=url, keys=keys)
+
+
+@pytest.fixture
+def users(conn) -> dict[str, User]:
+    """alice and carol (team a) and bob (team b), with passwords the operator set (as
+    `suparag users add --password` does)."""
+    made = {"alice": add_user(conn, "alice@example.com", team="a"),
+            "carol": add_user(conn, "carol@example.com", team="a"),
+            "bob": add_user(conn, "bob@example.com", team="b")}
+    for user in made.values():
+        conn.execute("update auth.users set encrypted_password = %s where id = %s",
+                     (hash_password(PASSWORD), user.id))
+    conn.commit()
+    return made
 
 
 def node_command() -> list[str]:
@@ -91,10 +134,6 @@ class Script:
 
 
 def test_supabase_js_receives_its_users_answer_and_never_anothers(api, conn, users):
-    # alice's password, set as `suparag users add --password` sets it.
-    conn.execute("update auth.users set encrypted_password = %s where id = %s",
-                  (hash_password(PASSWORD), users["alice"].id))
-    conn.commit()
     command = node_command()
     env = {**os.environ, "SUPABASE_URL": api.url, "SUPABASE_ANON_KEY": api.keys.anon_key,
            "EMAIL": "alice@example.com", "PASSWORD": PASSWORD}
@@ -120,3 +159,91 @@ def test_supabase_js_receives_its_users_answer_and_never_anothers(api, conn, use
     assert events[0]["new"]["content"] == "Tuesday at noon."
     assert events[1]["new"]["feedback"] == 1
     assert bobs not in json.dumps(events)
+
+
+#: Who reads which of the script's documents (alice's three, bob's team one).
+READABLE = {
+    "anon": {"alice public"},
+    "dave": {"alice public"},                        # signed up: no team
+    "bob": {"alice public", "bob team"},             # team b
+    "carol": {"alice team", "alice public"},         # alice's team mate (team a)
+    "alice": {"alice private", "alice team", "alice public"},
+}
+
+
+def test_supabase_js_signs_up_inserts_embeds_and_searches_under_rls(api, conn, users,
+                                                                     embedder, db_url):
+    env = {**os.environ, "SUPABASE_URL": api.url, "SUPABASE_ANON_KEY": api.keys.anon_key,
+           "PASSWORD": PASSWORD, "NEW_EMAIL": "dave@example.com"}
+    script = Script([*node_command(), "rag_flow.mjs"], env)
+    try:
+        signed_up = script.next("signed_up")["signed_up"]
+        assert signed_up == {"email": "dave@example.com", "has_session": True,
+                             "signed_in_same_user": True}, signed_up
+        inserted = script.next("inserted")["inserted"]
+        # The worker embeds what the app inserted, as `suparag dev`'s worker would.
+        assert EmbeddingWorker(db_url, embedder).drain().embedded == len(inserted)
+        script.write("embedded")
+        reads = script.next("reads")["reads"]
+        assert script.process.wait(timeout=WAIT) == 0, script.process.communicate()[1]
+    finally:
+        script.close()
+
+    # insert().select() returned the rows with what the database filled in from the JWT.
+    by_title = {row["title"]: row for row in inserted}
+    assert set(by_title) == {"alice private", "alice team", "alice public", "bob team"}
+    assert {t: (r["owner_id"], r["team"]) for t, r in by_title.items()} == {
+        "alice private": (str(users["alice"].id), None),
+        "alice team": (str(users["alice"].id), "a"),
+        "alice public": (str(users["alice"].id), None),
+        "bob team": (str(users["bob"].id), "b"),
+    }
+    assert all(r["embedding_status"] == "pending" for r in inserted)
+
+    for caller, readable in READABLE.items():
+        got = reads[caller]
+        assert set(got["match"]) == readable, (caller, "match_documents", got["match"])
+        assert set(got["hybrid"]) == readable, (caller, "hybrid_search", got["hybrid"])
+        embedded = {row["title"]: row for row in got["embedded"]}
+        assert set(embedded) == readable, (caller, "documents select", list(embedded))
+        for row in embedded.values():
+            # Each document's chunks came embedded; these texts fit one chunk each.
+            assert [c["chunk_index"] for c in row["document_chunks"]] == [0], (caller, row)
+            assert row["content"] in row["document_chunks"][0]["content"], (caller, row)
+    # The query is about the red database's restarts: the team runbook ranks first
+    # for every caller who may read it.
+    for caller in ("carol", "alice"):
+        assert reads[caller]["match"][0] == "alice team", (caller, reads[caller]["match"])
+        assert reads[caller]["hybrid"][0] == "alice team", (caller, reads[caller]["hybrid"])
+
+
+def test_supabase_js_forged_tokens_are_refused_on_rest_and_realtime(api, users):
+    env = {**os.environ, "SUPABASE_URL": api.url, "SUPABASE_ANON_KEY": api.keys.anon_key,
+           "EMAIL": "alice@example.com", "PASSWORD": PASSWORD}
+    script = Script([*node_command(), "forged_tokens.mjs"], env)
+    try:
+        rest = script.next("rest")["rest"]
+        realtime = script.next("realtime")["realtime"]
+        assert script.process.wait(timeout=WAIT) == 0, script.process.communicate()[1]
+    finally:
+        script.close()
+
+    # The same call with alice's genuine token reads (her table of questions is empty).
+    assert rest["genuine"] == {"status": 200, "error": None, "rows": []}, rest["genuine"]
+    for forged in ("wrong_secret", "alg_none", "tampered"):
+        got = rest[forged]
+        assert got["status"] == 401 and got["rows"] is None, (forged, got)
+        assert got["error"]["code"] == "PGRST301", (forged, got)
+
+    genuine = realtime["genuine"]
+    assert genuine["statuses"] == ["SUBSCRIBED"], genuine
+    assert [e["eventType"] for e in genuine["events"]] == ["INSERT"], genuine
+    for forged in ("wrong_secret", "alg_none", "tampered"):
+        got = realtime[forged]
+        assert got["statuses"] and set(got["statuses"]) == {"CHANNEL_ERROR"}, (forged, got)
+        assert got["events"] == [], (forged, got)
+        # The join's error reply carries upstream's reason (the client retries the join).
+        assert got["errors"] and len(set(got["errors"])) == 1, (forged, got)
+    assert realtime["wrong_secret"]["errors"][0].startswith("JwtSignatureError"), realtime
+    assert realtime["tampered"]["errors"][0].startswith("JwtSignatureError"), realtime
+    assert "alg" in realtime["alg_none"]["errors"][0], realtime
