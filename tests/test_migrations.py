@@ -37,6 +37,8 @@ LANDED = {
         "3a2199399173964db05745867837f9dc3b48723006c9dcf4e7531f9ece26f14e",
     "20261202000000_suparag_documents_team_default.sql":
         "e578c94b9b6beb93a4dce9769187921bf6a52af11b5dbaf494b6ed6b18e3e531",
+    "20261202010000_suparag_match_langchain.sql":
+        "caf71738e567aeeb1606c8990c10b9c11b2d446a58d755332d925319e2e111c3",
 }
 
 
