@@ -124,7 +124,9 @@ def test_cli_push_and_suparag_agree_on_history(pushed, supabase, pg_server):
 
 def test_advisors_report_no_error_or_warning(pushed, supabase):
     _, cli_url = pushed
-    found = supabase.json("db", "advisors", "--db-url", cli_url, "--level", "info")["results"]
+    # --fail-on warn: the exit status a project's CI would gate on.
+    found = supabase.json("db", "advisors", "--db-url", cli_url, "--level", "info",
+                          "--fail-on", "warn")["results"]
     assert [(f["level"], f["name"], f["detail"]) for f in found
             if f["level"] in ("ERROR", "WARN")] == []
     # The lints ran: the private queues are closed by default (RLS, no policy), on purpose.
