@@ -23,6 +23,21 @@ class Channel:
     claims: dict[str, Any]
     bindings: list[Binding]
     socket: Socket
+    #: Joined with `config.private`: receives only private broadcasts, and only
+    #: because the policies on realtime.messages let its user read the topic.
+    private: bool = False
+    #: `config.broadcast.self`: the sender's own broadcasts come back to it.
+    self_broadcast: bool = False
+    #: `config.broadcast.ack`: each broadcast push gets a reply.
+    ack_broadcast: bool = False
+    #: May this channel's user send on the private topic? Checked on the first send
+    #: and again after a token refresh (None: not checked yet).
+    can_write: bool | None = None
+
+    @property
+    def name(self) -> str:
+        """The topic without `realtime:`, as realtime.topic() and realtime.messages hold it."""
+        return self.topic.removeprefix("realtime:")
 
 
 @dataclass(eq=False)

@@ -4,7 +4,9 @@ the channels whose bindings match, checking RLS as each subscriber.
 Changes come from the capture trigger of sql/supabase_standin.sql (there is no
 WAL decoder here): the thread LISTENs on `suparag_realtime`, reads the rows of
 transactions committed since its last snapshot, and delivers them as Supabase's
-`realtime.apply_rls` does (see the package docstring for the rules).
+`realtime.apply_rls` does (see the package docstring for the rules). Messages
+inserted into `realtime.messages` (`realtime.send`) come the same way, in commit
+order, and go to the hub's broadcast without any per-subscriber query.
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ from psycopg import sql
 
 from worker.backoff import backoff_seconds
 from worker.db import as_request, connect
+from worker.devstack.api.realtime import broadcast
 from worker.devstack.api.realtime.bindings import OPERATORS, Binding, Filter
 from worker.devstack.api.realtime.channels import Channel
 
 log = logging.getLogger("suparag.realtime")
 
 CHANNEL = "suparag_realtime"
+#: Captured inserts into this table are broadcasts, not row changes.
+MESSAGES = ("realtime", "messages")
 #: How long a change stays after every reader's snapshot has passed it.
 RETENTION_SECONDS = 60.0
 #: A running server renews its consumer row this often (it is valid for 3x as long).
@@ -41,6 +46,8 @@ class Subscribers(Protocol):
     def channels(self) -> Sequence[Channel]: ...
 
     def shut_down(self, channel: Channel, message: str) -> None: ...
+
+    def broadcast(self, topic: str, private: bool, payload: Mapping[str, Any]) -> int: ...
 
 
 class Dispatcher(threading.Thread):
@@ -106,6 +113,9 @@ class Dispatcher(threading.Thread):
                     " where xid < pg_snapshot_xmin(%s::pg_snapshot)"
                     " and captured_at < now() - make_interval(secs => %s)",
                     (self._snapshot, RETENTION_SECONDS))
+                # Supabase keeps broadcast messages three days (daily partitions).
+                conn.execute("delete from realtime.messages"
+                             " where inserted_at < now() - interval '3 days'")
 
     def _retire(self, conn: psycopg.Connection[dict[str, Any]]) -> None:
         with conn.transaction():
@@ -136,6 +146,12 @@ class Dispatcher(threading.Thread):
                 " order by id", {"prev": self._snapshot}).fetchall()
         self._snapshot = str(row["snap"])
         for change in changes:
+            if (change["schema_name"], change["table_name"]) == MESSAGES:
+                # A broadcast: authorized at join, so delivering it costs no query.
+                sent = broadcast.from_row(change["record"] or {})
+                if sent is not None:
+                    self.subscribers.broadcast(*sent)
+                continue
             for channel in self.subscribers.channels():
                 try:
                     self._deliver(conn, change, channel)
