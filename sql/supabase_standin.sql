@@ -283,7 +283,10 @@ begin
 end
 $$;
 
+-- Owned by supabase_admin as on Supabase, so the CLI's `migration down` leaves it
+-- alone as a managed schema.
 create schema if not exists realtime;
+alter schema realtime owner to supabase_admin;
 grant usage on schema realtime to anon, authenticated, service_role;
 
 create table if not exists realtime.messages (

@@ -9,11 +9,13 @@ owner, another user and anon, with forged and expired tokens."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 import psycopg
 import pytest
@@ -377,5 +379,50 @@ def test_a_user_cannot_send_on_their_private_answers_topic(api, users):
         assert listener.received == [] and sender.received == []
         await sender.close()
         await listener.close()
+
+    run(main)
+
+
+# -- the work per message ------------------------------------------------------------------------
+
+
+def metrics(api: Api, key: str) -> httpx.Response:
+    return httpx.get(f"{api.url}/realtime/v1/metrics", headers={"apikey": key}, timeout=30)
+
+
+def counters(api: Api) -> dict[str, float]:
+    response = metrics(api, api.keys.service_role_key)
+    assert response.status_code == 200, response.text
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in response.text.splitlines() if line and not line.startswith("#")}
+
+
+def test_broadcast_delivery_runs_no_query_per_message(
+        api, conn, users):
+    """What `suparag bench answers --delivery` reads: statements run as subscribers."""
+    assert metrics(api, api.keys.anon_key).status_code == 401
+    alice = users["alice"]
+    queries = 'suparag_realtime_authorization_queries_total{path="%s"}'
+    sent = 'suparag_realtime_messages_sent_total{kind="%s"}'
+
+    async def main() -> None:
+        listeners = []
+        for _ in range(3):
+            listener = Listener(api, api.keys.access_token(alice))
+            assert await listener.join(topic_of(alice)) == RealtimeSubscribeStates.SUBSCRIBED
+            listeners.append(listener)
+        joined = counters(api)
+        assert joined[queries % "broadcast"] == 3 * 4  # one read check per join
+        for n in range(5):
+            conn.execute("select realtime.send(%s, 'probe', %s)",
+                         (json.dumps({"n": n}), topic_of(alice)))
+            conn.commit()
+        for listener in listeners:
+            await asyncio.to_thread(wait_for, lambda x=listener: len(x.events("probe")) == 5, 10)
+        after = counters(api)
+        assert after[sent % "broadcast"] - joined[sent % "broadcast"] == 15
+        assert after[queries % "broadcast"] == joined[queries % "broadcast"]  # none per message
+        for listener in listeners:
+            await listener.close()
 
     run(main)

@@ -28,6 +28,7 @@ from typing import Any
 import psycopg
 
 from worker.db import connect, set_request_context
+from worker.devstack.api.realtime.channels import Stats
 
 log = logging.getLogger("suparag.realtime")
 
@@ -73,8 +74,9 @@ class Authorizer:
     at a time (each is two or three short statements in a rolled-back transaction).
     """
 
-    def __init__(self, db_url: str) -> None:
+    def __init__(self, db_url: str, stats: Stats | None = None) -> None:
         self.db_url = db_url
+        self.stats = stats or Stats()
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
 
@@ -99,6 +101,8 @@ class Authorizer:
             for attempt in (1, 2):
                 conn = self._connection()
                 try:
+                    # The probe's insert (a read check), the context, the topic, the test.
+                    self.stats.queried("broadcast", 3 if write else 4)
                     return self._probe(conn, claims, topic, write=write)
                 except psycopg.OperationalError:
                     self._conn = None  # the database restarted: one fresh try

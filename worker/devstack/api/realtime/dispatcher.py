@@ -27,7 +27,7 @@ from worker.backoff import backoff_seconds
 from worker.db import as_request, connect
 from worker.devstack.api.realtime import broadcast
 from worker.devstack.api.realtime.bindings import OPERATORS, Binding, Filter
-from worker.devstack.api.realtime.channels import Channel
+from worker.devstack.api.realtime.channels import Channel, Stats
 
 log = logging.getLogger("suparag.realtime")
 
@@ -53,9 +53,11 @@ class Subscribers(Protocol):
 class Dispatcher(threading.Thread):
     """LISTENs for captured changes and delivers them to matching channels."""
 
-    def __init__(self, db_url: str, subscribers: Subscribers) -> None:
+    def __init__(self, db_url: str, subscribers: Subscribers, stats: Stats | None = None
+                 ) -> None:
         super().__init__(name="suparag-realtime-dispatch", daemon=True)
         self.db_url, self.subscribers = db_url, subscribers
+        self.stats = stats or Stats()
         self.consumer = f"realtime-{uuid.uuid4()}"
         self.stopping = threading.Event()
         self.ready = threading.Event()
@@ -175,6 +177,7 @@ class Dispatcher(threading.Thread):
         if data is not None:
             payload, ids = data
             channel.socket.send(channel.topic, "postgres_changes", {"ids": ids, "data": payload})
+            self.stats.sent("postgres_changes")
 
     def _visible(self, conn: psycopg.Connection[dict[str, Any]], change: Mapping[str, Any],
                  claims: Mapping[str, Any], bindings: list[Binding]
@@ -186,6 +189,7 @@ class Dispatcher(threading.Thread):
         record = change["record"] if op != "DELETE" else None
         old = change["old_record"] or {}
         compared = record if record is not None else old
+        self.stats.queried("postgres_changes", 2)  # the request context, the columns
         with as_request(conn, claims) as tx:
             columns = tx.execute(
                 "select a.attname as name, t.typname as type,"
@@ -210,6 +214,7 @@ class Dispatcher(threading.Thread):
                     match = sql.SQL(" and ").join(
                         sql.SQL("t.{col} = {row}.{col}").format(col=sql.Identifier(k), row=row_of)
                         for k in keys)
+                    self.stats.queried("postgres_changes")
                     with tx.transaction():  # a savepoint: a refusal must not end the request
                         try:
                             found = tx.execute(
@@ -219,6 +224,8 @@ class Dispatcher(threading.Thread):
                             return None
                     if not (found and found["ok"]):
                         return None
+            filtered = [b for b in bindings if b.filter is not None]
+            self.stats.queried("postgres_changes", len(filtered))
             ids = [b.id for b in bindings
                    if b.filter is None or self._passes(tx, target, b.filter, compared)]
         if not ids:

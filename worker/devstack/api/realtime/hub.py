@@ -21,21 +21,23 @@ from typing import Any
 import jwt
 import psycopg
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from worker.db import connect
 from worker.devstack.api.keys import ProjectKeys
 from worker.devstack.api.realtime import broadcast, protocol
 from worker.devstack.api.realtime.bindings import Binding, binding_id
-from worker.devstack.api.realtime.channels import Channel, Socket
+from worker.devstack.api.realtime.channels import Channel, Socket, Stats
 from worker.devstack.api.realtime.dispatcher import Dispatcher
 from worker.errors import InvalidToken, JoinRefused, SubscriptionError
 
 log = logging.getLogger("suparag.realtime")
 
 PATH = "/realtime/v1/websocket"
+METRICS_PATH = "/realtime/v1/metrics"
 
 #: Channels one socket may hold, as Supabase Realtime's default `max_channels_per_client`;
 #: the next join is refused with upstream's reason.
@@ -78,10 +80,26 @@ class RealtimeHub:
         self._lock = threading.Lock()
         self._sockets: set[Socket] = set()
         self._dispatcher: Dispatcher | None = None
-        self.authorizer = broadcast.Authorizer(db_url)
+        self.stats = Stats()
+        self.authorizer = broadcast.Authorizer(db_url, self.stats)
 
     def routes(self) -> list[BaseRoute]:
-        return [WebSocketRoute(PATH, self.endpoint)]
+        return [WebSocketRoute(PATH, self.endpoint), Route(METRICS_PATH, self.metrics)]
+
+    async def metrics(self, request: Request) -> Response:
+        """The server's counters in Prometheus' format, for the service_role key only (as
+        Supabase Realtime's /metrics wants its own token)."""
+        key = request.headers.get("apikey") or request.headers.get(
+            "authorization", "").removeprefix("Bearer ")
+        try:
+            role = verify(self.keys, key).get("role") if key else None
+        except JoinRefused:
+            role = None
+        if role != "service_role":
+            return JSONResponse({"message": "the service_role key is required"},
+                                status_code=401)
+        return PlainTextResponse(self.stats.prometheus(),
+                                 media_type="text/plain; version=0.0.4")
 
     def channels(self) -> list[Channel]:
         """Every channel joined on any socket (the dispatcher delivers to these)."""
@@ -106,6 +124,7 @@ class RealtimeHub:
                 continue
             channel.socket.send(channel.topic, protocol.BROADCAST, payload)
             sent += 1
+        self.stats.sent("broadcast", sent)
         return sent
 
     # -- dispatcher lifetime ----------------------------------------------------------
@@ -117,7 +136,7 @@ class RealtimeHub:
         with self._lock:
             dispatcher = self._dispatcher
             if dispatcher is None or dispatcher.stopping.is_set() or not dispatcher.is_alive():
-                dispatcher = self._dispatcher = Dispatcher(self.db_url, self)
+                dispatcher = self._dispatcher = Dispatcher(self.db_url, self, self.stats)
                 dispatcher.start()
         if not dispatcher.ready.wait(30) or dispatcher.error is not None:
             raise RuntimeError(f"realtime could not start: {dispatcher.error}")
