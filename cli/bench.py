@@ -124,6 +124,13 @@ def answers(
     backlog: Annotated[int, typer.Option(min=0, help="Documents committed just before the "
                                          "first question, so questions are answered while "
                                          "the worker embeds them.")] = 0,
+    delivery: Annotated[str | None, typer.Option(
+        help="Instead: compare answer delivery paths with many subscribers, `broadcast` "
+             "(private topics), `changes` (postgres_changes) or `both`; a streamed chat "
+             "double writes the answers. Uses --subscribers and --rate.")] = None,
+    subscribers: Annotated[int, typer.Option(
+        min=1, help="With --delivery: signed-in subscribers per path, one question each.")
+    ] = 200,
     db_url: BenchDbUrl = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -133,9 +140,21 @@ def answers(
     client asks at a steady rate and times each answer's `done` event. Also
     the worker's share by the database's clock (answers.updated_at -
     questions.created_at) and what delivery adds; p50, p95 and max of each.
+
+    With --delivery: SUBSCRIBERS users per path each join their answers (a private
+    Broadcast topic, or postgres_changes on answers) and ask one question; time to the
+    first text and to done, and the Realtime server's authorization statements per
+    message delivered.
     """
-    from bench import answers as bench_answers
     from bench._common import emit
+
+    if delivery is not None:
+        from bench import delivery as bench_delivery
+
+        emit(bench_delivery.run(subscribers=subscribers, rate=rate, delivery=delivery,
+                                db_url=db_url), json_out, bench_delivery.print_report)
+        return
+    from bench import answers as bench_answers
 
     result = bench_answers.run(n=n, rate=rate, docs=docs, backlog=backlog, db_url=db_url)
     emit(result, json_out, bench_answers.print_report)

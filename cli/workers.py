@@ -100,7 +100,8 @@ def worker(
     if only != Only.embeddings:
         workers.append(AnswerWorker(url, embedder, llm=llm_from_settings(settings),
                                     config=AnswerConfig(max_attempts=max_attempts,
-                                                        lease_seconds=lease)))
+                                                        lease_seconds=lease,
+                                                        broadcast=settings.answer_broadcast)))
     service = Service(workers, service=ServiceConfig(
         sweep_seconds=sweep, http_host=http_host, http_port=http_port, listen=not no_listen,
         supabase_url=settings.supabase_url, supabase_key=settings.supabase_service_role_key))

@@ -295,3 +295,132 @@ $$;
 comment on function suparag_realtime.sync_triggers() is
   'Attach the capture trigger to every table in the supabase_realtime publication, and detach it from tables that left.';
 revoke all on function suparag_realtime.sync_triggers() from public, anon, authenticated, service_role;
+
+-- Realtime Broadcast: realtime.messages, realtime.send, realtime.topic -----------
+-- As Supabase Realtime defines them (its tenant migrations), so the same SQL that
+-- authorizes private channels and sends from the database on a hosted project
+-- works here. Supabase partitions realtime.messages by day and creates the
+-- partitions itself; here one default partition holds every message and the local
+-- Realtime server prunes what is older than three days, Supabase's retention.
+do $$
+begin
+  if not exists (select from pg_catalog.pg_roles where rolname = 'supabase_realtime_admin') then
+    create role supabase_realtime_admin nologin noinherit;
+  end if;
+end
+$$;
+
+-- Owned by supabase_admin as on Supabase, so the CLI's `migration down` leaves it
+-- alone as a managed schema.
+create schema if not exists realtime;
+alter schema realtime owner to supabase_admin;
+grant usage on schema realtime to anon, authenticated, service_role;
+
+create table if not exists realtime.messages (
+  topic text not null,
+  extension text not null,
+  payload jsonb,
+  event text,
+  private boolean default false,
+  updated_at timestamp without time zone not null default now(),
+  inserted_at timestamp without time zone not null default now(),
+  id uuid not null default gen_random_uuid(),
+  binary_payload bytea,
+  constraint messages_payload_exclusive check (payload is null or binary_payload is null),
+  constraint messages_pkey primary key (id, inserted_at)
+) partition by range (inserted_at);
+create table if not exists realtime.messages_local partition of realtime.messages default;
+alter table realtime.messages enable row level security;
+alter table realtime.messages owner to supabase_realtime_admin;
+alter table realtime.messages_local owner to supabase_realtime_admin;
+grant insert, select, update on table realtime.messages to anon, authenticated, service_role;
+
+create or replace function realtime.topic() returns text
+language sql stable
+as $$ select nullif(current_setting('realtime.topic', true), '')::text; $$;
+
+-- A rollback sends nothing; a failed insert (a policy refusing the sender, for
+-- one) is a warning, never an error in the sender's transaction.
+create or replace function realtime.send(payload jsonb, event text, topic text,
+                                         private boolean default true)
+returns void
+language plpgsql
+as $$
+declare
+  generated_id uuid;
+  final_payload jsonb;
+begin
+  begin
+    generated_id := gen_random_uuid();
+    if payload ? 'id' then
+      final_payload := payload;
+    else
+      final_payload := jsonb_set(payload, '{id}', to_jsonb(generated_id));
+    end if;
+    execute format('set local realtime.topic to %L', topic);
+    insert into realtime.messages (id, payload, event, topic, private, extension)
+    values (generated_id, final_payload, event, topic, private, 'broadcast');
+  exception
+    when others then
+      raise warning 'WarnSendingBroadcastMessage: %', sqlerrm;
+  end;
+end
+$$;
+
+create or replace function realtime.broadcast_changes(
+  topic_name text, event_name text, operation text, table_name text, table_schema text,
+  new record, old record, level text default 'ROW')
+returns void
+language plpgsql
+as $$
+declare
+  row_data jsonb := '{}'::jsonb;
+begin
+  if level = 'STATEMENT' then
+    raise exception 'function can only be triggered for each row, not for each statement';
+  end if;
+  if operation in ('INSERT', 'UPDATE', 'DELETE') then
+    row_data := jsonb_build_object('old_record', old, 'record', new, 'operation', operation,
+                                   'table', table_name, 'schema', table_schema);
+    perform realtime.send(row_data, event_name, topic_name);
+  else
+    raise exception 'Unexpected operation type: %', operation;
+  end if;
+exception
+  when others then
+    raise exception 'Failed to process the row: %', sqlerrm;
+end
+$$;
+
+alter function realtime.topic() owner to supabase_realtime_admin;
+alter function realtime.send(jsonb, text, text, boolean) owner to supabase_realtime_admin;
+alter function realtime.broadcast_changes(text, text, text, text, text, record, record, text)
+  owner to supabase_realtime_admin;
+
+-- Supabase Realtime reads new messages from the WAL; here a trigger hands each
+-- committed broadcast to the local server through the same capture table as row
+-- changes, in commit order. Messages are captured only while a server runs.
+create or replace function suparag_realtime.capture_message() returns trigger
+language plpgsql security definer
+set search_path = ''
+set timezone = 'UTC'
+as $$
+begin
+  if new.extension <> 'broadcast'
+     or not exists (select from suparag_realtime.consumers where alive_until > now()) then
+    return null;
+  end if;
+  insert into suparag_realtime.changes (schema_name, table_name, op, record)
+  values ('realtime', 'messages', 'INSERT', to_jsonb(new));
+  perform pg_notify('suparag_realtime', pg_catalog.pg_current_xact_id()::text);
+  return null;
+end
+$$;
+comment on function suparag_realtime.capture_message() is
+  'AFTER INSERT trigger on realtime.messages: hands a broadcast to the local Realtime server.';
+revoke all on function suparag_realtime.capture_message()
+  from public, anon, authenticated, service_role;
+
+drop trigger if exists suparag_realtime_broadcast on realtime.messages;
+create trigger suparag_realtime_broadcast after insert on realtime.messages
+  for each row execute function suparag_realtime.capture_message();

@@ -117,3 +117,21 @@ def test_bench_answers(db_url):
     assert_summary(r["insert_to_done_event_ms"])
     assert_summary(r["db_created_to_done_ms"])
     assert leftovers(db_url) == {"users": 0, "docs": 0, "chunks": 0, "jobs": 0}
+
+
+def test_bench_answers_delivery(db_url):
+    """Both delivery paths with a few subscribers: every answer arrives on each, and the
+    Realtime server's authorization work per message is none for broadcast."""
+    r = bench_json("answers", "--delivery", "both", "--subscribers", "2", "--rate", "5",
+                   "--db-url", db_url)
+    assert r["bench"] == "answers-delivery" and r["subscribers"] == 2
+    broadcast, changes = r["paths"]["broadcast"], r["paths"]["changes"]
+    for path in (broadcast, changes):
+        assert_summary(path["insert_to_done_ms"])
+        assert path["insert_to_first_text_ms"]["p50"] <= path["insert_to_done_ms"]["p50"]
+    # Deltas and done for each of the two askers; no statement per message.
+    assert broadcast["messages_delivered"] >= 2 * 2
+    assert broadcast["authorization_queries"] == 0
+    # postgres_changes checks every change against every subscriber of the table.
+    assert changes["authorization_queries_per_message"] >= 2
+    assert leftovers(db_url) == {"users": 0, "docs": 0, "chunks": 0, "jobs": 0}

@@ -39,6 +39,8 @@ LANDED = {
         "e578c94b9b6beb93a4dce9769187921bf6a52af11b5dbaf494b6ed6b18e3e531",
     "20261202010000_suparag_match_langchain.sql":
         "caf71738e567aeeb1606c8990c10b9c11b2d446a58d755332d925319e2e111c3",
+    "20261202040000_suparag_answer_broadcast.sql":
+        "bcd29128472c1bdfe03ac80c7fee0e517cd5c86b277dc12a044099da5ee1e842",
 }
 
 

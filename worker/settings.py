@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     llm_timeout_seconds: float = Field(
         default=60.0, description="Give up on a chat request that is silent this long."
     )
+    answer_broadcast: bool = Field(
+        default=True,
+        description="Also send each answer on its asker's private Realtime Broadcast topic "
+        "answers:<uid> (delta, done, failed events). The answers row is written either way.",
+    )
     # Supabase's own names, without the SUPARAG_ prefix, as the dashboard and CLI print them.
     supabase_url: str | None = Field(
         default=None, validation_alias="SUPABASE_URL",

@@ -11,7 +11,10 @@ for the queue, for reading the question and for writing the answer.
 Without a chat model the answer is extractive: the best passages, quoted and
 cited. With one (worker.models.llm), the passages go into the prompt by number, with
 the conversation's earlier turns, and the reply streams into the answer row,
-a few updates a second, so Realtime subscribers watch it grow. A failure marks
+a few updates a second, so Realtime subscribers watch it grow. Each answer also
+goes out on its asker's private Broadcast topic `answers:<uid>` (migration
+20261202040000): `delta` events as the text grows, then `done` or `failed` in the
+transaction that writes the row, so a rollback sends nothing. A failure marks
 the answer `failed` with the error and backs the job off; at the retry cap
 the job is `failed` until `retry_answer_jobs` requeues it.
 """
@@ -62,6 +65,11 @@ class AnswerConfig(WorkerConfig):
     history_turns: int = 6
     #: At most one answer-row update per this many seconds while streaming.
     flush_seconds: float = 0.25
+    #: Send each answer on its asker's private Realtime Broadcast topic too
+    #: (`answers:<uid>`: `delta` events, then `done` or `failed`).
+    broadcast: bool = True
+    #: At most one `delta` broadcast per this many seconds while streaming.
+    delta_seconds: float = 0.05
 
 
 @dataclass
@@ -106,6 +114,9 @@ class _Draft:
     citations: list[dict[str, Any]] = field(default_factory=list)
     text: str = ""
     flushed_at: float = 0.0
+    #: How much of `text` has gone out in `delta` broadcasts, and when the last went.
+    sent: int = 0
+    sent_at: float = 0.0
 
 
 _HISTORY = """
@@ -126,6 +137,7 @@ _FAILED_ANSWER = """
     from public.questions q where q.id = %(question)s
     on conflict (question_id) do update
       set status = 'failed', error = excluded.error, updated_at = now()
+    returning a.id, a.asker_id
 """
 
 
@@ -247,8 +259,12 @@ class AnswerWorker(QueueWorker[AnswerResult]):
             draft.text += piece
             if on_text is not None:
                 on_text(piece)
-            if time.monotonic() - draft.flushed_at >= self.config.flush_seconds:
+            now = time.monotonic()
+            if now - draft.sent_at >= self.config.delta_seconds:
+                self._send_delta(draft)
+            if now - draft.flushed_at >= self.config.flush_seconds:
                 self._flush(draft, status="streaming")
+        self._send_delta(draft)
         if usage is None:  # the server did not count: estimate (about 4 characters a token)
             usage = Usage(sum(len(m.content) for m in messages) // 4, len(draft.text) // 4)
         self._meter("answer.generation", self.llm.name, started, draft.question,
@@ -266,15 +282,35 @@ class AnswerWorker(QueueWorker[AnswerResult]):
           set content = excluded.content, mode = excluded.mode, model = excluded.model,
               citations = excluded.citations, status = excluded.status, error = excluded.error,
               updated_at = now()
+        returning a.id
     """
 
-    def _upsert(self, draft: _Draft, *, status: str, error: str | None = None) -> None:
+    def _upsert(self, draft: _Draft, *, status: str, error: str | None = None) -> uuid.UUID:
         q = draft.question
-        self.conn.execute(self._UPSERT, {
+        row = self.conn.execute(self._UPSERT, {
             "question": q["id"], "asker": q["asker_id"], "conversation": q["conversation_id"],
             "content": draft.text, "mode": draft.mode, "model": draft.model,
             "citations": Jsonb(draft.citations), "status": status, "error": error,
-        })
+        }).fetchone()
+        assert row is not None
+        return uuid.UUID(str(row["id"]))
+
+    def _publish(self, asker: Any, event: str, payload: dict[str, Any]) -> None:
+        """Send an answer event on the asker's private topic, in the open transaction."""
+        if self.config.broadcast:
+            self.conn.execute("select suparag_private.publish_answer(%s, %s, %s)",
+                              (asker, event, Jsonb(payload)))
+
+    def _send_delta(self, draft: _Draft) -> None:
+        """Broadcast the text written since the last delta (`offset`: where it starts)."""
+        if not self.config.broadcast or len(draft.text) == draft.sent:
+            return
+        q = draft.question
+        with self.conn.transaction():
+            self._publish(q["asker_id"], "delta", {
+                "question_id": str(q["id"]), "offset": draft.sent,
+                "text": draft.text[draft.sent:]})
+        draft.sent, draft.sent_at = len(draft.text), time.monotonic()
 
     def _flush(self, draft: _Draft, *, status: str) -> None:
         with self.conn.transaction():
@@ -282,9 +318,14 @@ class AnswerWorker(QueueWorker[AnswerResult]):
         draft.flushed_at = time.monotonic()
 
     def _finish(self, draft: _Draft, job: dict[str, Any]) -> None:
-        """Write the finished answer and drop the job, in one transaction."""
+        """Write the finished answer, send it, and drop the job, in one transaction."""
+        q = draft.question
         with self.conn.transaction():
-            self._upsert(draft, status="done")
+            answer_id = self._upsert(draft, status="done")
+            self._publish(q["asker_id"], "done", {
+                "question_id": str(q["id"]), "answer_id": str(answer_id), "status": "done",
+                "content": draft.text, "citations": draft.citations, "mode": draft.mode,
+                "model": draft.model})
             self.conn.execute("delete from suparag_private.answer_jobs where id = %s",
                               (job["job_id"],))
 
@@ -293,10 +334,14 @@ class AnswerWorker(QueueWorker[AnswerResult]):
         message = str(exc) or type(exc).__name__
 
         def mark_answer_failed() -> None:
-            self.conn.execute(_FAILED_ANSWER, {
+            row = self.conn.execute(_FAILED_ANSWER, {
                 "question": job["question_id"], "error": message[:2000],
                 "mode": "generative" if self.llm is not None else "extractive",
-                "model": self.llm.name if self.llm is not None else None})
+                "model": self.llm.name if self.llm is not None else None}).fetchone()
+            if row is not None:
+                self._publish(row["asker_id"], "failed", {
+                    "question_id": str(job["question_id"]), "answer_id": str(row["id"]),
+                    "status": "failed", "error": message[:2000]})
 
         status = self.record_failure(
             job, f"question {job['question_id']}", message,

@@ -4,7 +4,9 @@ the channels whose bindings match, checking RLS as each subscriber.
 Changes come from the capture trigger of sql/supabase_standin.sql (there is no
 WAL decoder here): the thread LISTENs on `suparag_realtime`, reads the rows of
 transactions committed since its last snapshot, and delivers them as Supabase's
-`realtime.apply_rls` does (see the package docstring for the rules).
+`realtime.apply_rls` does (see the package docstring for the rules). Messages
+inserted into `realtime.messages` (`realtime.send`) come the same way, in commit
+order, and go to the hub's broadcast without any per-subscriber query.
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ from psycopg import sql
 
 from worker.backoff import backoff_seconds
 from worker.db import as_request, connect
+from worker.devstack.api.realtime import broadcast
 from worker.devstack.api.realtime.bindings import OPERATORS, Binding, Filter
-from worker.devstack.api.realtime.channels import Channel
+from worker.devstack.api.realtime.channels import Channel, Stats
 
 log = logging.getLogger("suparag.realtime")
 
 CHANNEL = "suparag_realtime"
+#: Captured inserts into this table are broadcasts, not row changes.
+MESSAGES = ("realtime", "messages")
 #: How long a change stays after every reader's snapshot has passed it.
 RETENTION_SECONDS = 60.0
 #: A running server renews its consumer row this often (it is valid for 3x as long).
@@ -42,13 +47,17 @@ class Subscribers(Protocol):
 
     def shut_down(self, channel: Channel, message: str) -> None: ...
 
+    def broadcast(self, topic: str, private: bool, payload: Mapping[str, Any]) -> int: ...
+
 
 class Dispatcher(threading.Thread):
     """LISTENs for captured changes and delivers them to matching channels."""
 
-    def __init__(self, db_url: str, subscribers: Subscribers) -> None:
+    def __init__(self, db_url: str, subscribers: Subscribers, stats: Stats | None = None
+                 ) -> None:
         super().__init__(name="suparag-realtime-dispatch", daemon=True)
         self.db_url, self.subscribers = db_url, subscribers
+        self.stats = stats or Stats()
         self.consumer = f"realtime-{uuid.uuid4()}"
         self.stopping = threading.Event()
         self.ready = threading.Event()
@@ -106,6 +115,9 @@ class Dispatcher(threading.Thread):
                     " where xid < pg_snapshot_xmin(%s::pg_snapshot)"
                     " and captured_at < now() - make_interval(secs => %s)",
                     (self._snapshot, RETENTION_SECONDS))
+                # Supabase keeps broadcast messages three days (daily partitions).
+                conn.execute("delete from realtime.messages"
+                             " where inserted_at < now() - interval '3 days'")
 
     def _retire(self, conn: psycopg.Connection[dict[str, Any]]) -> None:
         with conn.transaction():
@@ -136,6 +148,12 @@ class Dispatcher(threading.Thread):
                 " order by id", {"prev": self._snapshot}).fetchall()
         self._snapshot = str(row["snap"])
         for change in changes:
+            if (change["schema_name"], change["table_name"]) == MESSAGES:
+                # A broadcast: authorized at join, so delivering it costs no query.
+                sent = broadcast.from_row(change["record"] or {})
+                if sent is not None:
+                    self.subscribers.broadcast(*sent)
+                continue
             for channel in self.subscribers.channels():
                 try:
                     self._deliver(conn, change, channel)
@@ -159,6 +177,7 @@ class Dispatcher(threading.Thread):
         if data is not None:
             payload, ids = data
             channel.socket.send(channel.topic, "postgres_changes", {"ids": ids, "data": payload})
+            self.stats.sent("postgres_changes")
 
     def _visible(self, conn: psycopg.Connection[dict[str, Any]], change: Mapping[str, Any],
                  claims: Mapping[str, Any], bindings: list[Binding]
@@ -170,6 +189,7 @@ class Dispatcher(threading.Thread):
         record = change["record"] if op != "DELETE" else None
         old = change["old_record"] or {}
         compared = record if record is not None else old
+        self.stats.queried("postgres_changes", 2)  # the request context, the columns
         with as_request(conn, claims) as tx:
             columns = tx.execute(
                 "select a.attname as name, t.typname as type,"
@@ -194,6 +214,7 @@ class Dispatcher(threading.Thread):
                     match = sql.SQL(" and ").join(
                         sql.SQL("t.{col} = {row}.{col}").format(col=sql.Identifier(k), row=row_of)
                         for k in keys)
+                    self.stats.queried("postgres_changes")
                     with tx.transaction():  # a savepoint: a refusal must not end the request
                         try:
                             found = tx.execute(
@@ -203,6 +224,8 @@ class Dispatcher(threading.Thread):
                             return None
                     if not (found and found["ok"]):
                         return None
+            filtered = [b for b in bindings if b.filter is not None]
+            self.stats.queried("postgres_changes", len(filtered))
             ids = [b.id for b in bindings
                    if b.filter is None or self._passes(tx, target, b.filter, compared)]
         if not ids:

@@ -3,12 +3,15 @@ dispatcher's lifetime, on `/realtime/v1/websocket`.
 
 Frames are read and written through the serializer that the socket's `vsn` names
 (protocol.py); joins carry `postgres_changes` bindings (bindings.py) that the
-dispatcher (dispatcher.py) serves.
+dispatcher (dispatcher.py) serves. Broadcast (broadcast.py): clients send on their
+channels, the database sends with `realtime.send`, and private channels are joined
+only as the policies on `realtime.messages` allow.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -18,21 +21,23 @@ from typing import Any
 import jwt
 import psycopg
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from worker.db import connect
 from worker.devstack.api.keys import ProjectKeys
-from worker.devstack.api.realtime import protocol
+from worker.devstack.api.realtime import broadcast, protocol
 from worker.devstack.api.realtime.bindings import Binding, binding_id
-from worker.devstack.api.realtime.channels import Channel, Socket
+from worker.devstack.api.realtime.channels import Channel, Socket, Stats
 from worker.devstack.api.realtime.dispatcher import Dispatcher
 from worker.errors import InvalidToken, JoinRefused, SubscriptionError
 
 log = logging.getLogger("suparag.realtime")
 
 PATH = "/realtime/v1/websocket"
+METRICS_PATH = "/realtime/v1/metrics"
 
 #: Channels one socket may hold, as Supabase Realtime's default `max_channels_per_client`;
 #: the next join is refused with upstream's reason.
@@ -75,14 +80,52 @@ class RealtimeHub:
         self._lock = threading.Lock()
         self._sockets: set[Socket] = set()
         self._dispatcher: Dispatcher | None = None
+        self.stats = Stats()
+        self.authorizer = broadcast.Authorizer(db_url, self.stats)
 
     def routes(self) -> list[BaseRoute]:
-        return [WebSocketRoute(PATH, self.endpoint)]
+        return [WebSocketRoute(PATH, self.endpoint), Route(METRICS_PATH, self.metrics)]
+
+    async def metrics(self, request: Request) -> Response:
+        """The server's counters in Prometheus' format, for the service_role key only (as
+        Supabase Realtime's /metrics wants its own token)."""
+        key = request.headers.get("apikey") or request.headers.get(
+            "authorization", "").removeprefix("Bearer ")
+        try:
+            role = verify(self.keys, key).get("role") if key else None
+        except JoinRefused:
+            role = None
+        if role != "service_role":
+            return JSONResponse({"message": "the service_role key is required"},
+                                status_code=401)
+        return PlainTextResponse(self.stats.prometheus(),
+                                 media_type="text/plain; version=0.0.4")
 
     def channels(self) -> list[Channel]:
         """Every channel joined on any socket (the dispatcher delivers to these)."""
         with self._lock:
             return [ch for s in self._sockets for ch in list(s.channels.values())]
+
+    def broadcast(self, topic: str, private: bool, payload: Mapping[str, Any], *,
+                  sender: Channel | None = None) -> int:
+        """Send a broadcast to every channel of the topic (private ones for a private
+        message, public ones otherwise); the sender's own channel only with
+        `broadcast.self`. Returns how many channels it was sent to."""
+        sent = 0
+        now = time.time()
+        for channel in self.channels():
+            if channel.name != topic or channel.private != private:
+                continue
+            if channel is sender and not channel.self_broadcast:
+                continue
+            exp = channel.claims.get("exp")
+            if private and isinstance(exp, (int, float)) and exp < now:
+                self.shut_down(channel, "Token has expired")
+                continue
+            channel.socket.send(channel.topic, protocol.BROADCAST, payload)
+            sent += 1
+        self.stats.sent("broadcast", sent)
+        return sent
 
     # -- dispatcher lifetime ----------------------------------------------------------
 
@@ -93,7 +136,7 @@ class RealtimeHub:
         with self._lock:
             dispatcher = self._dispatcher
             if dispatcher is None or dispatcher.stopping.is_set() or not dispatcher.is_alive():
-                dispatcher = self._dispatcher = Dispatcher(self.db_url, self)
+                dispatcher = self._dispatcher = Dispatcher(self.db_url, self, self.stats)
                 dispatcher.start()
         if not dispatcher.ready.wait(30) or dispatcher.error is not None:
             raise RuntimeError(f"realtime could not start: {dispatcher.error}")
@@ -108,6 +151,7 @@ class RealtimeHub:
             if not self._sockets and self._dispatcher is not None:
                 self._dispatcher.stop()
                 self._dispatcher = None
+                self.authorizer.close()
 
     def shut_down(self, channel: Channel, message: str) -> None:
         """End a channel as upstream's shutdown_response does: a system error, then close."""
@@ -225,14 +269,17 @@ class RealtimeHub:
                 reply("error", {"reason": "MalformedJWT: the access_token payload must be "
                                           '{"access_token": "<jwt>"}'})
                 return
-            self._refresh(socket, topic, payload)
+            await self._refresh(socket, topic, payload)
+        elif event == protocol.BROADCAST:
+            await self._broadcast(socket, topic, payload, reply)
         else:
-            log.info("realtime: %s on %s is not served (postgres_changes only)", event, topic)
-            # A push that waits for its reply (broadcast with ack, presence) gets a
-            # clear refusal instead of a timeout.
+            log.info("realtime: %s on %s is not served (postgres_changes and broadcast only)",
+                     event, topic)
+            # A push that waits for its reply (presence) gets a clear refusal instead of
+            # a timeout.
             if ref is not None:
                 reply("error", {"reason": f"{event} is not served by the local Realtime: "
-                                          f"it serves postgres_changes only"})
+                                          f"it serves postgres_changes and broadcast"})
 
     async def _join(self, socket: Socket, apikey: str, topic: str, payload: Mapping[str, Any],
                     join_ref: str | None, reply: Callable[[str, Mapping[str, Any]], None]
@@ -241,9 +288,12 @@ class RealtimeHub:
             reply("error", {"reason": "TopicNameRequired: You must provide a topic name"})
             return
         raw = _join_bindings(payload)
-        if isinstance(raw, str):
-            reply("error", {"reason": f"InvalidJoinPayload: {raw}"})
-            return
+        options = _broadcast_options(payload)
+        for problem in (raw, options):
+            if isinstance(problem, str):
+                reply("error", {"reason": f"InvalidJoinPayload: {problem}"})
+                return
+        assert not isinstance(raw, str) and not isinstance(options, str)
         if topic not in socket.channels and len(socket.channels) >= MAX_CHANNELS_PER_SOCKET:
             reply("error", {"reason": "ChannelRateLimitReached: Too many channels"})
             return
@@ -264,24 +314,33 @@ class RealtimeHub:
             socket.send(topic, "system", {"extension": "postgres_changes", "status": "error",
                                           "message": str(exc), "channel": name})
             return
-        if bindings:
-            # Before the reply: once subscribe() returns, every commit is captured.
-            try:
-                await run_in_threadpool(self._prepare)
-            except (psycopg.Error, RuntimeError) as exc:
-                log.warning("realtime: %s", exc)
-                reply("error", {"reason": "UnableToConnectToProject: Realtime was unable to "
-                                          "connect to the project database"})
-                return
+        private = options["private"]
+        try:
+            # Before the reply: once subscribe() returns, every commit is captured,
+            # changes and database broadcasts alike.
+            await run_in_threadpool(self._prepare)
+            readable = (not private
+                        or await run_in_threadpool(self.authorizer.can_read, claims, name))
+        except (psycopg.Error, RuntimeError) as exc:
+            log.warning("realtime: %s", exc)
+            reply("error", {"reason": "UnableToConnectToProject: Realtime was unable to "
+                                      "connect to the project database"})
+            return
+        if not readable:
+            reply("error", {"reason": "Unauthorized: You do not have permissions to read "
+                                      f"from this Channel topic: {name}"})
+            return
         with self._lock:
-            socket.channels[topic] = Channel(topic=topic, join_ref=join_ref, claims=claims,
-                                             bindings=bindings, socket=socket)
+            socket.channels[topic] = Channel(
+                topic=topic, join_ref=join_ref, claims=claims, bindings=bindings,
+                socket=socket, private=private, self_broadcast=options["self"],
+                ack_broadcast=options["ack"])
         reply("ok", {"postgres_changes": [{**b.params, "id": b.id} for b in bindings]})
         if bindings:
             socket.send(topic, "system", {"extension": "postgres_changes", "status": "ok",
                                           "message": "Subscribed to PostgreSQL", "channel": name})
 
-    def _refresh(self, socket: Socket, topic: str, payload: Mapping[str, Any]) -> None:
+    async def _refresh(self, socket: Socket, topic: str, payload: Mapping[str, Any]) -> None:
         channel = socket.channels.get(topic)
         token = payload.get("access_token")
         if channel is None or not isinstance(token, str) or token.startswith("sb_"):
@@ -291,7 +350,59 @@ class RealtimeHub:
         except JoinRefused as exc:
             self.shut_down(channel, str(exc))
             return
-        channel.claims = claims
+        if channel.private:
+            # A new token is a new user as far as the policies go: check again.
+            try:
+                readable = await run_in_threadpool(self.authorizer.can_read, claims,
+                                                   channel.name)
+            except psycopg.Error as exc:
+                log.warning("realtime: %s", exc)
+                self.shut_down(channel, "Realtime was unable to connect to the project database")
+                return
+            if not readable:
+                self.shut_down(channel, "You no longer have permission to read from this "
+                                        f"Channel topic: {channel.name}")
+                return
+        channel.claims, channel.can_write = claims, None
+
+    async def _broadcast(self, socket: Socket, topic: str, payload: Mapping[str, Any],
+                         reply: Callable[[str, Mapping[str, Any]], None]) -> None:
+        """A client's broadcast push: to the topic's other channels (and its own with
+        `self`), a reply with `ack`; on a private channel only if its user may send."""
+        channel = socket.channels.get(topic)
+        if channel is None:
+            reply("error", {"reason": "unmatched topic"})
+            return
+        if not isinstance(payload.get("event"), str):
+            if channel.ack_broadcast:
+                reply("error", {"reason": "InvalidMessage: a broadcast needs an event"})
+            return
+        size = len(json.dumps(payload, default=str).encode())
+        if size > broadcast.MAX_BROADCAST_BYTES:
+            if channel.ack_broadcast:
+                reply("error", {"reason": f"PayloadSizeExceeded: the broadcast is {size} bytes;"
+                                          f" the limit is {broadcast.MAX_BROADCAST_BYTES}"})
+            return
+        exp = channel.claims.get("exp")
+        if isinstance(exp, (int, float)) and exp < time.time():
+            self.shut_down(channel, "Token has expired")
+            return
+        if channel.private:
+            if channel.can_write is None:
+                try:
+                    channel.can_write = await run_in_threadpool(
+                        self.authorizer.can_write, channel.claims, channel.name)
+                except psycopg.Error as exc:
+                    log.warning("realtime: %s", exc)
+                    return
+            if not channel.can_write:
+                # Upstream drops it without a reply, ack or not.
+                log.info("realtime: broadcast on %s refused: the policies do not let this "
+                         "user send", topic)
+                return
+        self.broadcast(channel.name, channel.private, payload, sender=channel)
+        if channel.ack_broadcast:
+            reply("ok", {})
 
 
 def _join_bindings(payload: Any) -> list[Mapping[str, Any]] | str:
@@ -305,6 +416,23 @@ def _join_bindings(payload: Any) -> list[Mapping[str, Any]] | str:
     if not isinstance(changes, list) or not all(isinstance(p, Mapping) for p in changes):
         return "config.postgres_changes must be a list of objects"
     return changes
+
+
+def _broadcast_options(payload: Any) -> dict[str, bool] | str:
+    """`private`, and `broadcast.self` / `broadcast.ack`, of a join payload."""
+    config = payload.get("config") or {} if isinstance(payload, Mapping) else {}
+    if not isinstance(config, Mapping):
+        return "config must be an object"
+    settings = config.get("broadcast") or {}
+    if not isinstance(settings, Mapping):
+        return "config.broadcast must be an object"
+    options = {"private": config.get("private", False), "self": settings.get("self", False),
+               "ack": settings.get("ack", False)}
+    for key, value in options.items():
+        if not isinstance(value, bool):
+            return f"{'config.private' if key == 'private' else 'config.broadcast.' + key}" \
+                   " must be true or false"
+    return options
 
 
 def realtime_routes(db_url: str, keys: ProjectKeys) -> list[BaseRoute]:
