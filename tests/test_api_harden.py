@@ -4,12 +4,16 @@ and a pool that answers 503 instead of queuing; over real HTTP against a real da
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from test_api_rest import Api, serve
+from test_api_rest import PASSWORD, Api, serve
+
+from worker.users import add_user
 
 
 @pytest.fixture
@@ -45,3 +49,31 @@ def test_a_user_token_as_apikey_is_refused_as_the_gateway_refuses_it(api, world)
         "apikey": alice, "Authorization": f"Bearer {alice}"}).status_code == 401
     assert httpx.get(f"{api.url}/auth/v1/user", headers={
         "apikey": api.keys.anon_key, "Authorization": f"Bearer {alice}"}).status_code == 200
+
+
+def test_sign_in_does_the_same_hash_work_for_known_and_unknown_emails(api, conn, monkeypatch):
+    api.client().auth.sign_up({"email": "known@example.com", "password": PASSWORD})
+    add_user(conn, "nopassword@example.com", team="red")  # operator-made, no password
+    conn.commit()
+    costs: list[dict[str, Any]] = []
+    scrypt = hashlib.scrypt
+
+    def counted(password: bytes, **params: Any) -> bytes:
+        costs.append({k: params[k] for k in ("n", "r", "p")})
+        return scrypt(password, **params)
+
+    monkeypatch.setattr(hashlib, "scrypt", counted)
+    per_email = {}
+    for email in ("known@example.com", "unknown@example.com", "nopassword@example.com"):
+        costs.clear()
+        response = sign_in(api, email, "wrong password")
+        assert response.status_code == 400, response.text
+        assert response.json()["error_code"] == "invalid_credentials"
+        per_email[email] = list(costs)
+    # One scrypt of the same cost each: the time does not tell which emails exist.
+    assert per_email["known@example.com"] == [{"n": 2**14, "r": 8, "p": 1}]
+    assert per_email["unknown@example.com"] == per_email["known@example.com"]
+    assert per_email["nopassword@example.com"] == per_email["known@example.com"]
+    costs.clear()
+    assert sign_in(api, "known@example.com", PASSWORD).status_code == 200
+    assert len(costs) == 1
