@@ -5,12 +5,15 @@ and a pool that answers 503 instead of queuing; over real HTTP against a real da
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from conftest import wait_for
 from test_api_rest import PASSWORD, Api, serve
 
 from worker.users import add_user
@@ -77,3 +80,85 @@ def test_sign_in_does_the_same_hash_work_for_known_and_unknown_emails(api, conn,
     costs.clear()
     assert sign_in(api, "known@example.com", PASSWORD).status_code == 200
     assert len(costs) == 1
+
+
+SLEEPER = """
+create function public.test_sleep(seconds double precision) returns integer
+language sql volatile set search_path = '' as $$
+  select 1 from (select pg_catalog.pg_sleep(seconds)) s
+$$;
+grant execute on function public.test_sleep(double precision) to anon, authenticated;
+"""
+
+
+@pytest.fixture
+def sleeper(conn):
+    """An rpc that sleeps, callable as anon and authenticated (made for the test only)."""
+    conn.execute(SLEEPER)
+    conn.commit()
+
+
+def sleeping(conn) -> int:
+    """How many of the API's requests are inside pg_sleep right now."""
+    n = conn.execute("select count(*) as n from pg_stat_activity where datname ="
+                     " current_database() and query like '%%test_sleep%%'"
+                     " and wait_event = 'PgSleep'").fetchone()["n"]
+    conn.commit()  # pg_stat_activity is read once per transaction
+    return int(n)
+
+
+def rpc_sleep(api: Api, seconds: float, *, token: str | None = None) -> httpx.Response:
+    token = token or api.keys.anon_key
+    return httpx.post(f"{api.url}/rest/v1/rpc/test_sleep", json={"seconds": seconds},
+                      headers={"apikey": api.keys.anon_key,
+                               "Authorization": f"Bearer {token}"}, timeout=60)
+
+
+def test_the_role_statement_timeouts_apply_per_request(api, conn, world, sleeper):
+    # anon's 3 s from the Supabase roles (sql/supabase_standin.sql), which `set local
+    # role` alone never applies: PostgREST applies the role's settings per request.
+    response = rpc_sleep(api, 20)
+    assert response.status_code == 500, response.text
+    assert response.json()["code"] == "57014"
+    assert "statement timeout" in response.json()["message"]
+    # authenticated's own setting, made shorter for this database only (a database's
+    # setting for the role wins over the role's, as PostgreSQL applies them).
+    database = conn.execute("select current_database() as d").fetchone()["d"]
+    conn.execute(f'alter role authenticated in database "{database}"'
+                 " set statement_timeout = '300ms'")
+    conn.commit()
+    alice = api.keys.access_token(world.users["alice"])
+    response = rpc_sleep(api, 20, token=alice)
+    assert response.status_code == 500 and response.json()["code"] == "57014", response.text
+    # Under the limit, the call works; the setting does not outlive the request.
+    assert rpc_sleep(api, 0.05, token=alice).json() == 1
+    assert api.get("/rest/v1/documents", token=alice, select="id").status_code == 200
+
+
+def test_slow_requests_cannot_starve_fast_ones(api, conn, world, sleeper):
+    slow: list[httpx.Response] = []
+
+    def call_slow() -> None:
+        slow.append(rpc_sleep(api, 20))
+
+    threads = [threading.Thread(target=call_slow) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    # Every pooled connection is busy in a slow request (each bounded by anon's 3 s).
+    assert wait_for(lambda: sleeping(conn) == 8, timeout=20), sleeping(conn)
+    with ThreadPoolExecutor(3) as pool:
+        fast = list(pool.map(lambda _: api.get("/rest/v1/documents", select="id"), range(3)))
+    # The fast requests were answered while the slow ones still ran: they did not wait
+    # them out. Each is an answer or a 503 that says when to come back.
+    assert slow == [] and sleeping(conn) == 8
+    for response in fast:
+        assert response.status_code in (200, 503), response.text
+        if response.status_code == 503:
+            assert response.json()["code"] == "PGRST003"
+            assert int(response.headers["Retry-After"]) >= 1
+    assert any(r.status_code == 503 for r in fast)  # the pool was full
+    for thread in threads:
+        thread.join()
+    assert [r.json()["code"] for r in slow] == ["57014"] * 8
+    # With the slow ones gone, the pool serves again.
+    assert api.get("/rest/v1/documents", select="id").status_code == 200
