@@ -12,10 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
-from conftest import wait_for
+from conftest import running_app, wait_for
 from test_api_rest import PASSWORD, Api, serve
 
+from worker.devstack.api.app import create_app
+from worker.devstack.api.functions import functions_routes
+from worker.devstack.api.keys import load_or_create
+from worker.jobs.queue import QUEUES
+from worker.jobs.wakeups import WakeServer, Wakeups
+from worker.models.base import Embedder
 from worker.users import add_user
 
 
@@ -162,3 +169,47 @@ def test_slow_requests_cannot_starve_fast_ones(api, conn, world, sleeper):
     assert [r.json()["code"] for r in slow] == ["57014"] * 8
     # With the slow ones gone, the pool serves again.
     assert api.get("/rest/v1/documents", select="id").status_code == 200
+
+
+def _no_model() -> Embedder:
+    raise AssertionError("a wake-up needs no model")
+
+
+def test_the_api_wake_endpoint_needs_the_vault_secret_once_it_exists(db_url, conn, tmp_path):
+    keys = load_or_create(tmp_path / "home")
+    app = create_app(db_url, keys, routes=functions_routes(keys, _no_model))
+    with running_app(app) as url, psycopg.connect(db_url, autocommit=True) as listener:
+        listener.execute("listen suparag_embedding_jobs")
+
+        def wake(**headers: str) -> int:
+            return httpx.post(f"{url}/functions/v1/wake", json={"type": "INSERT"},
+                              headers=headers, timeout=10).status_code
+
+        def woken() -> int:
+            return sum(1 for _ in listener.notifies(timeout=0.5, stop_after=1))
+
+        assert wake() == 200 and woken() == 1  # no secret in the Vault: none needed
+        conn.execute("select vault.create_secret('s3cret', 'suparag_wake_secret')")
+        conn.commit()
+        assert wake() == 401 and woken() == 0
+        assert wake(**{"X-Suparag-Wake-Secret": "wrong"}) == 401 and woken() == 0
+        assert wake(**{"X-Suparag-Wake-Secret": "s3cret"}) == 200 and woken() == 1
+
+
+def test_the_worker_wake_endpoint_refuses_wake_ups_without_its_secret():
+    wakeups = Wakeups(QUEUES)
+    server = WakeServer(("127.0.0.1", 0), wakeups, lambda: {"ready": True}, secret="s3cret")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    try:
+        assert httpx.post(url, timeout=5).status_code == 401
+        assert httpx.post(url, headers={"X-Suparag-Wake-Secret": "nope"}, timeout=5
+                          ).status_code == 401
+        assert wakeups.counts["http"] == 0
+        assert httpx.post(url, headers={"X-Suparag-Wake-Secret": "s3cret"}, timeout=5
+                          ).status_code == 202
+        assert wakeups.counts["http"] == 1
+        assert httpx.get(f"{url}health", timeout=5).json() == {"ready": True}
+    finally:
+        server.shutdown()
+        server.server_close()

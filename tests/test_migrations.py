@@ -37,6 +37,8 @@ LANDED = {
         "3a2199399173964db05745867837f9dc3b48723006c9dcf4e7531f9ece26f14e",
     "20261202000000_suparag_documents_team_default.sql":
         "e578c94b9b6beb93a4dce9769187921bf6a52af11b5dbaf494b6ed6b18e3e531",
+    "20261202030000_suparag_wake_secret.sql":
+        "03aa5b90734081278b32d8c8a5c89e89f6c277c239cb7791cda753d237b062c8",
 }
 
 

@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     llm_timeout_seconds: float = Field(
         default=60.0, description="Give up on a chat request that is silent this long."
     )
+    wake_secret: str | None = Field(
+        default=None,
+        description="Secret a wake-up POST must carry (header X-Suparag-Wake-Secret): the "
+        "value of the Vault secret `suparag_wake_secret`, which the pg_net trigger sends. "
+        "Unset: wake-ups need none (never logged).",
+    )
     # Supabase's own names, without the SUPARAG_ prefix, as the dashboard and CLI print them.
     supabase_url: str | None = Field(
         default=None, validation_alias="SUPABASE_URL",
