@@ -104,7 +104,8 @@ def worker(
                                                         broadcast=settings.answer_broadcast)))
     service = Service(workers, service=ServiceConfig(
         sweep_seconds=sweep, http_host=http_host, http_port=http_port, listen=not no_listen,
-        supabase_url=settings.supabase_url, supabase_key=settings.supabase_service_role_key))
+        supabase_url=settings.supabase_url, supabase_key=settings.supabase_service_role_key,
+        wake_secret=settings.wake_secret))
 
     def stop(signum: int, frame: FrameType | None) -> None:
         err_console.print(f"{signal.Signals(signum).name}: finishing the batch in hand…")

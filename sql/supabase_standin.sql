@@ -424,3 +424,39 @@ revoke all on function suparag_realtime.capture_message()
 drop trigger if exists suparag_realtime_broadcast on realtime.messages;
 create trigger suparag_realtime_broadcast after insert on realtime.messages
   for each row execute function suparag_realtime.capture_message();
+
+-- Vault ------------------------------------------------------------------------
+-- Supabase Vault keeps secrets encrypted in vault.secrets and shows them to
+-- privileged roles through vault.decrypted_secrets. Locally only the shape
+-- matters (the local database is trust-authenticated): a plain table, the view
+-- and vault.create_secret, closed to the API roles as upstream.
+create schema if not exists vault;
+-- Owned by supabase_admin as on Supabase: the CLI's `migration down` leaves it alone.
+alter schema vault owner to supabase_admin;
+create table if not exists vault.secrets (
+  id uuid primary key default gen_random_uuid(),
+  name text unique,
+  description text not null default '',
+  secret text not null,
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now()
+);
+alter table vault.secrets enable row level security;
+create or replace view vault.decrypted_secrets as
+  select id, name, description, secret, secret as decrypted_secret, created_at, updated_at
+    from vault.secrets;
+create or replace function vault.create_secret(
+  new_secret text, new_name text default null, new_description text default ''
+) returns uuid
+language sql
+set search_path = ''
+as $$
+  insert into vault.secrets (secret, name, description)
+  values (new_secret, new_name, new_description)
+  returning id
+$$;
+revoke all on schema vault from public, anon, authenticated;
+revoke all on all tables in schema vault from public, anon, authenticated;
+revoke all on function vault.create_secret(text, text, text) from public, anon, authenticated;
+comment on view vault.decrypted_secrets is
+  'Local stand-in for Supabase Vault''s decrypted view (no encryption locally).';

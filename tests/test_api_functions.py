@@ -43,7 +43,9 @@ class Api:
         headers = {}
         if token is not None:
             key = self.keys.anon_key if token == "anon" else token
-            headers = {"apikey": key, "Authorization": f"Bearer {key}"}
+            # The gateway takes only a project key as apikey; a user's token goes in Bearer.
+            apikey = key if key == self.keys.service_role_key else self.keys.anon_key
+            headers = {"apikey": apikey, "Authorization": f"Bearer {key}"}
         return httpx.post(f"{self.url}{path}", json=body, headers=headers, timeout=60)
 
 

@@ -38,7 +38,7 @@ def send(api: Api, method: str, path: str, *, content: bytes | None = None,
          key: str | None = None, **headers: str) -> httpx.Response:
     key = key or api.keys.anon_key
     return httpx.request(method, f"{api.url}{path}", content=content, timeout=30,
-                         headers={"apikey": key, "Authorization": f"Bearer {key}",
+                         headers={"apikey": api.apikey(key), "Authorization": f"Bearer {key}",
                                   "Content-Type": "application/json", **headers})
 
 

@@ -81,7 +81,15 @@ def test_dev_runs_the_workers_until_dev_stop(dev_cli):
     assert embedded.status_code == 200, embedded.text
     assert embedded.json()["model"] == row["embedding_model"]
     assert len(embedded.json()["embedding"]) == 384
-    assert httpx.post(f"{started['api_url']}/functions/v1/wake", timeout=10).status_code == 200
+    # The wake endpoint needs the local Vault's secret, which `dev` made and gave the worker.
+    with connect(started["db_url"]) as conn:
+        secret = conn.execute("select decrypted_secret as s from vault.decrypted_secrets"
+                              " where name = 'suparag_wake_secret'").fetchone()
+    assert secret is not None and len(secret["s"]) >= 32
+    for url in (f"{started['api_url']}/functions/v1/wake", started["worker_health_url"]):
+        assert httpx.post(url, timeout=10).status_code == 401
+        assert httpx.post(url, timeout=10, headers={"X-Suparag-Wake-Secret": secret["s"]}
+                          ).status_code in (200, 202)
 
     again = json.loads(cli("dev", "--json", env=env).stdout)
     assert again["worker_reused"] is True and again["worker_pid"] == pid

@@ -41,6 +41,8 @@ LANDED = {
         "caf71738e567aeeb1606c8990c10b9c11b2d446a58d755332d925319e2e111c3",
     "20261202040000_suparag_answer_broadcast.sql":
         "bcd29128472c1bdfe03ac80c7fee0e517cd5c86b277dc12a044099da5ee1e842",
+    "20261202030000_suparag_wake_secret.sql":
+        "03aa5b90734081278b32d8c8a5c89e89f6c277c239cb7791cda753d237b062c8",
 }
 
 

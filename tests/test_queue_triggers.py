@@ -203,3 +203,36 @@ def test_queue_private_even_for_owner_of_rows(conn, world):
         set_request_context(conn, claims_of(world, "alice"))
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("delete from suparag_private.embedding_jobs")
+
+
+def test_pg_net_wake_ups_carry_the_vault_secret(conn, world, pg_net):
+    """Issue 14: the worker's wake endpoint faces the internet; the trigger sends the
+    secret it reads from Vault, and without the secret (or without Vault) posts as before."""
+    conn.execute("insert into suparag_private.settings (key, value)"
+                 " values ('worker_url', 'http://worker.internal:8000/')")
+    conn.commit()
+
+    def last_headers():
+        new_doc(conn, world)
+        conn.commit()
+        return conn.execute("select headers from net.calls order by id desc limit 1"
+                            ).fetchone()["headers"]
+
+    assert last_headers() == {"Content-Type": "application/json"}  # no secret set
+    conn.execute("select vault.create_secret('s3cret', 'suparag_wake_secret')")
+    conn.commit()
+    assert last_headers() == {"Content-Type": "application/json",
+                              "X-Suparag-Wake-Secret": "s3cret"}
+    # Without Vault at all (a database that never had it), the wake-up still goes out.
+    conn.execute("drop schema vault cascade")
+    conn.commit()
+    assert last_headers() == {"Content-Type": "application/json"}
+    assert len(pg_net()) == 3
+
+
+def test_the_api_roles_cannot_read_the_vault(conn, world):
+    conn.commit()
+    for claims in (None, claims_of(world, "alice")):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), as_request(conn, claims):
+            conn.execute("select decrypted_secret from vault.decrypted_secrets").fetchall()
+        conn.rollback()

@@ -93,12 +93,17 @@ def set_request_context(
     method: str = "POST",
     path: str = "/",
     headers: Mapping[str, str] | None = None,
+    role_settings: bool = False,
 ) -> None:
     """Make the current transaction look like a PostgREST request.
 
     Sets `role` (i.e. `set local role`) from the claims' role, or anon when
     there are none, and the `request.*` settings PostgREST sets, all local to
-    the transaction. Must be called inside a transaction.
+    the transaction. With role_settings, also the role's own `alter role ... set`
+    settings (Supabase: `statement_timeout` 3s for anon, 8s for authenticated),
+    which `set local role` alone does not apply: PostgREST (>= 11.1) applies the
+    impersonated role's settings the same way, for the settings a user may change.
+    Must be called inside a transaction.
     """
     claims = dict(claims or {})
     claims.setdefault("role", "anon")
@@ -107,7 +112,8 @@ def set_request_context(
         " set_config('request.jwt.claims', %(claims)s, true),"
         " set_config('request.method', %(method)s, true),"
         " set_config('request.path', %(path)s, true),"
-        " set_config('request.headers', %(headers)s, true)",
+        " set_config('request.headers', %(headers)s, true)"
+        + (_ROLE_SETTINGS if role_settings else ""),
         {
             "role": claims["role"],
             "claims": json.dumps(claims),
@@ -116,6 +122,23 @@ def set_request_context(
             "headers": json.dumps({k.lower(): v for k, v in (headers or {}).items()}),
         },
     )
+
+
+# The role's settings for this database (or all databases; a database's own wins), those
+# of pg_settings context `user` (what PostgREST applies: not e.g. session_preload_libraries),
+# each set local to the transaction. Read per request, so an `alter role` applies at once.
+_ROLE_SETTINGS = """,
+ (select count(set_config(s.name, s.value, true)) from (
+    select distinct on (split_part(c, '=', 1))
+           split_part(c, '=', 1) as name, substr(c, strpos(c, '=') + 1) as value
+      from pg_catalog.pg_db_role_setting d
+      cross join lateral unnest(d.setconfig) as c
+     where d.setrole = (select oid from pg_catalog.pg_roles where rolname = %(role)s)
+       and d.setdatabase in (0, (select oid from pg_catalog.pg_database
+                                  where datname = current_database()))
+       and exists (select from pg_catalog.pg_settings p
+                    where p.name = split_part(c, '=', 1) and p.context = 'user')
+     order by split_part(c, '=', 1), d.setdatabase desc) s)"""
 
 
 @contextmanager

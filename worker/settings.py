@@ -76,6 +76,12 @@ class Settings(BaseSettings):
         description="Also send each answer on its asker's private Realtime Broadcast topic "
         "answers:<uid> (delta, done, failed events). The answers row is written either way.",
     )
+    wake_secret: str | None = Field(
+        default=None,
+        description="Secret a wake-up POST must carry (header X-Suparag-Wake-Secret): the "
+        "value of the Vault secret `suparag_wake_secret`, which the pg_net trigger sends. "
+        "Unset: wake-ups need none (never logged).",
+    )
     # Supabase's own names, without the SUPARAG_ prefix, as the dashboard and CLI print them.
     supabase_url: str | None = Field(
         default=None, validation_alias="SUPABASE_URL",

@@ -65,14 +65,16 @@ class _Detached:
             return None
         return pid, record
 
-    def _spawn(self, argv: list[str], **record: Any) -> tuple[subprocess.Popen[bytes], int]:
-        """Start argv detached, appending to the log; returns it and the log offset its
-        output starts at."""
+    def _spawn(self, argv: list[str], *, env: dict[str, str] | None = None,
+               **record: Any) -> tuple[subprocess.Popen[bytes], int]:
+        """Start argv detached (with env added to this process's environment; it is not
+        recorded), appending to the log; returns it and the log offset its output starts at."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             offset = log.tell()
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    env={**os.environ, **env} if env else None)
         self.pidfile.write_text(json.dumps({"pid": proc.pid, "argv": argv, **record}))
         return proc, offset
 
@@ -203,7 +205,8 @@ class LocalWorkers(_Detached):
         return WorkerStatus(pid=pid, db_url=str(record["db_url"]),
                             http_port=int(port) if port is not None else None)
 
-    def start(self, db_url: str, command: Sequence[str]) -> tuple[WorkerStatus, bool]:
+    def start(self, db_url: str, command: Sequence[str], *,
+              wake_secret: str | None = None) -> tuple[WorkerStatus, bool]:
         """Start the worker against db_url, or reuse a running one. Returns (status, reused).
 
         command runs `suparag worker` (the caller's, e.g. `python -m cli worker`);
@@ -211,7 +214,8 @@ class LocalWorkers(_Detached):
         ready: its model loaded and LISTEN in place, so the first commit after
         this is embedded without waiting for a model load. (It then drains both
         queues, logging to log_path.) The worker also serves GET /health, and
-        wake-up POSTs, on a free local port.
+        wake-up POSTs, on a free local port; with wake_secret, only POSTs that carry it
+        (SUPARAG_WAKE_SECRET in its environment, never on its command line).
         """
         running = self.status()
         if running is not None and running.db_url == db_url:
@@ -219,8 +223,9 @@ class LocalWorkers(_Detached):
         if running is not None:  # the database moved (another port): follow it
             self.stop()
         port = free_port()
+        env = {"SUPARAG_WAKE_SECRET": wake_secret} if wake_secret else None
         proc, offset = self._spawn([*command, "--db-url", db_url, "--http-port", str(port)],
-                                   db_url=db_url, http_port=port)
+                                   env=env, db_url=db_url, http_port=port)
         status = WorkerStatus(pid=proc.pid, db_url=db_url, http_port=port)
         deadline = time.monotonic() + self.READY_SECONDS
         while time.monotonic() < deadline:

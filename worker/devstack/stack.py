@@ -3,9 +3,13 @@ and the workers."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 from urllib.parse import urlsplit
+
+import psycopg
 
 from worker import schema
 from worker.db import connect
@@ -72,6 +76,7 @@ def start(settings: Settings, *, port: int | None = None, api_port: int | None =
     with connect(status.url, autocommit=True) as conn:
         schema.apply_standin(conn)
         applied = schema.push(conn)
+        secret = wake_secret(conn)
     started = DevStarted(server=status, reused=reused, applied=applied)
     if api:
         keys = project_keys(settings)
@@ -79,10 +84,25 @@ def start(settings: Settings, *, port: int | None = None, api_port: int | None =
                                            db_port=port).start(status.url)
         started = replace(started, api=api_status, api_reused=api_reused, keys=keys)
     if worker_command is not None:
-        worker_status, workers_reused = local_workers(settings).start(status.url,
-                                                                      worker_command)
+        worker_status, workers_reused = local_workers(settings).start(
+            status.url, worker_command, wake_secret=secret)
         started = replace(started, workers=worker_status, workers_reused=workers_reused)
     return started
+
+
+WAKE_SECRET_NAME = "suparag_wake_secret"
+
+
+def wake_secret(conn: psycopg.Connection[Any]) -> str:
+    """The local Vault's wake-up secret (migration 20261202030000), made on first use, as an
+    operator makes it on Supabase: the pg_net trigger sends it, the worker requires it."""
+    row = conn.execute("select decrypted_secret as s from vault.decrypted_secrets"
+                       " where name = %s", (WAKE_SECRET_NAME,)).fetchone()
+    if row is not None:
+        return str(row["s"])
+    made = secrets.token_urlsafe(32)
+    conn.execute("select vault.create_secret(%s, %s)", (made, WAKE_SECRET_NAME))
+    return made
 
 
 def stop(settings: Settings) -> tuple[bool, bool, bool]:

@@ -44,6 +44,8 @@ class ServiceConfig:
     # Both set: also wake on Supabase Realtime postgres_changes of the embedding queue.
     supabase_url: str | None = None
     supabase_key: str | None = None
+    # Set: an HTTP wake-up without this secret (X-Suparag-Wake-Secret) is refused 401.
+    wake_secret: str | None = None
 
 
 class _Loop:
@@ -247,7 +249,8 @@ class Service:
                 raise ConfigError(f"--http-port {self.service.http_port} is not a port: "
                                   "give one from 0 (any free port) to 65535")
             try:
-                self._http = WakeServer(address, self.wakeups, self.health)
+                self._http = WakeServer(address, self.wakeups, self.health,
+                                        secret=self.service.wake_secret)
             except OSError as exc:
                 raise ConfigError(
                     f"cannot serve wake-ups on {address[0]}:{address[1]}: {exc.strerror}. "

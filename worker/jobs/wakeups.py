@@ -9,7 +9,9 @@ costs a poll. The sources:
   session-mode connection; Supabase's transaction-mode pooler drops LISTEN);
 - `WakeServer`: an HTTP POST to the worker's wake endpoint, which the pg_net
   trigger calls on hosted Supabase when `suparag_private.settings.worker_url`
-  is set (GET /health reports the service);
+  is set (GET /health reports the service). That endpoint faces the internet,
+  so with a secret configured (SUPARAG_WAKE_SECRET, the Vault secret
+  `suparag_wake_secret` the trigger sends) a POST without it is refused 401;
 - `RealtimeWaker`: Supabase Realtime `postgres_changes` (INSERT, UPDATE) on
   the queue tables in the supabase_realtime publication, which needs neither
   a direct connection nor an address the database can reach.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import threading
@@ -179,6 +182,18 @@ class RealtimeWaker(threading.Thread):
         return lambda _payload: self.wakeups.wake("realtime", queue)
 
 
+#: The header the pg_net trigger (migration 20261202030000) puts the Vault secret in.
+WAKE_SECRET_HEADER = "X-Suparag-Wake-Secret"
+
+
+def wake_secret_ok(expected: str | None, sent: str | None) -> bool:
+    """Whether a wake-up may pass: no secret configured, or sent equals it (compared in
+    constant time)."""
+    if not expected:
+        return True
+    return sent is not None and hmac.compare_digest(sent.encode(), expected.encode())
+
+
 class _WakeHandler(BaseHTTPRequestHandler):
     server: WakeServer
 
@@ -186,6 +201,10 @@ class _WakeHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         if length:
             self.rfile.read(min(length, 1 << 16))  # the body is only a hint; ids at most
+        if not wake_secret_ok(self.server.secret, self.headers.get(WAKE_SECRET_HEADER)):
+            self._reply(401, {"error": f"wake-ups need the {WAKE_SECRET_HEADER} header: the "
+                              "Vault secret suparag_wake_secret (SUPARAG_WAKE_SECRET)"})
+            return
         self.server.wakeups.wake("http")
         self._reply(202, {"status": "woken"})
 
@@ -208,11 +227,12 @@ class _WakeHandler(BaseHTTPRequestHandler):
 
 
 class WakeServer(ThreadingHTTPServer):
-    """POST any path: wake every queue. GET /health: what the service reports."""
+    """POST any path: wake every queue (with the secret, when one is set: 401 without).
+    GET /health: what the service reports."""
 
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], wakeups: Wakeups,
-                 health: Callable[[], dict[str, Any]]) -> None:
+                 health: Callable[[], dict[str, Any]], *, secret: str | None = None) -> None:
         super().__init__(address, _WakeHandler)
-        self.wakeups, self.health = wakeups, health
+        self.wakeups, self.health, self.secret = wakeups, health, secret

@@ -26,12 +26,15 @@ from worker.devstack.api.rest.routes import RestApi
 
 
 def create_app(db_url: str, keys: ProjectKeys, *, routes: Sequence[BaseRoute] = (),
-               pool_size: int = 8, max_rows: int | None = None) -> Starlette:
+               pool_size: int = limits.POOL_SIZE, max_rows: int | None = None) -> Starlette:
     """The local API for the database at db_url, its tokens signed with keys; reads
     return at most max_rows rows (default: `[api] max_rows` of the project's
     supabase/config.toml, found from the working directory, else 1000)."""
     pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
-        db_url, min_size=1, max_size=pool_size, open=False, timeout=10,
+        # A short wait for a connection: when slow requests hold them all, a request is
+        # answered 503 with Retry-After rather than queued behind them (issue 14).
+        db_url, min_size=1, max_size=pool_size, open=False,
+        timeout=limits.POOL_ACQUIRE_TIMEOUT,
         # A restarted or reset local database leaves dead connections behind.
         check=ConnectionPool.check_connection,
         kwargs={"autocommit": True, "row_factory": dict_row},

@@ -25,19 +25,25 @@ def request_claims(headers: Mapping[str, str], keys: ProjectKeys) -> dict[str, A
 
     Supabase's gateway refuses a request without a key, so a missing token is
     a 401 here too rather than PostgREST's bare anon; and an `apikey` header that
-    is not a valid project key is a 401 even beside a valid Bearer token.
+    is not the project's anon or service_role key is a 401 even beside a valid
+    Bearer token.
     """
     token = bearer_token(headers)
     apikey = headers.get("apikey")
-    if apikey and apikey != token:
+    if apikey and apikey not in (keys.anon_key, keys.service_role_key):
         # Supabase's gateway checks the apikey header on its own, whatever the Bearer
-        # token: a wrong key beside a valid token is still refused.
+        # token, and knows only the project's two keys: a wrong key beside a valid
+        # token is refused, and so is any other valid project JWT (a user's access
+        # token) sent as the key.
         try:
             keys.verify(apikey)
+            reason = "it is a project JWT but not the anon or service_role key"
         except InvalidToken as exc:
-            raise ApiError(401, "PGRST301", f"Invalid API key: {exc}",
-                           hint="Send the anon key (see `suparag dev status`) as the apikey "
-                           "header.", headers={"WWW-Authenticate": "Bearer"}) from exc
+            reason = str(exc)
+        raise ApiError(401, "PGRST301", f"Invalid API key: {reason}",
+                       hint="Send the anon key (see `suparag dev status`) as the apikey "
+                       "header and a user's token as Authorization: Bearer.",
+                       headers={"WWW-Authenticate": "Bearer"})
     if token is None:
         raise ApiError(401, "PGRST301", "No API key found in request",
                        hint="Send the anon key (see `suparag dev status`) as the apikey "

@@ -8,9 +8,11 @@ turns them into responses, as the app's exception handlers.
 from __future__ import annotations
 
 import psycopg
+from psycopg_pool import PoolTimeout
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from worker.devstack.api.limits import POOL_RETRY_AFTER
 from worker.errors import ApiError, AuthError
 
 
@@ -36,8 +38,26 @@ async def _auth_error(request: Request, exc: Exception) -> Response:
     return auth_error_response(exc)
 
 
+def pool_timeout() -> ApiError:
+    """Every pooled connection stayed busy for the whole wait: PostgREST's PGRST003, as a
+    503 with `Retry-After` (the request is fine; it can be sent again shortly)."""
+    return ApiError(503, "PGRST003", "Timed out acquiring connection from connection pool.",
+                    hint=f"The API is busy: retry after {POOL_RETRY_AFTER} s.",
+                    headers={"Retry-After": str(POOL_RETRY_AFTER)})
+
+
+async def _pool_timeout(request: Request, exc: Exception) -> Response:
+    # Routes without their own mapping (e.g. /auth/v1) still answer a busy pool this way.
+    error = pool_timeout()
+    if request.url.path.startswith("/auth/"):
+        response = auth_error_response(AuthError(503, "request_timeout", error.message))
+        response.headers["Retry-After"] = str(POOL_RETRY_AFTER)
+        return response
+    return api_error_response(error)
+
+
 #: For `Starlette(exception_handlers=...)`.
-EXCEPTION_HANDLERS = {ApiError: _api_error, AuthError: _auth_error}
+EXCEPTION_HANDLERS = {ApiError: _api_error, AuthError: _auth_error, PoolTimeout: _pool_timeout}
 
 
 # PostgREST's table (docs: "Errors / HTTP Status Codes"), by exact code then class.

@@ -8,9 +8,10 @@
   (SUPARAG_EMBEDDING_PROVIDER / SUPARAG_EMBEDDING_MODEL), loaded on first use.
 - `POST /functions/v1/wake` is where `suparag_private.settings.worker_url`
   can point: it sends `pg_notify` on the embedding and answer channels, which
-  every `suparag worker` listening on this database receives. A wake-up
-  carries no data, so (like the worker's own HTTP endpoint) it needs no key:
-  the pg_net trigger sends none, and the worst a stranger can cause is a poll.
+  every `suparag worker` listening on this database receives. Like the worker's
+  own HTTP endpoint, it needs the secret the pg_net trigger sends
+  (`X-Suparag-Wake-Secret`, the Vault secret `suparag_wake_secret`, read from
+  `vault.decrypted_secrets` on each call) when that secret exists: 401 without it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from worker.devstack.api.limits import (
 )
 from worker.errors import ApiError
 from worker.jobs.queue import QUEUES
+from worker.jobs.wakeups import WAKE_SECRET_HEADER, wake_secret_ok
 from worker.models.base import Embedder
 
 #: The channels `suparag worker` listens on, one per queue (worker.jobs.queue).
@@ -124,13 +126,32 @@ class FunctionsApi:
         # The app's pool (create_app builds it after these routes exist).
         pool: ConnectionPool[psycopg.Connection[Any]] = request.app.state.pool
 
-        def notify() -> None:
+        sent = request.headers.get(WAKE_SECRET_HEADER)
+
+        def notify() -> bool:
             with pool.connection() as conn:
+                if not wake_secret_ok(_vault_wake_secret(conn), sent):
+                    return False
                 for channel in WAKE_CHANNELS:
                     conn.execute("select pg_notify(%s, 'http')", (channel,))
+            return True
 
-        await run_in_threadpool(notify)
+        if not await run_in_threadpool(notify):
+            raise ApiError(401, "PGRST301", f"A wake-up needs the {WAKE_SECRET_HEADER} header",
+                           hint="Send the Vault secret suparag_wake_secret, as the pg_net "
+                           "trigger does.")
         return JSONResponse({"woken": list(WAKE_CHANNELS)})
+
+
+def _vault_wake_secret(conn: psycopg.Connection[Any]) -> str | None:
+    """The Vault secret `suparag_wake_secret`, or None (no Vault, or no such secret)."""
+    row = conn.execute("select to_regclass('vault.decrypted_secrets') is not null as v"
+                       ).fetchone()
+    if not row or not row["v"]:
+        return None
+    found = conn.execute("select decrypted_secret as s from vault.decrypted_secrets"
+                         " where name = 'suparag_wake_secret'").fetchone()
+    return None if found is None else found["s"]
 
 
 def functions_routes(keys: ProjectKeys,

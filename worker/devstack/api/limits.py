@@ -39,6 +39,15 @@ MAX_EMAIL_LENGTH = 255
 #: per 5 minutes, so a password cannot be guessed at the speed of a loop.
 SIGN_IN_LIMIT, SIGN_IN_WINDOW_SECONDS = 30, 300.0
 
+#: Connections in the API's pool, and how long a request waits for one before it is
+#: answered 503 with `Retry-After` (PostgREST's PGRST003) instead of queuing behind slow
+#: requests: each of those is bounded by its role's statement_timeout (anon 3 s,
+#: authenticated 8 s), so a fast request would otherwise wait out the slowest.
+POOL_SIZE = 8
+POOL_ACQUIRE_TIMEOUT = 1.0
+#: Seconds a client is told to wait (`Retry-After`) after a pool timeout.
+POOL_RETRY_AFTER = 1
+
 #: Makes the route's own error (PostgREST or GoTrue shape): (status, message, details).
 BodyError = Callable[[int, str, str | None], Exception]
 

@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from worker.db import set_request_context
 from worker.devstack.api.context import request_claims
-from worker.devstack.api.errors import from_database
+from worker.devstack.api.errors import from_database, pool_timeout
 from worker.devstack.api.keys import ProjectKeys
 from worker.devstack.api.limits import DEFAULT_MAX_ROWS
 from worker.devstack.api.rest import catalog, rpc, tables
@@ -70,7 +70,9 @@ class RestApi:
         try:
             with self.pool.connection() as conn:
                 spec = catalog.find_function(conn, function, args)
-        except (psycopg.OperationalError, PoolTimeout) as exc:
+        except PoolTimeout as exc:
+            raise pool_timeout() from exc
+        except psycopg.OperationalError as exc:
             raise ApiError(503, "PGRST000", "Database connection error",
                            details=str(exc)) from exc
         return self._run(call, read_only=rpc.read_only(call, spec),
@@ -83,14 +85,14 @@ class RestApi:
             with self.pool.connection() as conn, conn.transaction():
                 if read_only:
                     conn.execute("set transaction read only")
+                # With the role's statement_timeout, as PostgREST applies it (issue 14).
                 set_request_context(conn, call.claims, method=call.method, path=call.path,
-                                    headers=call.headers)
+                                    headers=call.headers, role_settings=True)
                 return work(conn)
+        except PoolTimeout as exc:  # an OperationalError: caught before psycopg.Error
+            raise pool_timeout() from exc
         except psycopg.Error as exc:
             if exc.diag.sqlstate is None:
                 raise ApiError(503, "PGRST000", "Database connection error",
                                details=str(exc)) from exc
             raise from_database(exc, role=call.role) from exc
-        except PoolTimeout as exc:
-            raise ApiError(503, "PGRST003", "Timed out acquiring connection from connection "
-                           "pool.") from exc
