@@ -1,7 +1,8 @@
 """`/realtime/v1/websocket?vsn=2.0.0`, the serializer supabase-js opens by default, over a
 real socket (the `websockets` client) against the in-process API and database: array
-frames, binary frames refused with a reply, postgres_changes on `public.answers` under
-RLS, and an unserved `vsn` refused with a reason."""
+frames, binary broadcast pushes served and binary pushes refused with a reply,
+postgres_changes on `public.answers` under RLS, and an unserved `vsn` refused with a
+reason."""
 
 from __future__ import annotations
 
@@ -108,25 +109,42 @@ def test_a_signed_in_users_channel_receives_their_answer_and_never_anothers(
     run(main)
 
 
-def test_binary_broadcast_pushes_get_an_error_reply_and_the_socket_lives_on(api):
+def test_binary_broadcast_pushes_are_broadcasts_and_the_socket_lives_on(api):
+    """realtime-js sends `channel.send({type: 'broadcast', ...})` as a binary user-broadcast
+    push (kind 3): served as a broadcast (issue 13), acked, and echoed with `self`: a JSON
+    payload as a text frame, a binary one as a binary user-broadcast frame (kind 4)."""
     async def main() -> None:
         url = f"{api.ws_url}?apikey={api.keys.anon_key}&vsn=2.0.0"
         async with websockets.connect(url) as ws:
             socket = Frames(ws)
             topic = b"realtime:room"
-            # realtime-js's channel.send({type: "broadcast", event: "hi", payload}) with ack.
-            user_payload = json.dumps({"text": "hello"}).encode()
+            # Not joined yet: Phoenix's "unmatched topic".
             await ws.send(bytes([3, 1, 1, len(topic), 2, 0, 1]) + b"15" + topic + b"hi"
+                          + b"{}")
+            assert (await socket.recv())[4] == {"status": "error",
+                                                 "response": {"reason": "unmatched topic"}}
+            await socket.send("1", "1", "realtime:room", "phx_join", {"config": {
+                "broadcast": {"ack": True, "self": True}, "private": False}})
+            assert (await socket.recv())[4]["status"] == "ok"
+            user_payload = json.dumps({"text": "hello"}).encode()
+            await ws.send(bytes([3, 1, 1, len(topic), 2, 0, 1]) + b"16" + topic + b"hi"
                           + user_payload)
-            join_ref, ref, top, event, reply = await socket.recv()
-            assert (join_ref, ref, top, event) == ("1", "5", "realtime:room", "phx_reply")
-            assert reply["status"] == "error"
-            assert "broadcast is not served" in reply["response"]["reason"]
-            await ws.send(bytes([0, 1, 1, len(topic), 4]) + b"16" + topic + b"ping" + b"\x00")
+            frames = [await socket.recv(), await socket.recv()]
+            assert [None, None, "realtime:room", "broadcast",
+                    {"type": "broadcast", "event": "hi", "payload": {"text": "hello"}}] in frames
+            assert ["1", "6", "realtime:room", "phx_reply",
+                    {"status": "ok", "response": {}}] in frames
+            await ws.send(bytes([3, 1, 1, len(topic), 2, 0, 0]) + b"17" + topic + b"hi"
+                          + b"\x00\x01")
+            echoed = [await asyncio.wait_for(ws.recv(), WAIT) for _ in range(2)]
+            binary = [f for f in echoed if isinstance(f, bytes)]
+            assert binary == [bytes([4, len(topic), 2, 0, 0]) + topic + b"hi" + b"\x00\x01"]
+            # A binary push (kind 0) is still refused with a reply.
+            await ws.send(bytes([0, 1, 1, len(topic), 4]) + b"18" + topic + b"ping" + b"\x00")
             assert (await socket.recv())[4]["status"] == "error"
             await ws.send(b"\x03\x09")  # truncated: ignored, never a crash
-            await socket.send(None, "7", "phoenix", "heartbeat", {})
-            assert await socket.recv() == [None, "7", "phoenix", "phx_reply",
+            await socket.send(None, "9", "phoenix", "heartbeat", {})
+            assert await socket.recv() == [None, "9", "phoenix", "phx_reply",
                                            {"status": "ok", "response": {}}]
 
     run(main)
