@@ -178,10 +178,11 @@ class RealtimeHub:
         if not apikey:
             await self._refuse(ws, "no apikey: pass the project's anon key as ?apikey=")
             return
-        try:
-            verify(self.keys, apikey)
-        except JoinRefused as exc:
-            await self._refuse(ws, f"the apikey is not this project's: {exc}")
+        # Supabase's gateway takes only the project's anon and service_role keys as the
+        # apikey, not any token signed with its secret (a user's token goes in the join).
+        if apikey not in (self.keys.anon_key, self.keys.service_role_key):
+            await self._refuse(ws, "the apikey is not this project's anon or service_role "
+                                   "key (see `suparag dev status`)")
             return
         await ws.accept()
         socket = Socket(loop=asyncio.get_running_loop(), serializer=serializer)
