@@ -12,7 +12,9 @@ with its own realtime-py client (what supabase-py uses), join:
 - broadcast: the private channel `answers:<uid>` (events `delta`, `done`);
 - changes: `postgres_changes` on public.answers (RLS decides what each receives).
 
-Each user asks one question over /rest/v1, at --rate questions per second overall.
+Each user asks one question over /rest/v1, at --rate questions per second overall. A
+path that delivers nothing new for 180 s is cut off there and its missing answers
+counted (the figures cover the answers that arrived).
 Figures per path: from the insert's response to the first text (first `delta`, or
 first answer change with content) and to `done`, p50/p95/max; and the authorization
 work of the Realtime server (statements it ran as subscribers, from its
@@ -285,8 +287,10 @@ async def _measure(api_url: str, keys: ProjectKeys, users: list[User], path: str
                 if now_done > done:
                     done, last_progress = now_done, time.perf_counter()
                 elif time.perf_counter() - last_progress > TIMEOUT_SECONDS:
-                    raise BenchError(f"{path}: no answer arrived for {TIMEOUT_SECONDS:.0f} s "
-                                     f"({done} of {len(listeners)})")
+                    # Reported, not raised: a path that cannot keep up is a result.
+                    err_console.print(f"{path}: no answer arrived for {TIMEOUT_SECONDS:.0f} s;"
+                                      f" {done} of {len(listeners)} delivered")
+                    break
                 bar.update(task, completed=done)
                 await asyncio.sleep(0.1)
     end_metrics = await asyncio.to_thread(_metrics, api_url, keys)
@@ -297,9 +301,14 @@ async def _measure(api_url: str, keys: ProjectKeys, users: list[User], path: str
                - start_metrics[f'suparag_realtime_authorization_queries_total{{path="{label}"}}'])
     sent = (end_metrics[f'suparag_realtime_messages_sent_total{{kind="{label}"}}']
             - start_metrics[f'suparag_realtime_messages_sent_total{{kind="{label}"}}'])
-    first = [((x.first_at or x.done_at or 0.0) - x.asked_at) * 1000 for x in listeners]
-    done_ms = [((x.done_at or 0.0) - x.asked_at) * 1000 for x in listeners]
+    arrived = [x for x in listeners if x.done_at is not None]
+    if not arrived:
+        raise BenchError(f"{path}: no answer arrived at all")
+    first = [((x.first_at or x.done_at or 0.0) - x.asked_at) * 1000 for x in arrived]
+    done_ms = [((x.done_at or 0.0) - x.asked_at) * 1000 for x in arrived]
     return {
+        "answers_delivered": len(arrived),
+        "answers_missing": len(listeners) - len(arrived),
         "insert_to_first_text_ms": summary(first),
         "insert_to_done_ms": summary(done_ms),
         "messages_delivered": int(sent),
@@ -316,6 +325,8 @@ def print_report(r: dict[str, Any]) -> None:
     print(f"{'':<30}{'first p50':>10}{'p95':>8}{'done p50':>10}{'p95':>8}{'max':>8}"
           f"{'msgs':>8}{'auth q/msg':>12}")
     for path, p in r["paths"].items():
+        if p["answers_missing"]:
+            path = f"{path} ({p['answers_missing']} missing)"
         f, d = p["insert_to_first_text_ms"], p["insert_to_done_ms"]
         per = p["authorization_queries_per_message"]
         print(f"{path:<30}{f['p50']:>8.0f}ms{f['p95']:>6.0f}ms{d['p50']:>8.0f}ms"

@@ -125,6 +125,7 @@ def test_bench_answers_delivery(db_url):
     r = bench_json("answers", "--delivery", "both", "--subscribers", "2", "--rate", "5",
                    "--db-url", db_url)
     assert r["bench"] == "answers-delivery" and r["subscribers"] == 2
+    assert all(p["answers_missing"] == 0 for p in r["paths"].values())
     broadcast, changes = r["paths"]["broadcast"], r["paths"]["changes"]
     for path in (broadcast, changes):
         assert_summary(path["insert_to_done_ms"])
