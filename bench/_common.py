@@ -38,6 +38,7 @@ from worker.jobs.embedding import EmbeddingWorker
 from worker.jobs.queue import WorkerConfig
 from worker.jobs.service import Service, ServiceConfig
 from worker.models.base import Embedder
+from worker.models.onnx import split_backend
 from worker.users import User, add_user
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -271,8 +272,9 @@ class RunningWorker:
             return self
         env = dict(os.environ)
         # The model the bench loaded, whatever SUPARAG_* or .env say.
+        model, backend = split_backend(self.embedder.name)
         env.update(SUPARAG_EMBEDDING_PROVIDER="sentence-transformers",
-                   SUPARAG_EMBEDDING_MODEL=self.embedder.name)
+                   SUPARAG_EMBEDDING_MODEL=model, SUPARAG_EMBEDDING_BACKEND=backend)
         self._log = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(
             cli_command("worker", "--batch-size", str(self.batch_size), "--db-url", self.db_url),

@@ -1,6 +1,7 @@
 """The embedding worker's throughput against the bare model's, on the same chunks.
 
-    python -m bench.worker [--docs 200] [--batch-size 16] [--in-process] [--db-url URL] [--json]
+    python -m bench.worker [--docs 200] [--batch-size 16] [--backend torch|onnx-int8]
+                           [--in-process] [--db-url URL] [--json]
 
 1. Bare model: the N documents are chunked exactly as the worker chunks them
    (chunk_document with the model's tokenizer), grouped as the worker's
@@ -47,8 +48,8 @@ from bench._common import (
 )
 from worker.db import connect
 from worker.errors import BenchError
-from worker.models.base import Embedder
-from worker.models.local import SentenceTransformerEmbedder
+from worker.models.base import DEFAULT_MODEL, Embedder
+from worker.models.factory import make_embedder
 
 GOAL_RATIO = 0.85
 POLL_SECONDS = 0.02
@@ -84,12 +85,12 @@ def time_model(embedder: Embedder, groups: list[list[str]], label: str) -> float
 
 
 def run(*, docs: int = 200, batch_size: int = 16, in_process: bool = False,
-        db_url: str | None = None, seed: int = 7) -> dict[str, Any]:
+        db_url: str | None = None, seed: int = 7, backend: str = "torch") -> dict[str, Any]:
     """Measure both rates once; the figures as a dict (see print_report)."""
     if docs < 1:
         raise BenchError("--docs must be at least 1")
     before = machine()
-    embedder = SentenceTransformerEmbedder()
+    embedder = make_embedder("sentence-transformers", DEFAULT_MODEL, backend=backend)
     corpus = make_documents(docs, seed=seed)
     with bench_database(db_url) as url, connect(url, autocommit=True) as conn:
         check_queue_empty(conn)
@@ -142,6 +143,7 @@ def run(*, docs: int = 200, batch_size: int = 16, in_process: bool = False,
         "chunks_per_doc": {"min": min(sizes), "mean": chunks / docs, "max": max(sizes)},
         "batch_size": batch_size,
         "model": embedder.name,
+        "backend": backend,
         "worker": running.description,
         "database": "given --db-url" if db_url else "temporary embedded PostgreSQL",
         "torch_threads": _torch_threads(),
@@ -184,13 +186,14 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=200, help="documents to embed")
     parser.add_argument("--batch-size", type=int, default=16,
                         help="documents per worker batch (and per bare model call)")
+    parser.add_argument("--backend", default="torch", choices=["torch", "onnx-int8"])
     parser.add_argument("--in-process", action="store_true",
                         help="run the worker on a thread here instead of `suparag worker`")
     parser.add_argument("--db-url", help="a database to use (default: a temporary server)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     result = run(docs=args.docs, batch_size=args.batch_size, in_process=args.in_process,
-                 db_url=args.db_url)
+                 db_url=args.db_url, backend=args.backend)
     emit(result, args.json, print_report)
 
 

@@ -36,6 +36,8 @@ BatchSize = Annotated[
 def worker(
     docs: Annotated[int, typer.Option(min=1, help="Documents to embed (1-6 chunks each).")] = 200,
     batch_size: BatchSize = 16,
+    backend: Annotated[str, typer.Option(help="The local model's backend: `torch` (fp32) or "
+                                         "`onnx-int8` (as SUPARAG_EMBEDDING_BACKEND).")] = "torch",
     in_process: InProcess = False,
     db_url: BenchDbUrl = None,
     json_out: JsonOption = False,
@@ -51,7 +53,7 @@ def worker(
     from bench._common import emit
 
     result = bench_worker.run(docs=docs, batch_size=batch_size, in_process=in_process,
-                              db_url=db_url)
+                              db_url=db_url, backend=backend)
     emit(result, json_out, bench_worker.print_report)
 
 

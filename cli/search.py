@@ -11,6 +11,8 @@ from rich.table import Table
 from cli._common import DbUrlOption, JsonOption, console, err_console, print_json, resolve_db_url
 from worker import search as search_mod
 from worker.db import connect
+from worker.devstack.query_embed import running_api_embedder
+from worker.settings import get_settings
 from worker.users import find_user
 
 SNIPPET_CHARS = 160
@@ -66,7 +68,9 @@ def search(
             user = find_user(conn, as_user) if as_user else None
         chosen = search_mod.choose_model(conn, requested=model,
                                          configured=search_mod.configured_model())
-        embedder = search_mod.query_embedder(chosen)
+        # A running `suparag dev` API already holds the model (issue 16: no torch here).
+        embedder = running_api_embedder(get_settings(), chosen,
+                                        fallback=lambda: search_mod.query_embedder(chosen))
         with err_console.status(f"Embedding the query with {chosen} and searching..."):
             hits = search_mod.search(
                 conn, embedder, query, claims=user.claims() if user else None, k=k,

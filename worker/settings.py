@@ -46,6 +46,18 @@ class Settings(BaseSettings):
         description="Model name or path. Unset: all-MiniLM-L6-v2 (local) or "
         "text-embedding-3-small (openai, asked for 384 dimensions).",
     )
+    embedding_backend: str = Field(
+        default="torch",
+        description="How the local provider runs its model: `torch` (sentence-transformers, "
+        "fp32) or `onnx-int8` (ONNX Runtime, int8 weights; vectors stored as "
+        "`<model>@onnx-int8`). See the README's measurements.",
+    )
+    embedding_max_tokens: int | None = Field(
+        default=None, ge=1,
+        description="Tokens one input of the openai provider may hold (the model's window). "
+        "Unset: OpenAI's own models as known, else 512. A server running a small model "
+        "(all-MiniLM-L6-v2 reads 256) needs it.",
+    )
     openai_api_key: str | None = Field(
         default=None, description="API key for the openai provider (else OPENAI_API_KEY)."
     )

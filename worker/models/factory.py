@@ -17,24 +17,35 @@ from worker.models.base import (
 )
 from worker.models.llm import OpenAIChat
 from worker.models.local import SentenceTransformerEmbedder
+from worker.models.onnx import BACKENDS, ONNX_INT8, TORCH, OnnxInt8Embedder, split_backend
 from worker.models.openai import OpenAIEmbedder
 from worker.settings import Settings
 
 
 def make_embedder(provider: str, model: str | None = None, *,
-                  settings: Settings | None = None) -> Embedder:
+                  settings: Settings | None = None, backend: str | None = None) -> Embedder:
     """The embedder of provider; model None is the provider's default.
 
     The openai provider's key and server come from settings (None: the
-    settings as the environment and `.env` give them now).
+    settings as the environment and `.env` give them now); the local
+    provider's backend is backend, else the settings' (`torch`, `onnx-int8`).
     """
     kind = provider.strip().lower()
     if kind == "sentence-transformers":
-        return SentenceTransformerEmbedder(model or DEFAULT_MODEL)
+        chosen = (backend or (settings or Settings()).embedding_backend).strip().lower()
+        if chosen == TORCH:
+            return SentenceTransformerEmbedder(model or DEFAULT_MODEL)
+        if chosen == ONNX_INT8:
+            return OnnxInt8Embedder(model or DEFAULT_MODEL)
+        raise ConfigError(
+            f"unknown embedding backend {chosen!r}: set SUPARAG_EMBEDDING_BACKEND to "
+            + " or ".join(repr(b) for b in BACKENDS)
+        )
     if kind == "openai":
         settings = settings or Settings()
         return OpenAIEmbedder(model or DEFAULT_OPENAI_MODEL, api_key=settings.openai_api_key,
-                              base_url=settings.openai_base_url)
+                              base_url=settings.openai_base_url,
+                              max_tokens=settings.embedding_max_tokens)
     raise ConfigError(
         f"unknown embedding provider {provider!r}: set SUPARAG_EMBEDDING_PROVIDER to "
         "'sentence-transformers' or 'openai'"
@@ -51,12 +62,14 @@ def embedder_for_model(stored_name: str, settings: Settings) -> Embedder:
     """The embedder that made vectors stored as stored_name (to embed queries alike).
 
     `openai/<model>` is that model on the configured OpenAI(-compatible)
-    server; any other name is a sentence-transformers model.
+    server; `<model>@onnx-int8` a local model on the int8 backend; any other
+    name a sentence-transformers model on torch.
     """
     if stored_name.startswith(OPENAI_PREFIX):
         return make_embedder("openai", stored_name.removeprefix(OPENAI_PREFIX),
                              settings=settings)
-    return make_embedder("sentence-transformers", stored_name)
+    model, backend = split_backend(stored_name)
+    return make_embedder("sentence-transformers", model, settings=settings, backend=backend)
 
 
 def llm_from_settings(settings: Settings) -> LLM | None:

@@ -15,7 +15,12 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from worker.backoff import backoff_seconds
-from worker.errors import ConfigError, EmbeddingServiceError, EmbeddingServiceUnavailable
+from worker.errors import (
+    ConfigError,
+    EmbeddingJobError,
+    EmbeddingServiceError,
+    EmbeddingServiceUnavailable,
+)
 from worker.models._http import display_url, openai_client, retry_after_seconds, server_detail
 from worker.models.base import (
     DEFAULT_OPENAI_DIMENSIONS,
@@ -47,6 +52,38 @@ _RETRIED_STATUSES = frozenset({408, 429})
 # chunks a quarter of the size, and the chunker's "a join costs one token"
 # arithmetic holds for "\n\n" only with a divisor of 2 or more.)
 _BYTES_PER_TOKEN = 3
+
+#: Input windows of OpenAI's embedding models, in tokens (their model pages).
+KNOWN_WINDOWS = {
+    "text-embedding-3-small": 8191,
+    "text-embedding-3-large": 8191,
+    "text-embedding-ada-002": 8191,
+}
+#: Chunk size for a model whose window is larger: a good retrieval size.
+DEFAULT_CHUNK_TOKENS = 512
+#: Tokens a server may add to each input it counts ([CLS]/[SEP], BOS/EOS).
+SPECIALS_ALLOWANCE = 2
+
+
+def _stand_in_tokenizer(model: str) -> Any | None:
+    """The packaged all-MiniLM-L6-v2 tokenizer, for a server that runs that model.
+
+    A small model behind an OpenAI-compatible server is counted with its own
+    tokenizer when one is available offline, so chunks fit its real window
+    (issue 16: 163 of 752 estimated-512 chunks overflowed MiniLM's 256).
+    """
+    from worker.models.base import DEFAULT_MODEL
+    from worker.models.local import _packaged_model_path
+    from worker.models.tokens import FastTokenizer
+
+    if model.rsplit("/", 1)[-1].lower() != DEFAULT_MODEL.rsplit("/", 1)[-1].lower():
+        return None
+    path = _packaged_model_path(DEFAULT_MODEL)
+    if path is None:
+        return None
+    from pathlib import Path
+
+    return FastTokenizer.of_folder(Path(path))
 
 
 def estimate_tokens(text: str) -> int:
@@ -94,8 +131,15 @@ class OpenAIEmbedder:
     answers and lost connections are retried with exponential backoff and
     jitter, waiting what `retry-after-ms` / `Retry-After` ask for (up to
     `max_retry_wait_seconds`), `max_attempts` times in all; other errors are
-    not retried. Chunks are capped at `max_tokens` (512 by default, a good
-    retrieval size) although the models accept 8,191.
+    not retried.
+
+    Chunks hold at most `max_tokens`: as given (SUPARAG_EMBEDDING_MAX_TOKENS:
+    the model's real window), else 512 for OpenAI's models (a good retrieval
+    size; they read 8,191), else the window of the stand-in tokenizer (the
+    packaged MiniLM's, for a server running all-MiniLM-L6-v2), else 512.
+    When the server reports usage, its count is checked: an input the server
+    counted over `max_tokens` fails its document loudly (EmbeddingJobError)
+    rather than being stored as if it had been embedded whole.
     """
 
     def __init__(
@@ -105,7 +149,7 @@ class OpenAIEmbedder:
         api_key: str | None = None,
         base_url: str | None = None,
         dimensions: int | None = None,
-        max_tokens: int = 512,
+        max_tokens: int | None = None,
         max_batch_inputs: int = 2048,
         max_batch_tokens: int = 300_000,
         max_attempts: int = 5,
@@ -114,7 +158,8 @@ class OpenAIEmbedder:
         max_retry_wait_seconds: float = 60.0,
         timeout_seconds: float = 60.0,
     ) -> None:
-        if max_attempts < 1 or max_batch_inputs < 1 or max_batch_tokens < 1 or max_tokens < 1:
+        if (max_attempts < 1 or max_batch_inputs < 1 or max_batch_tokens < 1
+                or (max_tokens is not None and max_tokens < 1)):
             raise ValueError("max_attempts, max_batch_inputs, max_batch_tokens and max_tokens "
                              "must be at least 1")
         if not api_key:
@@ -132,7 +177,7 @@ class OpenAIEmbedder:
         self._send_dimensions = model.rsplit("/", 1)[-1].startswith("text-embedding-3")
         self._dimensions = dimensions or (DEFAULT_OPENAI_DIMENSIONS if self._send_dimensions
                                           else None)
-        self._max_tokens = max_tokens
+        self._max_tokens_given = max_tokens
         self.max_batch_inputs = max_batch_inputs
         self.max_batch_tokens = max_batch_tokens
         self.max_attempts = max_attempts
@@ -150,6 +195,11 @@ class OpenAIEmbedder:
 
     def load(self) -> None:
         self._client  # noqa: B018  # builds the client; makes no request
+
+    @cached_property
+    def _stand_in(self) -> Any | None:
+        """A local tokenizer of the same model (worker.models.tokens.FastTokenizer), if any."""
+        return None if self._encoding is not None else _stand_in_tokenizer(self.model)
 
     @cached_property
     def _encoding(self) -> Any | None:
@@ -170,18 +220,29 @@ class OpenAIEmbedder:
             return len(self.embed(["dimension probe"])[0])  # also records it
         return self._dimensions
 
-    @property
+    @cached_property
     def max_tokens(self) -> int:
-        return self._max_tokens
+        base = self.model.rsplit("/", 1)[-1]
+        if self._max_tokens_given is not None:
+            return self._max_tokens_given
+        if base in KNOWN_WINDOWS:
+            return min(DEFAULT_CHUNK_TOKENS, KNOWN_WINDOWS[base])
+        if self._stand_in is not None:
+            return int(self._stand_in.window)
+        return DEFAULT_CHUNK_TOKENS
 
     def count_tokens(self, text: str) -> int:
-        """Exact with tiktoken; else estimate_tokens (see the note above it)."""
+        """Exact with tiktoken or the stand-in tokenizer; else estimate_tokens (see its note)."""
         if self._encoding is None:
+            if self._stand_in is not None:
+                return int(self._stand_in.count(text))
             return estimate_tokens(text)
         return len(self._encoding.encode(text, disallowed_special=()))
 
     def split_tokens(self, text: str, size: int) -> list[str]:
         if self._encoding is None:
+            if self._stand_in is not None:
+                return list(self._stand_in.split(text, size))
             return split_estimated(text, size)
         ids = self._encoding.encode(text, disallowed_special=())
         _, offsets = self._encoding.decode_with_offsets(ids)
@@ -227,7 +288,11 @@ class OpenAIEmbedder:
             yield batch
 
     def _embed_batch(self, batch: list[str]) -> list[list[float]]:
-        data = list(self._create(batch).data)
+        response = self._create(batch)
+        if self._over_window(batch, response) and len(batch) > 1:
+            # The server counts more than we do: ask for each input alone to find the one.
+            return [v for text in batch for v in self._embed_batch([text])]
+        data = list(response.data)
         # The API numbers its answers; put them back in input order.
         if all(getattr(item, "index", None) is not None for item in data):
             data.sort(key=lambda item: item.index)
@@ -256,6 +321,33 @@ class OpenAIEmbedder:
                 f"expected {self._dimensions}: {hint}"
             )
         return vectors
+
+    def _over_window(self, batch: list[str], response: CreateEmbeddingResponse) -> bool:
+        """Whether the server counted more tokens than batch may hold; raises for one input.
+
+        A server cuts what exceeds its model's window without saying so; its
+        usage count is the one sign. Within the allowance for special tokens
+        all is well. Over it, one input over max_tokens is an error of its
+        document (EmbeddingJobError, so the worker fails that document alone).
+        """
+        usage = getattr(response, "usage", None)
+        counted = getattr(usage, "prompt_tokens", None)
+        if not isinstance(counted, int):
+            return False  # the server reports no usage: nothing to check against
+        ours = sum(self.count_tokens(t) for t in batch)
+        if counted <= ours + SPECIALS_ALLOWANCE * len(batch):
+            return False
+        if len(batch) > 1:
+            log.warning("%s counted %d tokens where we counted %d; checking the %d inputs one "
+                        "by one", self.server, counted, ours, len(batch))
+            return True
+        if counted <= self.max_tokens + SPECIALS_ALLOWANCE:
+            return False
+        raise EmbeddingJobError(
+            f"{self.server} counted {counted} tokens in one chunk of {self.model!r}, which reads "
+            f"at most {self.max_tokens}: the server would cut it and the rest would never be "
+            "embedded. Set SUPARAG_EMBEDDING_MAX_TOKENS to the model's real window"
+        )
 
     def _create(self, batch: list[str]) -> CreateEmbeddingResponse:
         """One embeddings request, retried on 408/429/5xx and lost connections."""

@@ -1,0 +1,73 @@
+"""A Hugging Face fast tokenizer read from its `tokenizer.json`, without transformers or torch.
+
+The same tokenizer sentence-transformers uses for a model, so counts and
+cuts agree with it; used by the int8 backend (worker.models.onnx) and, for a
+small model behind an OpenAI-compatible server, by the openai provider.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from worker.errors import ConfigError
+
+
+def max_seq_length(folder: Path) -> int:
+    """sentence-transformers' max_seq_length for the model in folder (512 if unstated)."""
+    config = folder / "sentence_bert_config.json"
+    if config.is_file():
+        value = json.loads(config.read_text()).get("max_seq_length")
+        if isinstance(value, int) and value > 0:
+            return value
+    return 512
+
+
+class FastTokenizer:
+    """Counts and cuts text in a model's tokens; window is what the model reads in one input."""
+
+    def __init__(self, path: Path, *, max_seq_length: int) -> None:
+        self.path = path
+        self.max_seq_length = max_seq_length
+
+    @classmethod
+    def of_folder(cls, folder: Path) -> FastTokenizer:
+        return cls(folder / "tokenizer.json", max_seq_length=max_seq_length(folder))
+
+    @cached_property
+    def raw(self) -> Any:
+        """The `tokenizers.Tokenizer`, loaded on first use with no padding or truncation."""
+        try:
+            from tokenizers import Tokenizer
+        except ImportError as exc:
+            raise ConfigError("counting a local model's tokens needs tokenizers: "
+                              "`pip install tokenizers`") from exc
+        tokenizer = Tokenizer.from_file(str(self.path))
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        return tokenizer
+
+    @cached_property
+    def specials(self) -> int:
+        """Tokens the model adds to every input ([CLS], [SEP])."""
+        return len(self.raw.encode("", add_special_tokens=True).ids)
+
+    @property
+    def window(self) -> int:
+        """Tokens of text one input may hold, special tokens excluded."""
+        return self.max_seq_length - self.specials
+
+    def count(self, text: str) -> int:
+        return len(self.raw.encode(text, add_special_tokens=False).ids)
+
+    def split(self, text: str, size: int) -> list[str]:
+        """text cut into runs of at most size tokens (SentenceTransformerEmbedder's cut)."""
+        offsets = self.raw.encode(text, add_special_tokens=False).offsets
+        runs = []
+        for first in range(0, len(offsets), size):
+            start = offsets[first][0]
+            end = offsets[first + size][0] if first + size < len(offsets) else len(text)
+            runs.append(text[start:end].strip())
+        return [r for r in runs if r]
