@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cli._common import DbUrlOption, err_console, resolve_db_url
 from worker.errors import ConfigError
 from worker.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from worker.mcpserver.auth import TokenVerifier
+    from worker.mcpserver.knowledge import KnowledgeBase
 
 
 def mcp(
@@ -65,7 +69,7 @@ def mcp(
         _serve_stdio(kb, settings, as_user=as_user, token=token)
 
 
-def _verifier(settings: Settings):  # type: ignore[no-untyped-def]
+def _verifier(settings: Settings) -> TokenVerifier:
     from worker.mcpserver.auth import TokenVerifier, jwks_url_for
 
     secret = settings.supabase_jwt_secret
@@ -77,7 +81,7 @@ def _verifier(settings: Settings):  # type: ignore[no-untyped-def]
     return TokenVerifier(jwt_secret=secret, jwks_url=jwks)
 
 
-def _serve_stdio(kb, settings: Settings, *, as_user: str | None,  # type: ignore[no-untyped-def]
+def _serve_stdio(kb: KnowledgeBase, settings: Settings, *, as_user: str | None,
                  token: str | None) -> None:
     from worker.db import connect
     from worker.mcpserver.server import build_server, fixed_caller, token_caller
@@ -99,8 +103,8 @@ def _serve_stdio(kb, settings: Settings, *, as_user: str | None,  # type: ignore
     build_server(kb, caller).run()
 
 
-def _serve_http(kb, settings: Settings, *, host: str,  # type: ignore[no-untyped-def]
-                port: int, public_url: str | None) -> None:
+def _serve_http(kb: KnowledgeBase, settings: Settings, *, host: str, port: int,
+                public_url: str | None) -> None:
     import uvicorn
 
     from worker.mcpserver.server import HTTP_PATH, build_server, http_app, http_caller

@@ -406,3 +406,24 @@ def test_output_is_json(setup, http_url):
     result = over_http(http_url, setup.token_of("carol"), lambda c: c.call_tool(
         "get_document", {"id": str(setup.ids["chess"])}))
     assert json.loads(json.dumps(structured(result)))["title"] == "chess"
+
+
+def test_an_mcp_session_is_bound_to_the_user_who_opened_it(setup, http_url):
+    """bob's valid token with alice's session id is refused: the SDK binds the session to
+    the token's subject, so a leaked session id reads nothing as alice."""
+    opened = _initialize(http_url, {"authorization": f"Bearer {setup.token_of('alice')}"})
+    session = opened.headers["mcp-session-id"]
+    version = opened.headers.get("mcp-protocol-version", "2025-06-18")
+
+    def list_tools(user: str) -> httpx.Response:
+        return httpx.post(http_url, json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+                          headers={"accept": "application/json, text/event-stream",
+                                   "mcp-session-id": session, "mcp-protocol-version": version,
+                                   "authorization": f"Bearer {setup.token_of(user)}"},
+                          timeout=30)
+
+    refused = list_tools("bob")
+    assert refused.status_code in (403, 404), refused.text
+    assert "search_knowledge_base" not in refused.text
+    allowed = list_tools("alice")
+    assert allowed.status_code == 200 and "search_knowledge_base" in allowed.text

@@ -25,7 +25,7 @@ from typing import Any
 from worker import search as search_mod
 from worker.asking import ask as ask_as
 from worker.db import as_request, connect
-from worker.errors import BadInput, NotFound
+from worker.errors import AnswerFailed, BadInput, NotFound
 from worker.models.base import LLM, Embedder
 from worker.users import User
 
@@ -96,6 +96,8 @@ class _ClaimsUser(User):
     """A user whose claims are the verified token's own, passed on unchanged (so
     `worker.asking` inserts the question and reads the answer as exactly that token)."""
 
+    _token_claims: dict[str, Any]
+
     def __init__(self, claims: Mapping[str, Any]) -> None:
         super().__init__(id=uuid.UUID(str(claims["sub"])), email=str(claims.get("email") or ""),
                          app_metadata=dict(claims.get("app_metadata") or {}),
@@ -103,7 +105,7 @@ class _ClaimsUser(User):
         object.__setattr__(self, "_token_claims", dict(claims))
 
     def claims(self) -> dict[str, Any]:
-        return dict(self._token_claims)  # type: ignore[attr-defined]
+        return dict(self._token_claims)
 
 
 @dataclass
@@ -146,7 +148,12 @@ class KnowledgeBase:
 
     def ask(self, claims: Mapping[str, Any], question: str, *,
             conversation: str | None = None, limit: int = 5) -> dict[str, Any]:
-        """Ask through the answer queue as the caller; the answer and its citations."""
+        """Ask through the answer queue as the caller; the answer and its citations.
+
+        An answer still being written after `answer_timeout` comes back with its
+        status (`queued`, or `streaming` with the text so far) and question_id; a failed
+        one is AnswerFailed.
+        """
         check_text(question, what="question", limit=MAX_QUESTION_CHARS)
         check_limit(limit)
         conversation_id = None
@@ -162,6 +169,10 @@ class KnowledgeBase:
                            question, llm=self.llm, conversation_id=conversation_id, k=limit,
                            timeout=self.answer_timeout)
         answer = asked.answer or {}
+        if answer.get("status") == "failed":
+            raise AnswerFailed(f"question {asked.question_id} was not answered: "
+                               f"{answer.get('error')}. It is retried with backoff: ask again "
+                               "later")
         return {
             "answer": answer.get("content", ""),
             "status": answer.get("status", "queued"),
