@@ -427,3 +427,75 @@ def test_an_mcp_session_is_bound_to_the_user_who_opened_it(setup, http_url):
     assert "search_knowledge_base" not in refused.text
     allowed = list_tools("alice")
     assert allowed.status_code == 200 and "search_knowledge_base" in allowed.text
+
+
+# -- JWKS (Supabase's asymmetric signing keys) -----------------------------------------
+
+
+def test_asymmetric_tokens_are_verified_against_the_projects_jwks():
+    """An ES256 token is checked against the keys the project publishes (served here over
+    real HTTP); a token signed with another key, or HS256 with no secret, is refused."""
+    from http.server import BaseHTTPRequestHandler
+
+    from conftest import http_double
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from worker.errors import InvalidToken
+    from worker.mcpserver.auth import jwks_url_for
+
+    project_key, other_key = ec.generate_private_key(ec.SECP256R1()), \
+        ec.generate_private_key(ec.SECP256R1())
+    public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(project_key.public_key()))
+    jwks = json.dumps({"keys": [{**public, "kid": "k1", "alg": "ES256", "use": "sig"}]})
+    requested = []
+
+    class Jwks(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requested.append(self.path)
+            body = jwks.encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    now = int(time.time())
+    claims = {"sub": str(uuid.uuid4()), "role": "authenticated", "exp": now + 60}
+    with http_double(Jwks) as base:
+        supabase_url = base.removesuffix("/v1")
+        verifier = TokenVerifier(jwks_url=jwks_url_for(supabase_url))
+        good = jwt.encode(claims, project_key, algorithm="ES256", headers={"kid": "k1"})
+        assert verifier.verify(good)["sub"] == claims["sub"]
+        assert requested == ["/auth/v1/.well-known/jwks.json"]
+        forged = jwt.encode(claims, other_key, algorithm="ES256", headers={"kid": "k1"})
+        with pytest.raises(InvalidToken, match="Signature verification failed"):
+            verifier.verify(forged)
+        with pytest.raises(InvalidToken, match="HS256 tokens are not accepted"):
+            verifier.verify(jwt.encode(claims, SECRET, algorithm="HS256"))
+        anon = jwt.encode({**claims, "role": "anon"}, project_key, algorithm="ES256",
+                          headers={"kid": "k1"})
+        with pytest.raises(InvalidToken, match="'anon' is refused"):
+            verifier.verify(anon)
+    with pytest.raises(InvalidToken, match="algorithm 'none' is not accepted"):
+        TokenVerifier(jwt_secret=SECRET).verify(
+            jwt.encode(claims, None, algorithm="none"))  # type: ignore[arg-type]
+
+
+def test_the_command_says_who_to_answer_as(setup):
+    import subprocess
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "cli", "mcp", *args],
+                              env={**os.environ, "SUPARAG_DB_URL": setup.db_url},
+                              capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL)
+
+    neither = run()
+    assert neither.returncode == 1 and "--as EMAIL" in neither.stderr
+    both = run("--http", "--as", "alice@example.com")
+    assert both.returncode == 1 and "drop --as and --token" in both.stderr
+    nobody = run("--as", "nobody@example.com")
+    assert nobody.returncode == 1 and "no user 'nobody@example.com'" in nobody.stderr
