@@ -187,6 +187,14 @@ def test_tool_schemas_are_valid_json_schemas_with_limits(setup, http_url):
     assert set(search["properties"]) == {"query", "limit", "filter", "hybrid"}
     assert set(by_name["ask"].input_schema["properties"]) == {"question", "conversation"}
     assert by_name["get_document"].input_schema["required"] == ["id"]
+    # The outputs are described too, so a client knows what comes back.
+    outputs = {name: tool.output_schema for name, tool in by_name.items()}
+    assert outputs["search_knowledge_base"]["required"] == ["results"]
+    passage = outputs["search_knowledge_base"]["$defs"]["Passage"]
+    assert {"title", "passage", "document_id", "chunk_index"} <= set(passage["required"])
+    assert {"similarity", "score", "page"} <= set(passage["properties"])
+    assert {"answer", "citations", "conversation_id"} <= set(outputs["ask"]["required"])
+    assert {"title", "content", "metadata"} <= set(outputs["get_document"]["required"])
     # Arguments the schema refuses are refused by the server too.
     jsonschema.validate({"query": "x", "limit": 3}, search)
     with pytest.raises(jsonschema.ValidationError):

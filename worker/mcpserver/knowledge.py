@@ -20,7 +20,9 @@ import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NotRequired
+
+from typing_extensions import TypedDict
 
 from worker import search as search_mod
 from worker.asking import ask as ask_as
@@ -36,6 +38,59 @@ MAX_FILTER_KEYS = 16
 MAX_FILTER_CHARS = 4_000
 #: get_document returns at most this much content (the rest is cut, and says so).
 MAX_DOCUMENT_CHARS = 100_000
+
+
+# What the tools return: their output schemas. (typing_extensions' TypedDict: pydantic,
+# which the SDK builds the schemas with, needs it before Python 3.12.)
+
+
+class Passage(TypedDict):
+    """One passage a search returned."""
+
+    rank: int
+    title: str
+    passage: str
+    similarity: NotRequired[float]  # semantic search: cosine similarity
+    score: NotRequired[float]  # hybrid search: reciprocal rank fusion score
+    document_id: str
+    chunk_id: int
+    chunk_index: int
+    metadata: dict[str, Any]
+    page: NotRequired[Any]
+    source: NotRequired[Any]
+
+
+class SearchResults(TypedDict):
+    results: list[Passage]
+
+
+class Answer(TypedDict):
+    """An answer as the asker reads it (citations as the answer worker wrote them)."""
+
+    answer: str
+    status: str
+    error: str | None
+    citations: list[dict[str, Any]]
+    mode: str | None
+    model: str | None
+    question_id: str
+    conversation_id: str
+
+
+class Document(TypedDict):
+    document_id: str
+    title: str
+    content: str
+    truncated: bool
+    characters: int
+    metadata: dict[str, Any]
+    visibility: str
+    team: str | None
+    source: str | None
+    embedding_status: str
+    created_at: str
+    updated_at: str
+
 
 _DOCUMENT = """
     select id, title, content, metadata, visibility, team, source, embedding_status,
@@ -133,7 +188,7 @@ class KnowledgeBase:
 
     def search(self, claims: Mapping[str, Any], query: str, *, limit: int = 5,
                metadata_filter: Mapping[str, Any] | None = None,
-               hybrid: bool = False) -> list[dict[str, Any]]:
+               hybrid: bool = False) -> list[Passage]:
         """The passages the caller may read that best match query, best first."""
         check_text(query, what="query", limit=MAX_QUERY_CHARS)
         check_limit(limit)
@@ -147,7 +202,7 @@ class KnowledgeBase:
         return [_passage(rank, row, hybrid=hybrid) for rank, row in enumerate(rows, start=1)]
 
     def ask(self, claims: Mapping[str, Any], question: str, *,
-            conversation: str | None = None, limit: int = 5) -> dict[str, Any]:
+            conversation: str | None = None, limit: int = 5) -> Answer:
         """Ask through the answer queue as the caller; the answer and its citations.
 
         An answer still being written after `answer_timeout` comes back with its
@@ -184,7 +239,7 @@ class KnowledgeBase:
             "conversation_id": str(asked.conversation_id),
         }
 
-    def get_document(self, claims: Mapping[str, Any], value: str) -> dict[str, Any]:
+    def get_document(self, claims: Mapping[str, Any], value: str) -> Document:
         """One document the caller may read, or NotFound (also when RLS hides it)."""
         doc_id = document_id(value)
         with connect(self.db_url) as conn, as_request(conn, claims):
@@ -208,21 +263,19 @@ class KnowledgeBase:
         }
 
 
-def _passage(rank: int, row: Mapping[str, Any], *, hybrid: bool) -> dict[str, Any]:
+def _passage(rank: int, row: Mapping[str, Any], *, hybrid: bool) -> Passage:
     metadata = row["metadata"] or {}
-    passage: dict[str, Any] = {
-        "rank": rank,
-        "title": row["title"],
-        "passage": row["content"],
-        # A hybrid score is a fused rank, not a similarity: named for what it is.
-        ("score" if hybrid else "similarity"): round(float(row["score"]), 6),
-        "document_id": str(row["document_id"]),
-        "chunk_id": row["chunk_id"],
-        "chunk_index": row["chunk_index"],
-        "metadata": metadata,
-    }
+    passage = Passage(rank=rank, title=row["title"], passage=row["content"],
+                      document_id=str(row["document_id"]), chunk_id=row["chunk_id"],
+                      chunk_index=row["chunk_index"], metadata=metadata)
+    # A hybrid score is a fused rank, not a similarity: named for what it is.
+    if hybrid:
+        passage["score"] = round(float(row["score"]), 6)
+    else:
+        passage["similarity"] = round(float(row["score"]), 6)
     # Citation fields ingest may have recorded (issue 15's page numbers, the file).
-    for key in ("page", "source"):
-        if key in metadata:
-            passage[key] = metadata[key]
+    if "page" in metadata:
+        passage["page"] = metadata["page"]
+    if "source" in metadata:
+        passage["source"] = metadata["source"]
     return passage

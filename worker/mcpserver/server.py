@@ -38,7 +38,11 @@ from worker.mcpserver.knowledge import (
     MAX_LIMIT,
     MAX_QUERY_CHARS,
     MAX_QUESTION_CHARS,
+    Answer,
+    Document,
     KnowledgeBase,
+    Passage,
+    SearchResults,
 )
 
 T = TypeVar("T")
@@ -118,7 +122,7 @@ def build_server(kb: KnowledgeBase, caller: Callable[[], Claims], *,
                   '{"topic": "geology"}.')] = None,
         hybrid: Annotated[bool, Field(description="Fuse full-text and semantic ranking: "
                                       "better for exact words, names and codes.")] = False,
-    ) -> dict[str, Any]:
+    ) -> SearchResults:
         """Search the knowledge base for passages relevant to a query.
 
         Returns the best passages among the documents the signed-in user may
@@ -127,7 +131,7 @@ def build_server(kb: KnowledgeBase, caller: Callable[[], Claims], *,
         """
         passages = await as_caller(functools.partial(
             _search, kb, query=query, limit=limit, metadata_filter=filter, hybrid=hybrid))
-        return {"results": passages}
+        return SearchResults(results=passages)
 
     @server.tool(structured_output=True)
     async def ask(
@@ -136,7 +140,7 @@ def build_server(kb: KnowledgeBase, caller: Callable[[], Claims], *,
         conversation: Annotated[str | None, Field(
             description="Continue this conversation: the conversation_id an earlier ask "
             "returned.")] = None,
-    ) -> dict[str, Any]:
+    ) -> Answer:
         """Answer a question from the knowledge base, with numbered citations.
 
         Only documents the signed-in user may read are used. Returns the
@@ -150,7 +154,7 @@ def build_server(kb: KnowledgeBase, caller: Callable[[], Claims], *,
     async def get_document(
         id: Annotated[str, Field(  # the tool's public parameter name
             description="The document_id a search or a citation returned.", max_length=100)],
-    ) -> dict[str, Any]:
+    ) -> Document:
         """Read one whole document by its id (title, content, metadata).
 
         A document that does not exist and one the user may not read give the
@@ -162,17 +166,17 @@ def build_server(kb: KnowledgeBase, caller: Callable[[], Claims], *,
 
 
 def _search(kb: KnowledgeBase, claims: Claims, *, query: str, limit: int,
-            metadata_filter: Mapping[str, Any] | None, hybrid: bool) -> list[dict[str, Any]]:
+            metadata_filter: Mapping[str, Any] | None, hybrid: bool) -> list[Passage]:
     return kb.search(claims, query, limit=limit, metadata_filter=metadata_filter,
                      hybrid=hybrid)
 
 
 def _ask(kb: KnowledgeBase, claims: Claims, *, question: str,
-         conversation: str | None) -> dict[str, Any]:
+         conversation: str | None) -> Answer:
     return kb.ask(claims, question, conversation=conversation)
 
 
-def _get_document(kb: KnowledgeBase, claims: Claims, *, value: str) -> dict[str, Any]:
+def _get_document(kb: KnowledgeBase, claims: Claims, *, value: str) -> Document:
     return kb.get_document(claims, value)
 
 
