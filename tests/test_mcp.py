@@ -507,3 +507,43 @@ def test_the_command_says_who_to_answer_as(setup):
     assert both.returncode == 1 and "drop --as and --token" in both.stderr
     nobody = run("--as", "nobody@example.com")
     assert nobody.returncode == 1 and "no user 'nobody@example.com'" in nobody.stderr
+
+
+def test_the_http_command_serves_each_request_as_its_token(setup, tmp_path):
+    """`suparag mcp --http` as a process: the local project's secret by default (as
+    `suparag dev` signs tokens), alice and bob each get their own results."""
+    import subprocess
+
+    from worker.devstack.api.keys import load_or_create
+
+    home = tmp_path / "home"
+    keys = load_or_create(home)  # the secret `suparag dev` (and `suparag token`) would use
+    port = free_port()
+    env = {**os.environ, "SUPARAG_DB_URL": setup.db_url, "SUPARAG_HOME": str(home),
+           "HF_HUB_OFFLINE": "1"}
+    env.pop("SUPABASE_URL", None)
+    env.pop("SUPABASE_JWT_SECRET", None)
+    process = subprocess.Popen([sys.executable, "-m", "cli", "mcp", "--http", "--port",
+                                str(port)], env=env, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}{HTTP_PATH}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.communicate()[1]
+            try:
+                httpx.get(url, timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "`suparag mcp --http` did not start"
+                time.sleep(0.2)
+
+        for name in ("alice", "bob"):
+            titles = over_http(url, keys.access_token(setup.world.users[name]), search_titles)
+            assert set(titles) == setup.readable(name)
+        other_secret = token(setup.world.users["alice"].claims())  # not the project's
+        refused = _initialize(url, {"authorization": f"Bearer {other_secret}"})
+        assert refused.status_code == 401
+    finally:
+        process.terminate()
+        process.wait(30)
