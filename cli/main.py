@@ -16,6 +16,7 @@ from cli import (
     export,
     ingest,
     jobs,
+    mcp,
     search,
     status,
     token,
@@ -47,6 +48,7 @@ app.command()(usage.usage)
 app.add_typer(export.app, name="export")
 app.command()(status.status)
 app.command()(token.token)
+app.command()(mcp.mcp)
 
 
 @app.command()

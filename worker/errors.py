@@ -2,6 +2,7 @@
 
     SuparagError
     ├── ConfigError                  settings missing or contradictory
+    ├── BadInput                     (also ValueError) a tool input out of its bounds (MCP)
     ├── NotFound                     a named thing does not exist
     │   └── UserNotFound             no auth.users row for that email or id
     ├── LocalServerError             the embedded PostgreSQL could not be managed
@@ -47,6 +48,10 @@ class SuparagError(Exception):
 
 class ConfigError(SuparagError):
     """Settings are missing or contradictory."""
+
+
+class BadInput(SuparagError, ValueError):
+    """An input to an MCP tool that is empty, malformed or over its limit (the limit named)."""
 
 
 class NotFound(SuparagError):

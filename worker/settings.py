@@ -104,6 +104,17 @@ class Settings(BaseSettings):
         default=None, validation_alias="SUPABASE_SERVICE_ROLE_KEY",
         description="The project's service_role key, for the Realtime wake-ups (never logged).",
     )
+    supabase_jwt_secret: str | None = Field(
+        default=None, validation_alias="SUPABASE_JWT_SECRET",
+        description="The project's JWT secret, with which `suparag mcp` verifies users' "
+        "access tokens (HS256). Unset: the local project's; with SUPABASE_URL, asymmetric "
+        "tokens are checked against the project's JWKS.",
+    )
+    mcp_token: str | None = Field(
+        default=None,
+        description="A user's access token for `suparag mcp` over stdio (the process then "
+        "answers as that user).",
+    )
 
     @model_validator(mode="after")
     def _openai_client_names(self) -> Settings:
