@@ -41,6 +41,8 @@ LANDED = {
         "caf71738e567aeeb1606c8990c10b9c11b2d446a58d755332d925319e2e111c3",
     "20261202040000_suparag_answer_broadcast.sql":
         "bcd29128472c1bdfe03ac80c7fee0e517cd5c86b277dc12a044099da5ee1e842",
+    "20261202070000_suparag_chunk_pages.sql":
+        "780e48e93b086f1e9d29ca3de73945959d49adb58875a1a24ad585baf277f66d",
 }
 
 
