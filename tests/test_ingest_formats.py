@@ -284,7 +284,11 @@ def test_ingest_stores_readable_files_only_and_pages_reach_citations(
     (kb / "plain-locked.docx").unlink()
     make_docx(kb / "leave.docx")
 
-    report = run(conn, [kb])
+    seen: list[tuple[str, int, int]] = []
+    report = run(conn, [kb], on_progress=lambda f, done, total: seen.append(
+        (f.source, done, total)))
+    assert [s for s in seen if s[0] == "kb/policy.pdf"] == [
+        ("kb/policy.pdf", 1, 2), ("kb/policy.pdf", 2, 2)]
     assert {s.source: s.reason.split(":")[0] for s in report.skipped} == {
         "kb/scan.pdf": "no text layer on any of its 2 pages (scanned?)",
         "kb/locked.docx": "password-protected Word file",
