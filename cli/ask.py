@@ -138,6 +138,13 @@ def _print_citations(citations: list[dict[str, Any]]) -> None:
     table.add_column("document", no_wrap=True)
     table.add_column("chunk", justify="right")
     for c in citations:
-        table.add_row(str(c["n"]), escape(c["title"]), f"{c['similarity']:.4f}",
+        table.add_row(str(c["n"]), escape(cited_as(c)), f"{c['similarity']:.4f}",
                       c["document_id"], str(c["chunk_id"]))
     console.print(table)
+
+
+def cited_as(citation: dict[str, Any]) -> str:
+    """A citation as a reader names it: the title, and the page for a PDF (slide for a deck),
+    e.g. "policy.pdf, p. 12"."""
+    page = citation.get("page")  # absent in answers written before pages (issue 15)
+    return citation["title"] if page is None else f"{citation['title']}, p. {page}"

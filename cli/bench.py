@@ -218,3 +218,18 @@ def api(
 
     result = bench_api.run(clients=clients, seconds=seconds, slow=slow, docs=docs)
     emit(result, json_out, bench_api.print_report)
+
+
+@app.command("ingest-pdf")
+def ingest_pdf(
+    pages: Annotated[int, typer.Option(min=1, help="Pages in the generated text PDF.")] = 200,
+    repeat: Annotated[int, typer.Option(min=1, help="Reads of the file; best and median "
+                                        "are reported.")] = 3,
+    json_out: JsonOption = False,
+) -> None:
+    """PDF ingest speed in pages per second: `suparag ingest`'s reading of a text PDF
+    (PDFium's per-page text, page markers, clean-up), without the upsert or embedding."""
+    from bench import ingest_pdf as bench_pdf
+    from bench._common import emit
+
+    emit(bench_pdf.run(pages=pages, repeat=repeat), json_out, bench_pdf.print_report)

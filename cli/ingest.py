@@ -63,7 +63,8 @@ def ingest(
     db_url: DbUrlOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Read markdown, text, rst, HTML, JSON and JSONL files into documents.
+    """Read markdown, text, rst, HTML, JSON, JSONL, PDF, Word, PowerPoint, Excel and EPUB
+    files into documents.
 
     Each document is named by its source: the file's path relative to the
     folder holding the argument (`suparag ingest docs` names docs/a/b.md
@@ -79,6 +80,11 @@ def ingest(
     "metadata" (other keys join the metadata too); other JSON is stored
     pretty-printed. Files with other extensions are read as plain text when
     they are text.
+
+    PDFs are read page by page (each chunk keeps its page for citations);
+    .docx, .pptx, .xlsx and .epub become markdown. Scanned PDFs without text,
+    encrypted or corrupt files and password-protected Office files are
+    skipped with the reason.
 
     Reported and skipped: binary files (a NUL byte in the first 8 KB, or not
     decodable), unreadable files, bad JSON records (the rest of the file is
@@ -105,8 +111,14 @@ def ingest(
             def advance(file: ingest_mod.SourceFile) -> None:
                 progress.update(task, advance=1, current=escape(file.source))
 
+            def within(file: ingest_mod.SourceFile, done: int, total: int) -> None:
+                # A long PDF shows its pages going by (issue 15).
+                if total > 1:
+                    progress.update(task, current=f"{escape(file.source)} p. {done}/{total}")
+
             report = ingest_mod.ingest(conn, found, target, fallback_encoding=fallback,
-                                       max_bytes=int(max_size * 2**20), on_file=advance)
+                                       max_bytes=int(max_size * 2**20), on_file=advance,
+                                       on_progress=within)
     if json_out:
         print_json({"owner": target.owner.email, "team": target.team,
                     "visibility": target.visibility, **report.as_json()})

@@ -43,6 +43,8 @@ LANDED = {
         "bcd29128472c1bdfe03ac80c7fee0e517cd5c86b277dc12a044099da5ee1e842",
     "20261202030000_suparag_wake_secret.sql":
         "03aa5b90734081278b32d8c8a5c89e89f6c277c239cb7791cda753d237b062c8",
+    "20261202070000_suparag_chunk_pages.sql":
+        "780e48e93b086f1e9d29ca3de73945959d49adb58875a1a24ad585baf277f66d",
 }
 
 

@@ -1,4 +1,5 @@
-"""Stage 2: a file's bytes to text, or the reason it is skipped.
+"""Stage 2: a file's bytes to text, or the reason it is skipped. (Binary formats take
+the bytes as read by `read_bytes`, with the same checks before the decoding.)
 
 A regular file within the size limit is read whole and decoded: a byte-order
 mark's encoding, else UTF-8, else the fallback encoding, unless the bytes look
@@ -47,14 +48,9 @@ def check_encoding(name: str) -> str:
         ) from exc
 
 
-def read_text(
-    file: SourceFile,
-    *,
-    fallback_encoding: str = DEFAULT_FALLBACK_ENCODING,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-) -> Decoded | Skipped:
-    """The file's text, or why it was skipped (not a regular file, too large, unreadable,
-    binary)."""
+def read_bytes(file: SourceFile, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes | Skipped:
+    """The file's bytes, or why it was skipped (not a regular file, too large, unreadable);
+    what binary formats (PDF, Office, EPUB) are read from."""
     try:
         info = file.path.stat()
         if not stat.S_ISREG(info.st_mode):
@@ -67,6 +63,20 @@ def read_text(
     except OSError as exc:
         broken = " (broken symlink)" if file.path.is_symlink() and not file.path.exists() else ""
         return Skipped(file.source, f"unreadable: {exc.strerror}{broken}")
+    return data
+
+
+def read_text(
+    file: SourceFile,
+    *,
+    fallback_encoding: str = DEFAULT_FALLBACK_ENCODING,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Decoded | Skipped:
+    """The file's text, or why it was skipped (not a regular file, too large, unreadable,
+    binary)."""
+    data = read_bytes(file, max_bytes=max_bytes)
+    if isinstance(data, Skipped):
+        return data
     try:
         text, encoding = decode(data, fallback_encoding)
     except NotText as exc:

@@ -3,13 +3,20 @@ in batches; what a file or record could not give is reported and the rest goes o
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import psycopg
 
 from worker.documents import storable
-from worker.ingest.decode import DEFAULT_FALLBACK_ENCODING, DEFAULT_MAX_BYTES, read_text
+from worker.ingest.decode import (
+    DEFAULT_FALLBACK_ENCODING,
+    DEFAULT_MAX_BYTES,
+    Decoded,
+    read_bytes,
+    read_text,
+)
 from worker.ingest.discover import Discovery
 from worker.ingest.formats import format_for
 from worker.ingest.items import Document, Note, Parsed, Skipped, SourceFile
@@ -22,22 +29,35 @@ def read_source(
     *,
     fallback_encoding: str = DEFAULT_FALLBACK_ENCODING,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Parsed:
-    """The documents in one file, or why it was skipped, plus notes on what was changed."""
-    decoded = read_text(file, fallback_encoding=fallback_encoding, max_bytes=max_bytes)
-    if isinstance(decoded, Skipped):
-        return Parsed(skipped=[decoded])
+    """The documents in one file, or why it was skipped, plus notes on what was changed.
+
+    progress(done, total) is called as a binary format goes (a PDF: once per page).
+    """
     fmt = format_for(file.path)
-    read = fmt.read(file, decoded.text)
+    decoded: Decoded | None = None
+    if fmt.read_binary is not None:
+        data = read_bytes(file, max_bytes=max_bytes)
+        if isinstance(data, Skipped):
+            return Parsed(skipped=[data])
+        read = fmt.read_binary(file, data, progress or _no_progress)
+    else:
+        assert fmt.read is not None
+        text = read_text(file, fallback_encoding=fallback_encoding, max_bytes=max_bytes)
+        if isinstance(text, Skipped):
+            return Parsed(skipped=[text])
+        decoded = text
+        read = fmt.read(file, decoded.text)
     parsed = Parsed(skipped=read.skipped)
-    if decoded.note:
+    if decoded is not None and decoded.note:
         parsed.notes.append(Note(file.source, decoded.note))
     parsed.notes.extend(read.notes)
 
     # What every format's documents record about the file; the file wins over a
     # record's own metadata.
     stamp: dict[str, Any] = {"format": fmt.name}
-    if decoded.encoding != "utf-8":
+    if decoded is not None and decoded.encoding != "utf-8":
         stamp["encoding"] = decoded.encoding
     for doc in read.documents:
         stamped = {**doc.metadata, **stamp, "source": doc.source}
@@ -59,8 +79,13 @@ def ingest(
     max_bytes: int = DEFAULT_MAX_BYTES,
     batch_size: int = BATCH_SIZE,
     on_file: Callable[[SourceFile], None] | None = None,
+    on_progress: Callable[[SourceFile, int, int], None] | None = None,
 ) -> IngestReport:
-    """Read every file found and upsert its documents for target, committing per batch."""
+    """Read every file found and upsert its documents for target, committing per batch.
+
+    on_file(file) is called after each file; on_progress(file, done, total) within a
+    file that reports its progress (a PDF, per page).
+    """
     report = IngestReport(files=len(found.files), skipped=list(found.skipped))
     batches = Batches(conn, target, report, batch_size=batch_size)
     seen: dict[str, str] = {}
@@ -68,7 +93,10 @@ def ingest(
         conn.commit()
     try:
         for file in found.files:
-            parsed = read_source(file, fallback_encoding=fallback_encoding, max_bytes=max_bytes)
+            progress = None if on_progress is None else \
+                functools.partial(on_progress, file)
+            parsed = read_source(file, fallback_encoding=fallback_encoding, max_bytes=max_bytes,
+                                 progress=progress)
             report.skipped.extend(parsed.skipped)
             report.notes.extend(parsed.notes)
             for doc in parsed.documents:
@@ -86,3 +114,7 @@ def ingest(
         conn.rollback()
         raise
     return report
+
+
+def _no_progress(done: int, total: int) -> None:
+    """The progress callback when nobody is watching."""

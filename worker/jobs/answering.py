@@ -97,11 +97,13 @@ class Passage:
     title: str
     content: str
     similarity: float
+    #: The PDF page or slide the chunk came from (document_chunks.page); None if unpaged.
+    page: int | None = None
 
     def citation(self) -> dict[str, Any]:
         return {"n": self.n, "document_id": str(self.document_id), "chunk_id": self.chunk_id,
                 "chunk_index": self.chunk_index, "title": self.title,
-                "similarity": round(self.similarity, 4)}
+                "similarity": round(self.similarity, 4), "page": self.page}
 
 
 @dataclass
@@ -229,10 +231,24 @@ class AnswerWorker(QueueWorker[AnswerResult]):
         rows = retrieve(self.conn, vector, claims=claims, model=self.embedder.name,
                         k=question["match_count"], metadata_filter=question["filter"],
                         threshold=self.config.min_similarity)
+        pages = self._pages([row["chunk_id"] for row in rows])
         return [Passage(n=n, document_id=row["document_id"], chunk_id=row["chunk_id"],
                         chunk_index=row["chunk_index"], title=row["title"],
-                        content=row["content"], similarity=row["score"])
+                        content=row["content"], similarity=row["score"],
+                        page=pages.get(row["chunk_id"]))
                 for n, row in enumerate(rows, start=1)]
+
+    def _pages(self, chunk_ids: list[int]) -> dict[int, int]:
+        """The page of each paged chunk, by id (issue 15). Looked up by chunk id rather than
+        returned by match_documents, whose signature stays as it is; the ids are the ones
+        the asker's own retrieval returned, so this reads nothing the asker may not."""
+        if not chunk_ids:
+            return {}
+        with self.conn.transaction():
+            rows = self.conn.execute(
+                "select id, page from public.document_chunks"
+                " where id = any(%s) and page is not null", (chunk_ids,)).fetchall()
+        return {row["id"]: row["page"] for row in rows}
 
     def _history(self, question: dict[str, Any], claims: dict[str, Any]) -> list[Message]:
         """Earlier finished turns of the conversation, read as the asker (so only theirs)."""

@@ -5,6 +5,11 @@ the model. Breaks fall, in order of preference, at markdown headings, blank
 lines (paragraphs), line ends, sentence ends, and, for a run of text with
 none of those, between tokens. Consecutive chunks overlap by a few tokens of
 whole pieces, and the title leads every embedded text as context.
+
+Paged documents (a PDF's pages, a deck's slides) carry a line `<!-- page N -->`
+before each page's text, written by the ingest readers. A chunk never spans two
+pages and never overlaps into the next one, so each chunk has one page, which
+citations give ("policy.pdf, p. 12"); the marker lines are not chunk text.
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 _HEADING = re.compile(r"^#{1,6}\s", re.MULTILINE)
+_HEADING_ONLY = re.compile(r"#{1,6}[ \t][^\n]*")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+#: A page marker line, as worker/ingest/formats writes it (PAGE_MARKER there).
+_PAGE = re.compile(r"^[ \t]*<!-- page (\d{1,9}) -->[ \t]*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -26,10 +34,25 @@ class Chunk:
     index: int
     content: str
     embed_text: str
+    #: The page the chunk came from, for documents with page markers; else None.
+    page: int | None = None
 
     def content_hash(self, model: str) -> str:
         """Same text and model, same hash: the worker keeps that vector."""
         return hashlib.sha256(f"{model}\x00{self.embed_text}".encode()).hexdigest()
+
+
+def _pages(text: str) -> list[tuple[int | None, str]]:
+    """(page, text) runs split at page markers; text before the first marker has no page."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    runs: list[tuple[int | None, str]] = []
+    page: int | None = None
+    start = 0
+    for marker in _PAGE.finditer(text):
+        runs.append((page, text[start:marker.start()]))
+        page, start = int(marker.group(1)), marker.end()
+    runs.append((page, text[start:]))
+    return [(p, t) for p, t in runs if t.strip()]
 
 
 def _pieces(text: str) -> list[str]:
@@ -85,18 +108,48 @@ def chunk_document(
         content = f"{title}\n\n{content}"
     overlap_tokens = min(overlap_tokens, budget // 4)
 
-    pieces: list[tuple[str, int]] = []
-    for piece in _pieces(content):
-        for part in _split_to_fit(piece, budget, count_tokens, split_tokens):
-            pieces.append((part, count_tokens(part)))
+    pieces: list[tuple[str, int, int | None]] = []
+    for page, text in _pages(content):
+        for piece in _pieces(text):
+            for part in _split_to_fit(piece, budget, count_tokens, split_tokens):
+                pieces.append((part, count_tokens(part), page))
 
-    bodies: list[list[tuple[str, int]]] = []
+    # The tokens of the section each heading starts (up to the next heading or page).
+    sections: dict[int, int] = {}
+    for start, (piece, _, page) in enumerate(pieces):
+        if _HEADING.match(piece):
+            end = start + 1
+            while end < len(pieces) and pieces[end][2] == page and \
+                    not _HEADING.match(pieces[end][0]):
+                end += 1
+            sections[start] = sum(size + 1 for _, size, _ in pieces[start:end])
+
+    bodies: list[tuple[int | None, list[tuple[str, int]]]] = []
     current: list[tuple[str, int]] = []
+    current_page: int | None = pieces[0][2] if pieces else None
     used = 0
-    for piece, size in pieces:
+    for position, (piece, size, page) in enumerate(pieces):
+        if current and (page != current_page or used + sections.get(position, 0) > budget):
+            # A new page starts a new chunk, with no overlap: one page per chunk. So does
+            # a heading whose section does not fit in what is left of this chunk: a
+            # section is not split behind another section's tail when it need not be.
+            bodies.append((current_page, current))
+            current, used = [], 0
+        current_page = page
         # +1 per join: the blank line between pieces is a token or so.
         if current and used + size + 1 > budget:
-            bodies.append(current)
+            # A heading never ends a chunk: it moves on with the section it heads (a
+            # Word file's heading is a paragraph of its own, so it would be left behind).
+            moved: list[tuple[str, int]] = []
+            while len(current) > 1 and _HEADING_ONLY.fullmatch(current[-1][0]) and \
+                    sum(s + 1 for _, s in [current[-1], *moved]) + size + 1 <= budget:
+                moved.insert(0, current.pop())
+            bodies.append((current_page, current))
+            if moved:
+                current, used = moved, sum(s + 1 for _, s in moved)
+                current.append((piece, size))
+                used += size + 1
+                continue
             carried: list[tuple[str, int]] = []
             carried_size = 0
             # A new section starts clean: overlap never crosses a heading.
@@ -110,12 +163,12 @@ def chunk_document(
         current.append((piece, size))
         used += size + 1
     if current:
-        bodies.append(current)
+        bodies.append((current_page, current))
 
     chunks = []
-    for index, body in enumerate(bodies):
+    for index, (page, body) in enumerate(bodies):
         text = "\n\n".join(piece for piece, _ in body)
-        chunk = Chunk(index=index, content=text, embed_text=header + text)
+        chunk = Chunk(index=index, content=text, embed_text=header + text, page=page)
         # Token counts of pieces add up to the count of their join for the
         # tokenizers we use; check anyway, since a model that truncated
         # would embed less than we store.

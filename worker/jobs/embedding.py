@@ -215,11 +215,11 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
                          (job["document_id"],))
             with conn.cursor().copy(
                 "copy public.document_chunks (document_id, chunk_index, content, embedding,"
-                " embedding_model, content_hash) from stdin"
+                " embedding_model, content_hash, page) from stdin"
             ) as copy:
                 for chunk, digest in zip(plan.chunks, plan.hashes, strict=True):
                     copy.write_row((job["document_id"], chunk.index, chunk.content,
-                                    plan.vector(chunk, digest), model, digest))
+                                    plan.vector(chunk, digest), model, digest, chunk.page))
             conn.execute(
                 "update public.documents set embedding_status = 'ready', embedding_model = %s,"
                 " embedded_at = now(), embedding_error = null where id = %s",

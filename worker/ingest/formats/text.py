@@ -20,7 +20,7 @@ def single(file: SourceFile, title: str, content: str) -> Parsed:
 
 def read_markdown(file: SourceFile, text: str) -> Parsed:
     """Titled by front matter or the first heading, else the file stem."""
-    return single(file, _markdown_title(text) or file.path.stem, text)
+    return single(file, markdown_title(text) or file.path.stem, text)
 
 
 def read_rst(file: SourceFile, text: str) -> Parsed:
@@ -40,7 +40,7 @@ _FRONT_TITLE = re.compile(r"^title:[ \t]*(.+?)[ \t]*$")
 _RST_UNDERLINE = re.compile(r"^([=\-`:'\"~^_*+#<>.])\1+[ \t]*$")
 
 
-def _markdown_title(text: str) -> str | None:
+def markdown_title(text: str) -> str | None:
     """YAML front matter `title:`, else the first ATX or setext heading outside code fences."""
     lines = text.splitlines()
     start = 0
