@@ -41,6 +41,8 @@ LANDED = {
         "caf71738e567aeeb1606c8990c10b9c11b2d446a58d755332d925319e2e111c3",
     "20261202040000_suparag_answer_broadcast.sql":
         "bcd29128472c1bdfe03ac80c7fee0e517cd5c86b277dc12a044099da5ee1e842",
+    "20261202060000_suparag_eval_runs.sql":
+        "e75fcf02a03c56bb5640f12989617b4aa86733639905ca13d2f3795d4ab8e9e2",
 }
 
 
