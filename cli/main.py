@@ -24,6 +24,7 @@ from cli import (
     users,
     workers,
 )
+from cli import eval as eval_cmd
 from cli._common import console, err_console
 from worker.errors import SuparagError
 
@@ -41,6 +42,7 @@ app.command()(demo.demo)
 app.command()(workers.worker)
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(bench.app, name="bench")
+app.add_typer(eval_cmd.app, name="eval")
 app.command()(ingest.ingest)
 app.command()(search.search)
 app.command()(ask.ask)

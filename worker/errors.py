@@ -19,6 +19,9 @@
     ├── queues (worker/jobs)
     │   ├── EmbeddingJobError        a document could not be embedded (stored on its job)
     │   └── AnswerFailed             a question asked from the CLI was not answered
+    ├── evaluation (worker/evaluation)
+    │   ├── EvalSetInvalid           (also ConfigError) an evaluation set file or line is malformed
+    │   └── ActivationRefused        a space scores below the active one on the same set
     ├── commands (cli, bench)
     │   ├── DemoFailed               what RLS returned differs from the sharing rules
     │   └── BenchError               a benchmark could not run to the end
@@ -110,6 +113,16 @@ class NotText(SuparagError):
 
 class JsonTooDeep(SuparagError, ValueError):
     """JSON nests arrays and objects deeper than worker.documents.MAX_JSON_DEPTH."""
+
+
+# -- evaluation (worker/evaluation) --------------------------------------------------------
+
+class EvalSetInvalid(ConfigError):
+    """An evaluation set file or line cannot be read; the message names the file and line."""
+
+
+class ActivationRefused(SuparagError):
+    """A space's latest evaluation scores below the active space's on the same set."""
 
 
 # -- the queues (worker/jobs) -------------------------------------------------------------

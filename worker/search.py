@@ -45,6 +45,16 @@ class Hit:
     score: float
 
 
+@dataclass(frozen=True)
+class HybridWeights:
+    """hybrid_search's fusion setting: score = sum(weight / (rrf_k + rank)) over the two
+    rankings. None for a search means the function's own defaults."""
+
+    full_text_weight: float
+    semantic_weight: float
+    rrf_k: int
+
+
 _HIT_FIELDS = ("document_id", "chunk_index", "title", "content", "metadata", "score")
 
 
@@ -120,8 +130,10 @@ _HYBRID = """
     select document_id, chunk_id, chunk_index, title, content, metadata, score
     from public.hybrid_search(
       query_text => %(query)s, query_embedding => %(vector)s,
-      match_count => %(k)s, filter => %(filter)s, embedding_model => %(model)s)
+      match_count => %(k)s, filter => %(filter)s, embedding_model => %(model)s{weights})
 """
+_WEIGHTS = (", full_text_weight => %(full_text_weight)s, semantic_weight => %(semantic_weight)s,"
+            " rrf_k => %(rrf_k)s")
 
 
 def retrieve(
@@ -134,15 +146,17 @@ def retrieve(
     metadata_filter: Mapping[str, Any] | None = None,
     threshold: float | None = None,
     hybrid_text: str | None = None,
+    weights: HybridWeights | None = None,
 ) -> list[dict[str, Any]]:
     """The rows `match_documents` (or, given hybrid_text, `hybrid_search`) returns to
     the caller (claims; None = anon), run as the caller in its own transaction.
 
     Each row: document_id, chunk_id, chunk_index, title, content, metadata, score.
-    Only vectors stored under `model` are compared. Search and the answer
-    worker both read through here.
+    Only vectors stored under `model` are compared. `weights`: hybrid_search's
+    fusion setting (None: its defaults). Search, the answer worker and
+    `suparag eval` read through here.
     """
-    params = {
+    params: dict[str, Any] = {
         "query": hybrid_text,
         "vector": to_vector(vector),
         "k": k,
@@ -150,9 +164,14 @@ def retrieve(
         "threshold": threshold,
         "model": model,
     }
+    if weights is not None:
+        params.update(full_text_weight=weights.full_text_weight,
+                      semantic_weight=weights.semantic_weight, rrf_k=weights.rrf_k)
+    statement = _MATCH if hybrid_text is None else _HYBRID.replace(
+        "{weights}", _WEIGHTS if weights is not None else "")
     ensure_vector_types(conn)
     with as_request(conn, claims):
-        return conn.execute(_MATCH if hybrid_text is None else _HYBRID, params).fetchall()
+        return conn.execute(statement, params).fetchall()
 
 
 def search(
