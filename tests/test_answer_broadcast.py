@@ -12,22 +12,22 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import jwt
 import psycopg
 import pytest
+import test_api_realtime
 from conftest import http_double, wait_for
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 from test_answering import FakeChat, _chat_handler, llm_for
-from test_api_realtime import Api, run, serve
+from test_api_realtime import Api, run
 
 from worker.devstack.api.realtime.broadcast import Authorizer
 from worker.jobs.answering import AnswerConfig, AnswerWorker
 from worker.jobs.embedding import EmbeddingWorker
-from worker.users import User, add_user
+from worker.users import User
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning:websockets"),
@@ -37,15 +37,13 @@ pytestmark = [
 WAIT = 20.0
 
 
-@pytest.fixture
-def api(db_url: str, tmp_path: Path) -> Iterator[Api]:
-    yield from serve(db_url, tmp_path / "home")
+# The API in-process with its Realtime route, as test_api_realtime serves it.
+api = test_api_realtime.api
 
 
 @pytest.fixture
 def users(conn) -> dict[str, User]:
-    made = {"alice": add_user(conn, "alice@example.com", team="a"),
-            "bob": add_user(conn, "bob@example.com", team="b")}
+    made = test_api_realtime.make_users(conn)
     conn.execute("insert into public.documents (owner_id, team, visibility, title, content)"
                  " values (%s, 'a', 'team', 'runbook', 'The red database restarts on"
                  " Tuesdays at noon.')", (made["alice"].id,))

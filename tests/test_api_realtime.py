@@ -50,12 +50,17 @@ def api(db_url: str, tmp_path: Path) -> Iterator[Api]:
     yield from serve(db_url, tmp_path / "home")
 
 
-@pytest.fixture
-def users(conn) -> dict[str, User]:
+def make_users(conn) -> dict[str, User]:
+    """alice (team a) and bob (team b), committed."""
     made = {"alice": add_user(conn, "alice@example.com", team="a"),
             "bob": add_user(conn, "bob@example.com", team="b")}
     conn.commit()
     return made
+
+
+@pytest.fixture
+def users(conn) -> dict[str, User]:
+    return make_users(conn)
 
 
 class Inbox:
