@@ -17,6 +17,7 @@ from cli import (
     ingest,
     jobs,
     search,
+    spaces,
     status,
     token,
     usage,
@@ -45,6 +46,7 @@ app.command()(search.search)
 app.command()(ask.ask)
 app.command()(usage.usage)
 app.add_typer(export.app, name="export")
+app.add_typer(spaces.app, name="spaces")
 app.command()(status.status)
 app.command()(token.token)
 

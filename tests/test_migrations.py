@@ -41,6 +41,8 @@ LANDED = {
         "caf71738e567aeeb1606c8990c10b9c11b2d446a58d755332d925319e2e111c3",
     "20261202040000_suparag_answer_broadcast.sql":
         "bcd29128472c1bdfe03ac80c7fee0e517cd5c86b277dc12a044099da5ee1e842",
+    "20261202050000_suparag_embedding_spaces.sql":
+        "a13d7a42bc8463adb8620923d5e6e301f4b54ac2c58ad20b3c5f56fd1314184e",
 }
 
 

@@ -18,6 +18,7 @@
     ├── queues (worker/jobs)
     │   ├── EmbeddingJobError        a document could not be embedded (stored on its job)
     │   └── AnswerFailed             a question asked from the CLI was not answered
+    ├── SpaceNotReady                an embedding space cannot be activated yet (coverage, index)
     ├── commands (cli, bench)
     │   ├── DemoFailed               what RLS returned differs from the sharing rules
     │   └── BenchError               a benchmark could not run to the end
@@ -111,6 +112,10 @@ class JsonTooDeep(SuparagError, ValueError):
 
 class EmbeddingJobError(SuparagError):
     """A document could not be embedded; the message is stored on its job."""
+
+
+class SpaceNotReady(SuparagError):
+    """An embedding space cannot be activated yet: vectors missing or no valid index."""
 
 
 class AnswerFailed(SuparagError):

@@ -113,14 +113,16 @@ _MATCH = """
     select document_id, chunk_id, chunk_index, title, content, metadata, similarity as score
     from public.match_documents(
       query_embedding => %(vector)s, match_count => %(k)s,
-      filter => %(filter)s, match_threshold => %(threshold)s, embedding_model => %(model)s)
+      filter => %(filter)s, match_threshold => %(threshold)s, embedding_model => %(model)s,
+      space => %(space)s)
 """
 
 _HYBRID = """
     select document_id, chunk_id, chunk_index, title, content, metadata, score
     from public.hybrid_search(
       query_text => %(query)s, query_embedding => %(vector)s,
-      match_count => %(k)s, filter => %(filter)s, embedding_model => %(model)s)
+      match_count => %(k)s, filter => %(filter)s, embedding_model => %(model)s,
+      space => %(space)s)
 """
 
 
@@ -129,18 +131,20 @@ def retrieve(
     vector: Sequence[float],
     *,
     claims: Mapping[str, Any] | None,
-    model: str,
+    model: str | None,
     k: int = 5,
     metadata_filter: Mapping[str, Any] | None = None,
     threshold: float | None = None,
     hybrid_text: str | None = None,
+    space: str | None = None,
 ) -> list[dict[str, Any]]:
     """The rows `match_documents` (or, given hybrid_text, `hybrid_search`) returns to
     the caller (claims; None = anon), run as the caller in its own transaction.
 
     Each row: document_id, chunk_id, chunk_index, title, content, metadata, score.
-    Only vectors stored under `model` are compared. Search and the answer
-    worker both read through here.
+    Only vectors stored under `model` are compared, in the embedding space
+    `space` (None: the active one; see worker/spaces.py). Search and the
+    answer worker both read through here.
     """
     params = {
         "query": hybrid_text,
@@ -149,6 +153,7 @@ def retrieve(
         "filter": Jsonb(dict(metadata_filter or {})),
         "threshold": threshold,
         "model": model,
+        "space": space,
     }
     ensure_vector_types(conn)
     with as_request(conn, claims):

@@ -22,11 +22,12 @@ from worker.settings import Settings
 
 
 def make_embedder(provider: str, model: str | None = None, *,
-                  settings: Settings | None = None) -> Embedder:
+                  settings: Settings | None = None, dimensions: int | None = None) -> Embedder:
     """The embedder of provider; model None is the provider's default.
 
     The openai provider's key and server come from settings (None: the
-    settings as the environment and `.env` give them now).
+    settings as the environment and `.env` give them now); dimensions is the
+    width to ask an OpenAI model for (an embedding space's, issue 10).
     """
     kind = provider.strip().lower()
     if kind == "sentence-transformers":
@@ -34,7 +35,7 @@ def make_embedder(provider: str, model: str | None = None, *,
     if kind == "openai":
         settings = settings or Settings()
         return OpenAIEmbedder(model or DEFAULT_OPENAI_MODEL, api_key=settings.openai_api_key,
-                              base_url=settings.openai_base_url)
+                              base_url=settings.openai_base_url, dimensions=dimensions)
     raise ConfigError(
         f"unknown embedding provider {provider!r}: set SUPARAG_EMBEDDING_PROVIDER to "
         "'sentence-transformers' or 'openai'"
