@@ -22,8 +22,8 @@ from worker.errors import ConfigError, SpaceNotReady
 from worker.jobs.embedding import EmbeddingWorker
 from worker.jobs.queue import WorkerConfig
 from worker.jobs.spaces import SpaceFiller
-from worker.search import retrieve
-from worker.settings import Settings
+from worker.search import choose_embedder, retrieve, search
+from worker.settings import Settings, get_settings
 from worker.spaces import (
     Space,
     activate,
@@ -112,7 +112,8 @@ def test_first_space_is_the_existing_column(conn):
         "all-MiniLM-L6-v2", "all-MiniLM-L6-v2", 384, "column", "active")
 
 
-def test_add_backfill_activate_roll_back_and_drop(conn, db_url, corpus, embedder, server):
+def test_add_backfill_activate_roll_back_and_drop(conn, db_url, corpus, embedder, server,
+                                                  monkeypatch):
     worker = worker_for(db_url, embedder, server)
     worker.drain()  # the column space, as before
     space = add(db_url)
@@ -150,6 +151,17 @@ def test_add_backfill_activate_roll_back_and_drop(conn, db_url, corpus, embedder
     assert search_as(conn, new, alice)[0] == "refunds"
     hybrid = retrieve(conn, new, claims=alice, model=MODEL, k=3, hybrid_text=question)
     assert hybrid[0]["title"] == "refunds"
+    # `suparag search` (and the answer worker) embed the query with the active space's model.
+    monkeypatch.setenv("SUPARAG_OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("SUPARAG_OPENAI_BASE_URL", server.url)
+    get_settings.cache_clear()
+    try:
+        searcher = choose_embedder(conn)
+        assert searcher.name == MODEL
+        assert search(conn, searcher, question, claims=alice)[0].title == "refunds"
+        assert choose_embedder(conn, space="all-MiniLM-L6-v2").name == embedder.name
+    finally:
+        get_settings.cache_clear()
     with pytest.raises(psycopg.errors.InvalidParameterValue,
                        match="has 384 dimensions; the active embedding space "
                              "text-embedding-3-small-768 takes 768"):

@@ -25,6 +25,7 @@ from worker.errors import ConfigError, NotFound
 from worker.models.base import Embedder
 from worker.models.factory import embedder_for_model, embedder_from_settings
 from worker.settings import Settings, get_settings
+from worker.spaces import get_space, space_embedder
 from worker.status import models_in_use
 
 
@@ -85,6 +86,21 @@ def choose_model(conn: psycopg.Connection[Any], *, requested: str | None = None,
         f"the corpus has vectors from several models ({', '.join(present)}): "
         "choose one with --model"
     )
+
+
+def choose_embedder(conn: psycopg.Connection[Any], *, space: str | None = None,
+                    requested: str | None = None, configured: str | None = None) -> Embedder:
+    """The query embedder for a search of space (None: the active one, issue 10).
+
+    A space added with `suparag spaces add` has one model, which embeds the
+    query; the first space (document_chunks.embedding) may hold several
+    models of its width, chosen as choose_model does.
+    """
+    with conn.transaction():
+        chosen = get_space(conn, space)
+    if chosen.storage == "table":
+        return space_embedder(chosen)
+    return query_embedder(choose_model(conn, requested=requested, configured=configured))
 
 
 def parse_filter(pairs: Sequence[str]) -> dict[str, Any]:
@@ -170,6 +186,7 @@ def search(
     hybrid: bool = False,
     threshold: float | None = None,
     metadata_filter: Mapping[str, Any] | None = None,
+    space: str | None = None,
 ) -> list[Hit]:
     """The top k chunks for query among those the caller (claims; None = anon) may read.
 
@@ -181,6 +198,6 @@ def search(
     check_options(hybrid=hybrid, threshold=threshold)
     rows = retrieve(conn, embedder.embed([query])[0], claims=claims, model=embedder.name, k=k,
                     metadata_filter=metadata_filter, threshold=threshold,
-                    hybrid_text=query if hybrid else None)
+                    hybrid_text=query if hybrid else None, space=space)
     return [Hit(rank=rank, **{f: row[f] for f in _HIT_FIELDS})
             for rank, row in enumerate(rows, start=1)]
