@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import READABLE, claims_of, http_double, unit_vector
+from test_cli import DbCli
 from test_openai_embedder import KEY, FakeOpenAI, _handler, word_vector
 
 from worker import schema
@@ -318,3 +319,21 @@ def test_migration_keeps_landed_function_callers(conn):
         "select count(*) as n from public.match_documents(%s::extensions.vector, 5,"
         " '{}'::jsonb, null, null)", (unit_vector(0),)).fetchone() == {"n": 0}
 
+
+
+def test_cli_add_list_activate_refused_and_drop(tmp_path, db_url, world):
+    cli = DbCli(tmp_path, db_url)
+    added = cli.json("spaces", "add", MODEL, "--dimensions", "768")
+    assert added == {"name": "text-embedding-3-small-768", "model": MODEL, "dimensions": 768,
+                     "state": "live"}
+    listed = cli.json("spaces", "list")
+    assert [(s["name"], s["state"], s["coverage"], s["index"]) for s in listed] == [
+        ("all-MiniLM-L6-v2", "active", 100.0, "hnsw vector"),
+        ("text-embedding-3-small-768", "live", 0.0, "hnsw vector")]
+    refused = cli("spaces", "activate", "text-embedding-3-small-768", check=False)
+    assert refused.returncode == 1
+    assert "covers 0.0% of chunks (5 missing): wait for the backfill" in refused.stderr
+    assert cli("spaces", "drop", "all-MiniLM-L6-v2", check=False).returncode == 1
+    assert cli.json("spaces", "drop", "text-embedding-3-small-768") == {
+        "dropped": "text-embedding-3-small-768"}
+    assert [s["name"] for s in cli.json("spaces", "list")] == ["all-MiniLM-L6-v2"]
