@@ -8,6 +8,8 @@ for); the first is the packaged MiniLM in document_chunks.embedding.
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -337,3 +339,41 @@ def test_cli_add_list_activate_refused_and_drop(tmp_path, db_url, world):
     assert cli.json("spaces", "drop", "text-embedding-3-small-768") == {
         "dropped": "text-embedding-3-small-768"}
     assert [s["name"] for s in cli.json("spaces", "list")] == ["all-MiniLM-L6-v2"]
+
+
+def test_searches_never_fail_or_come_back_empty_across_switches(conn, db_url, corpus, embedder):
+    """A same-width switch (the packaged MiniLM under a second name) under a search loop."""
+    worker = EmbeddingWorker(db_url, embedder, config=WorkerConfig())
+    worker.spaces = SpaceFiller(make=lambda space: embedder)
+    worker.drain()
+    with connect(db_url, autocommit=True) as admin:
+        second = add_space(admin, "all-MiniLM-L6-v2", dimensions=384, name="minilm-again")
+    assert worker.drain().backfilled == sum(chunk_counts(conn).values())
+    vector = embedder.embed(["when are refunds paid back"])[0]
+    claims = corpus["alice"].claims()
+    stop = threading.Event()
+    outcomes: list[Any] = []
+
+    def search_loop() -> None:
+        with connect(db_url) as reader:
+            while not stop.is_set():
+                try:
+                    outcomes.append([r["title"] for r in retrieve(reader, vector, claims=claims,
+                                                                  model=None, k=3)])
+                except Exception as exc:  # recorded, asserted below
+                    outcomes.append(exc)
+                    reader.rollback()
+
+    thread = threading.Thread(target=search_loop)
+    thread.start()
+    try:
+        for _ in range(10):
+            for name in (second.name, "all-MiniLM-L6-v2"):
+                activate(conn, name)
+                time.sleep(0.02)
+    finally:
+        stop.set()
+        thread.join()
+    assert len(outcomes) > 10
+    assert [o for o in outcomes if isinstance(o, Exception) or not o] == []
+    assert {o[0] for o in outcomes} == {"refunds"}
