@@ -18,6 +18,7 @@ from cli import (
     jobs,
     mcp,
     search,
+    spaces,
     status,
     token,
     usage,
@@ -48,6 +49,7 @@ app.command()(search.search)
 app.command()(ask.ask)
 app.command()(usage.usage)
 app.add_typer(export.app, name="export")
+app.add_typer(spaces.app, name="spaces")
 app.command()(status.status)
 app.command()(token.token)
 app.command()(mcp.mcp)

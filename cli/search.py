@@ -51,6 +51,11 @@ def search(
         typer.Option(help="Whose vectors to search when the corpus holds several models. "
                      "Default: the only one, else SUPARAG_EMBEDDING_MODEL.", show_default=False),
     ] = None,
+    space: Annotated[
+        str | None,
+        typer.Option(help="The embedding space to search (see `suparag spaces list`). "
+                     "Default: the active one.", show_default=False),
+    ] = None,
     db_url: DbUrlOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -66,15 +71,17 @@ def search(
     with connect(resolve_db_url(db_url)) as conn:
         with conn.transaction():
             user = find_user(conn, as_user) if as_user else None
-        chosen = search_mod.choose_model(conn, requested=model,
-                                         configured=search_mod.configured_model())
+        chosen_embedder = search_mod.choose_embedder(conn, space=space, requested=model,
+                                                     configured=search_mod.configured_model())
+        chosen = chosen_embedder.name
         # A running `suparag dev` API already holds the model (issue 16: no torch here).
         embedder = running_api_embedder(get_settings(), chosen,
-                                        fallback=lambda: search_mod.query_embedder(chosen))
+                                        fallback=lambda: chosen_embedder)
         with err_console.status(f"Embedding the query with {chosen} and searching..."):
             hits = search_mod.search(
                 conn, embedder, query, claims=user.claims() if user else None, k=k,
                 hybrid=hybrid, threshold=threshold, metadata_filter=metadata_filter,
+                space=space,
             )
     score_name = "score" if hybrid else "similarity"
     if json_out:

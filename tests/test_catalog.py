@@ -16,6 +16,9 @@ SECURITY_DEFINER_REASONS = {
     "suparag_search.full_text_matches":
         "full text through the GIN index, which RLS rules out (`@@` is not leakproof); "
         "applies the read rule itself and returns only readable ids",
+    "suparag_search.embedding_space":
+        "the search functions resolve the space to search (its id, model, width) as any "
+        "caller; the spaces table stays private and only these columns are revealed",
 }
 
 
@@ -156,14 +159,20 @@ def test_vector_lives_in_extensions_schema(conn):
 
 
 @pytest.mark.parametrize("role", ["anon", "authenticated", "service_role"])
-def test_search_schema_holds_only_the_full_text_helper(conn, role):
-    """API roles may use suparag_search (hybrid_search runs as them) and it holds one thing."""
-    assert [f["signature"] for f in functions(conn, "suparag_search")] == [
+def test_search_schema_holds_only_the_search_helpers(conn, role):
+    """API roles may use suparag_search (the search functions run as them) and it holds the
+    full-text helper, the space resolver and the spaces' vectors (issue 10), nothing else."""
+    assert sorted(f["signature"] for f in functions(conn, "suparag_search")) == [
+        "suparag_search.embedding_space(text)",
         "suparag_search.full_text_matches(tsquery,integer,jsonb)"]
     row = conn.execute(
         "select has_schema_privilege(%s, 'suparag_search', 'usage') as u,"
         " has_schema_privilege(%s, 'suparag_search', 'create') as c,"
-        " (select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace"
-        "  where n.nspname = 'suparag_search') as relations", (role, role),
+        " (select array_agg(c.relname order by c.relname) from pg_class c"
+        "  join pg_namespace n on n.oid = c.relnamespace"
+        "  where n.nspname = 'suparag_search' and c.relkind not in ('i', 'S')) as relations,"
+        " has_table_privilege(%s, 'suparag_search.chunk_vectors', 'insert') as writes",
+        (role, role, role),
     ).fetchone()
-    assert row == {"u": True, "c": False, "relations": 0}
+    assert row == {"u": True, "c": False, "relations": ["chunk_vectors"],
+                   "writes": role == "service_role"}

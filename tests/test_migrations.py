@@ -47,6 +47,8 @@ LANDED = {
         "780e48e93b086f1e9d29ca3de73945959d49adb58875a1a24ad585baf277f66d",
     "20261202060000_suparag_eval_runs.sql":
         "e75fcf02a03c56bb5640f12989617b4aa86733639905ca13d2f3795d4ab8e9e2",
+    "20261202050000_suparag_embedding_spaces.sql":
+        "a13d7a42bc8463adb8620923d5e6e301f4b54ac2c58ad20b3c5f56fd1314184e",
 }
 
 

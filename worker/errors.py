@@ -19,6 +19,7 @@
     ├── queues (worker/jobs)
     │   ├── EmbeddingJobError        a document could not be embedded (stored on its job)
     │   └── AnswerFailed             a question asked from the CLI was not answered
+    ├── SpaceNotReady                an embedding space cannot be activated yet (coverage, index)
     ├── evaluation (worker/evaluation)
     │   ├── EvalSetInvalid           (also ConfigError) an evaluation set file or line is malformed
     │   └── ActivationRefused        a space scores below the active one on the same set
@@ -129,6 +130,10 @@ class ActivationRefused(SuparagError):
 
 class EmbeddingJobError(SuparagError):
     """A document could not be embedded; the message is stored on its job."""
+
+
+class SpaceNotReady(SuparagError):
+    """An embedding space cannot be activated yet: vectors missing or no valid index."""
 
 
 class AnswerFailed(SuparagError):

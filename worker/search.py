@@ -25,6 +25,7 @@ from worker.errors import ConfigError, NotFound
 from worker.models.base import Embedder
 from worker.models.factory import embedder_for_model, embedder_from_settings
 from worker.settings import Settings, get_settings
+from worker.spaces import get_space, space_embedder
 from worker.status import models_in_use
 
 
@@ -97,6 +98,21 @@ def choose_model(conn: psycopg.Connection[Any], *, requested: str | None = None,
     )
 
 
+def choose_embedder(conn: psycopg.Connection[Any], *, space: str | None = None,
+                    requested: str | None = None, configured: str | None = None) -> Embedder:
+    """The query embedder for a search of space (None: the active one, issue 10).
+
+    A space added with `suparag spaces add` has one model, which embeds the
+    query; the first space (document_chunks.embedding) may hold several
+    models of its width, chosen as choose_model does.
+    """
+    with conn.transaction():
+        chosen = get_space(conn, space)
+    if chosen.storage == "table":
+        return space_embedder(chosen)
+    return query_embedder(choose_model(conn, requested=requested, configured=configured))
+
+
 def parse_filter(pairs: Sequence[str]) -> dict[str, Any]:
     """`key=value` pairs as a metadata filter, read as `ingest --metadata` reads them."""
     return parse_pairs(pairs, option="filter")
@@ -123,14 +139,16 @@ _MATCH = """
     select document_id, chunk_id, chunk_index, title, content, metadata, similarity as score
     from public.match_documents(
       query_embedding => %(vector)s, match_count => %(k)s,
-      filter => %(filter)s, match_threshold => %(threshold)s, embedding_model => %(model)s)
+      filter => %(filter)s, match_threshold => %(threshold)s, embedding_model => %(model)s,
+      space => %(space)s)
 """
 
 _HYBRID = """
     select document_id, chunk_id, chunk_index, title, content, metadata, score
     from public.hybrid_search(
       query_text => %(query)s, query_embedding => %(vector)s,
-      match_count => %(k)s, filter => %(filter)s, embedding_model => %(model)s{weights})
+      match_count => %(k)s, filter => %(filter)s, embedding_model => %(model)s,
+      space => %(space)s{weights})
 """
 _WEIGHTS = (", full_text_weight => %(full_text_weight)s, semantic_weight => %(semantic_weight)s,"
             " rrf_k => %(rrf_k)s")
@@ -141,20 +159,22 @@ def retrieve(
     vector: Sequence[float],
     *,
     claims: Mapping[str, Any] | None,
-    model: str,
+    model: str | None,
     k: int = 5,
     metadata_filter: Mapping[str, Any] | None = None,
     threshold: float | None = None,
     hybrid_text: str | None = None,
     weights: HybridWeights | None = None,
+    space: str | None = None,
 ) -> list[dict[str, Any]]:
     """The rows `match_documents` (or, given hybrid_text, `hybrid_search`) returns to
     the caller (claims; None = anon), run as the caller in its own transaction.
 
     Each row: document_id, chunk_id, chunk_index, title, content, metadata, score.
-    Only vectors stored under `model` are compared. `weights`: hybrid_search's
-    fusion setting (None: its defaults). Search, the answer worker and
-    `suparag eval` read through here.
+    Only vectors stored under `model` are compared, in the embedding space
+    `space` (None: the active one; see worker/spaces.py). `weights`: hybrid_search's
+    fusion setting (None: its defaults). Search, the answer worker and `suparag eval`
+    read through here.
     """
     params: dict[str, Any] = {
         "query": hybrid_text,
@@ -163,6 +183,7 @@ def retrieve(
         "filter": Jsonb(dict(metadata_filter or {})),
         "threshold": threshold,
         "model": model,
+        "space": space,
     }
     if weights is not None:
         params.update(full_text_weight=weights.full_text_weight,
@@ -184,6 +205,7 @@ def search(
     hybrid: bool = False,
     threshold: float | None = None,
     metadata_filter: Mapping[str, Any] | None = None,
+    space: str | None = None,
 ) -> list[Hit]:
     """The top k chunks for query among those the caller (claims; None = anon) may read.
 
@@ -195,6 +217,6 @@ def search(
     check_options(hybrid=hybrid, threshold=threshold)
     rows = retrieve(conn, embedder.embed([query])[0], claims=claims, model=embedder.name, k=k,
                     metadata_filter=metadata_filter, threshold=threshold,
-                    hybrid_text=query if hybrid else None)
+                    hybrid_text=query if hybrid else None, space=space)
     return [Hit(rank=rank, **{f: row[f] for f in _HIT_FIELDS})
             for rank, row in enumerate(rows, start=1)]

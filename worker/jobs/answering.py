@@ -35,6 +35,7 @@ from worker.db import as_request
 from worker.jobs.queue import ANSWERS, Counts, QueueWorker, WorkerConfig
 from worker.models.base import LLM, Embedder, Message, Usage
 from worker.search import retrieve
+from worker.spaces import get_space, space_embedder
 from worker.users import find_user
 
 log = logging.getLogger("suparag.answering")
@@ -153,6 +154,7 @@ class AnswerWorker(QueueWorker[AnswerResult]):
                  config: AnswerConfig | None = None) -> None:
         super().__init__(db_url, AnswerResult, config=config or AnswerConfig())
         self.embedder = embedder
+        self._space_embedders: dict[str, Embedder] = {}
         self.llm = llm
 
     def load(self) -> None:
@@ -225,10 +227,11 @@ class AnswerWorker(QueueWorker[AnswerResult]):
     def _retrieve(self, question: dict[str, Any], claims: dict[str, Any]) -> list[Passage]:
         """The best passages the asker may read, ranked: match_documents run as the asker."""
         started = time.monotonic()
-        vector = self.embedder.embed([question["question"]])[0]
-        self._meter("answer.query_embedding", self.embedder.name, started, question,
-                    input_tokens=self.embedder.count_tokens(question["question"]))
-        rows = retrieve(self.conn, vector, claims=claims, model=self.embedder.name,
+        embedder = self._query_embedder()
+        vector = embedder.embed([question["question"]])[0]
+        self._meter("answer.query_embedding", embedder.name, started, question,
+                    input_tokens=embedder.count_tokens(question["question"]))
+        rows = retrieve(self.conn, vector, claims=claims, model=embedder.name,
                         k=question["match_count"], metadata_filter=question["filter"],
                         threshold=self.config.min_similarity)
         pages = self._pages([row["chunk_id"] for row in rows])
@@ -249,6 +252,17 @@ class AnswerWorker(QueueWorker[AnswerResult]):
                 "select id, page from public.document_chunks"
                 " where id = any(%s) and page is not null", (chunk_ids,)).fetchall()
         return {row["id"]: row["page"] for row in rows}
+
+    def _query_embedder(self) -> Embedder:
+        """The active space's model when it is a space added later (issue 10), else ours."""
+        with self.conn.transaction():
+            space = get_space(self.conn)
+        if space.storage == "column":
+            return self.embedder
+        key = f"{space.id}:{space.model}:{space.dimensions}"
+        if key not in self._space_embedders:
+            self._space_embedders[key] = space_embedder(space)
+        return self._space_embedders[key]
 
     def _history(self, question: dict[str, Any], claims: dict[str, Any]) -> list[Message]:
         """Earlier finished turns of the conversation, read as the asker (so only theirs)."""

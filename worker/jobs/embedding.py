@@ -19,6 +19,7 @@ from worker.db import to_vector
 from worker.errors import ConfigError, EmbeddingJobError, EmbeddingServiceUnavailable
 from worker.jobs.chunking import Chunk, chunk_document
 from worker.jobs.queue import EMBEDDINGS, Counts, QueueWorker, WorkerConfig
+from worker.jobs.spaces import SpaceFiller, SpaceVectors
 from worker.models.base import Embedder
 
 log = logging.getLogger("suparag.embedding")
@@ -37,10 +38,12 @@ class BatchResult(Counts):
     retrying: int = 0
     chunks_embedded: int = 0
     chunks_reused: int = 0
+    backfilled: int = 0  # vectors written into a space being filled (issue 10)
 
     @property
     def claimed(self) -> int:
-        return self.embedded + self.superseded + self.failed + self.retrying
+        # A backfill step counts as work, so the loop keeps going until it is done.
+        return self.embedded + self.superseded + self.failed + self.retrying + self.backfilled
 
 
 @dataclass
@@ -52,6 +55,7 @@ class _Plan:
     hashes: list[str]
     reusable: dict[str, Vector]  # content_hash -> stored vector
     vectors: dict[str, list[float]] = field(default_factory=dict)  # embed_text -> new vector
+    space_vectors: SpaceVectors = field(default_factory=dict)  # the table spaces' (issue 10)
 
     def missing_texts(self) -> list[str]:
         return [c.embed_text for c, h in zip(self.chunks, self.hashes, strict=True)
@@ -72,6 +76,7 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
                  config: WorkerConfig | None = None) -> None:
         super().__init__(db_url, BatchResult, config=config or WorkerConfig())
         self.embedder = embedder
+        self.spaces = SpaceFiller()
 
     def load(self) -> None:
         self.embedder.load()
@@ -102,7 +107,8 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
             ).fetchall()
         result = BatchResult()
         if not jobs:
-            return result
+            # Nothing due: fill a space that lacks vectors, a batch at a time (issue 10).
+            return BatchResult(backfilled=self.spaces.backfill(conn, self._chunk))
         try:
             plans = self._plan(jobs)
         except Exception as exc:
@@ -118,7 +124,7 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
                 result.add(self._fail(job, plan))
             else:
                 ready.append(plan)
-        for plan, error in self._embed_plans(ready):
+        for plan, error in self._embed_spaces(self._embed_plans(ready)):
             try:
                 if error is not None:
                     raise error
@@ -186,6 +192,18 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
             plan.vectors = {t: vectors[t] for t in plan.missing_texts()}
         return [(plan, None) for plan in plans]
 
+    def _embed_spaces(self, outcomes: list[tuple[_Plan, Exception | None]]
+                      ) -> list[tuple[_Plan, Exception | None]]:
+        """The embedded plans' chunks in every table space too (worker/jobs/spaces.py)."""
+        embedded = [plan for plan, error in outcomes if error is None]
+        if not embedded:
+            return outcomes
+        vectors, failure = self.spaces.embed_live(
+            self.conn, [c.embed_text for plan in embedded for c in plan.chunks])
+        for plan in embedded:
+            plan.space_vectors = vectors
+        return [(plan, error or failure) for plan, error in outcomes]
+
     def _fail(self, job: dict[str, Any], exc: BaseException) -> BatchResult:
         """Record the failure: back off and retry, or `failed` at the cap."""
         message = str(exc) if isinstance(exc, EmbeddingJobError) else \
@@ -220,6 +238,7 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
                 for chunk, digest in zip(plan.chunks, plan.hashes, strict=True):
                     copy.write_row((job["document_id"], chunk.index, chunk.content,
                                     plan.vector(chunk, digest), model, digest, chunk.page))
+            self.spaces.write(conn, job["document_id"], plan.chunks, plan.space_vectors)
             conn.execute(
                 "update public.documents set embedding_status = 'ready', embedding_model = %s,"
                 " embedded_at = now(), embedding_error = null where id = %s",

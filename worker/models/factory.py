@@ -23,12 +23,14 @@ from worker.settings import Settings
 
 
 def make_embedder(provider: str, model: str | None = None, *,
-                  settings: Settings | None = None, backend: str | None = None) -> Embedder:
+                  settings: Settings | None = None, backend: str | None = None,
+                  dimensions: int | None = None) -> Embedder:
     """The embedder of provider; model None is the provider's default.
 
     The openai provider's key and server come from settings (None: the
     settings as the environment and `.env` give them now); the local
-    provider's backend is backend, else the settings' (`torch`, `onnx-int8`).
+    provider's backend is backend, else the settings' (`torch`, `onnx-int8`);
+    dimensions is the width to ask an OpenAI model for (an embedding space's, issue 10).
     """
     kind = provider.strip().lower()
     if kind == "sentence-transformers":
@@ -45,7 +47,7 @@ def make_embedder(provider: str, model: str | None = None, *,
         settings = settings or Settings()
         return OpenAIEmbedder(model or DEFAULT_OPENAI_MODEL, api_key=settings.openai_api_key,
                               base_url=settings.openai_base_url,
-                              max_tokens=settings.embedding_max_tokens)
+                              max_tokens=settings.embedding_max_tokens, dimensions=dimensions)
     raise ConfigError(
         f"unknown embedding provider {provider!r}: set SUPARAG_EMBEDDING_PROVIDER to "
         "'sentence-transformers' or 'openai'"

@@ -1,0 +1,176 @@
+"""The embedding worker's part in embedding spaces (issue 10): live edits and the backfill.
+
+The column space (document_chunks.embedding) is written by the worker's own
+batch, as before. Every other space (storage "table") is handled here:
+
+* live edits: the chunks of each claimed document are embedded by every
+  table space's model too (the active space first) and written in the same
+  transaction as the chunks, so a document is current in every space at
+  once. A failure of the active space's model fails the job; a failure of
+  a standby space's model is logged and left to the backfill, so a broken
+  standby never holds up the live corpus.
+* backfill: chunks that have no vector in a space yet are embedded a batch
+  at a time, only when no job is due (the worker claims jobs first), so it
+  never starves edits. Their embedded text is rebuilt by chunking the
+  document again with the worker's own chunker; a chunk whose document has
+  changed since is skipped (its job rewrites it, with vectors in every space).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psycopg
+
+from worker.db import to_vector
+from worker.errors import EmbeddingJobError
+from worker.jobs.chunking import Chunk
+from worker.models.base import Embedder
+from worker.spaces import Space, space_embedder
+
+log = logging.getLogger("suparag.spaces")
+
+#: Vectors by space id, then by embedded text.
+SpaceVectors = dict[int, dict[str, list[float]]]
+
+
+class SpaceFiller:
+    """Keeps the table spaces of one database current for an embedding worker."""
+
+    def __init__(self, *, make: Callable[[Space], Embedder] = space_embedder,
+                 batch: int = 64) -> None:
+        self._make = make
+        #: Chunks per backfill step (one model call).
+        self.batch = batch
+        self._embedders: dict[tuple[int, str, int], Embedder] = {}
+        # Per space: the last chunk id the backfill looked at, so chunks it has to
+        # skip (document changed, job pending) do not hold it up.
+        self._after: dict[int, int] = {}
+
+    def table_spaces(self, conn: psycopg.Connection[Any]) -> list[Space]:
+        """The table spaces, the active one first (read fresh: spaces come and go)."""
+        rows = conn.execute(
+            "select id, name, provider, model, dimensions, storage, state, options"
+            " from suparag_private.embedding_spaces where storage = 'table'"
+            " order by state = 'active' desc, id"
+        ).fetchall()
+        return [Space(**row) for row in rows]
+
+    def embedder(self, space: Space) -> Embedder:
+        key = (space.id, space.model, space.dimensions)
+        if key not in self._embedders:
+            embedder = self._make(space)
+            embedder.load()
+            self._embedders[key] = embedder
+        return self._embedders[key]
+
+    def embed(self, space: Space, texts: Sequence[str]) -> dict[str, list[float]]:
+        """texts' vectors in space, checked against its width."""
+        texts = list(dict.fromkeys(texts))
+        if not texts:
+            return {}
+        vectors = self.embedder(space).embed(texts)
+        if vectors and len(vectors[0]) != space.dimensions:
+            raise EmbeddingJobError(
+                f"model {space.model} made {len(vectors[0])}-dimensional vectors; space "
+                f"{space.name} holds {space.dimensions}: drop the space and add it again "
+                "with the model's width"
+            )
+        return dict(zip(texts, vectors, strict=True))
+
+    def embed_live(self, conn: psycopg.Connection[Any], texts: Sequence[str]
+                   ) -> tuple[SpaceVectors, Exception | None]:
+        """texts in every table space, active first; the error, if the active one failed."""
+        with conn.transaction():
+            spaces = self.table_spaces(conn)
+        found: SpaceVectors = {}
+        for space in spaces:
+            try:
+                found[space.id] = self.embed(space, texts)
+            except Exception as exc:
+                if space.active:
+                    return {}, exc
+                log.warning("space %s: %s; the backfill will embed these chunks", space.name,
+                            exc)
+        return found, None
+
+    @staticmethod
+    def write(conn: psycopg.Connection[Any], document_id: Any, chunks: Sequence[Chunk],
+              vectors: SpaceVectors) -> None:
+        """The document's (just written) chunks' vectors in each space; inside the write's
+        transaction."""
+        if not vectors:
+            return
+        ids = {row["chunk_index"]: row["id"] for row in conn.execute(
+            "select id, chunk_index from public.document_chunks where document_id = %s",
+            (document_id,))}
+        rows = [(space_id, ids[chunk.index], to_vector(by_text[chunk.embed_text]))
+                for space_id, by_text in vectors.items() for chunk in chunks
+                if chunk.embed_text in by_text]
+        with conn.cursor() as cur:
+            cur.executemany(
+                "insert into suparag_search.chunk_vectors (space_id, chunk_id, embedding)"
+                " values (%s, %s, %s) on conflict (space_id, chunk_id)"
+                " do update set embedding = excluded.embedding", rows)
+
+    def backfill(self, conn: psycopg.Connection[Any],
+                 chunk: Callable[[str, str], list[Chunk]], *, limit: int | None = None) -> int:
+        """Embed up to limit chunks that a table space lacks (the first space with any);
+        the number of vectors written."""
+        limit = limit or self.batch
+        with conn.transaction():
+            spaces = self.table_spaces(conn)
+        for space in spaces:
+            with conn.transaction():
+                missing = conn.execute(
+                    "select c.id, c.document_id, c.chunk_index, c.content"
+                    " from public.document_chunks c"
+                    " where c.id > %s and not exists (select 1 from suparag_search.chunk_vectors v"
+                    "   where v.space_id = %s and v.chunk_id = c.id)"
+                    " order by c.id limit %s",
+                    (self._after.get(space.id, 0), space.id, limit),
+                ).fetchall()
+                if not missing:
+                    if self._after.pop(space.id, None) is not None:
+                        return self.backfill(conn, chunk, limit=limit)  # wrap around once
+                    continue
+                docs = {row["id"]: row for row in conn.execute(
+                    "select id, title, content from public.documents where id = any(%s)",
+                    (list({m["document_id"] for m in missing}),))}
+            self._after[space.id] = missing[-1]["id"]
+            texts: dict[int, str] = {}  # chunk id -> embedded text
+            rechunked: dict[Any, dict[int, Chunk]] = {}
+            for row in missing:
+                doc = docs.get(row["document_id"])
+                if doc is None:
+                    continue
+                if doc["id"] not in rechunked:
+                    try:
+                        rechunked[doc["id"]] = {c.index: c for c in
+                                                chunk(doc["title"], doc["content"])}
+                    except Exception:  # the document's job will fail or fix it
+                        rechunked[doc["id"]] = {}
+                again = rechunked[doc["id"]].get(row["chunk_index"])
+                if again is not None and again.content == row["content"]:
+                    texts[row["id"]] = again.embed_text
+            if not texts:
+                continue
+            vectors = self.embed(space, list(texts.values()))
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    # Only chunks that still exist: a write-back may have replaced them.
+                    cur.executemany(
+                        "insert into suparag_search.chunk_vectors (space_id, chunk_id, embedding)"
+                        " select %s, c.id, %s from public.document_chunks c where c.id = %s"
+                        " on conflict (space_id, chunk_id) do nothing",
+                        [(space.id, to_vector(vectors[text]), chunk_id)
+                         for chunk_id, text in texts.items()])
+            except psycopg.errors.ForeignKeyViolation:
+                # A write-back deleted one of these chunks while we embedded: its
+                # replacement came with vectors in every space. Look again next time.
+                self._after.pop(space.id, None)
+                return 0
+            return len(texts)
+        return 0
