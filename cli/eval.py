@@ -28,7 +28,8 @@ SetArgument = Annotated[Path, typer.Argument(
     help='JSON Lines: {"query": "...", "relevant": ["<document source or id>", ...]} per line.',
     show_default=False)]
 SpaceOption = Annotated[str | None, typer.Option(
-    "--space", help="The embedding space to search (default: today's single space).",
+    "--space", help="The embedding space to search (default: the active one); runs are "
+    "stored under the space's name, which `suparag spaces activate` compares.",
     show_default=False)]
 AsOption = Annotated[str | None, typer.Option(
     "--as", help="Evaluate as this user (email or id); a line's own \"as\" wins. "
@@ -50,11 +51,12 @@ def _progress(total: int, what: str) -> Iterator[Callable[[], None]]:
 def _prepare(conn: psycopg.Connection[Any], set_path: Path, *, as_user: str | None,
              space: str | None, model: str | None) -> runner.Prepared:
     evalset = load_set(set_path)
-    chosen = search_mod.choose_model(conn, requested=model,
-                                     configured=search_mod.configured_model())
-    with err_console.status(f"Embedding {len(evalset.queries)} queries with {chosen}..."):
-        return runner.prepare(conn, evalset, search_mod.query_embedder(chosen),
-                              as_user=as_user, space=space)
+    # The queries are embedded with the model of the space searched (issue 10).
+    embedder = search_mod.choose_embedder(conn, space=space, requested=model,
+                                          configured=search_mod.configured_model())
+    with err_console.status(f"Embedding {len(evalset.queries)} queries with "
+                            f"{embedder.name}..."):
+        return runner.prepare(conn, evalset, embedder, as_user=as_user, space=space)
 
 
 @app.command("run")

@@ -24,6 +24,7 @@ from worker.evaluation.gate import check_activation
 from worker.evaluation.sets import parse_set
 from worker.jobs.embedding import EmbeddingWorker
 from worker.search import HybridWeights
+from worker.spaces import get_space
 from worker.users import add_user
 
 RECIPES = {
@@ -126,7 +127,8 @@ def test_a_run_scores_as_the_user_reports_unreadable_and_is_stored(conn, corpus,
     assert row["id"] == run_id
     assert {key: row[key] for key in ("set_name", "set_digest", "space", "mode", "k",
                                       "as_user", "queries", "scored", "full_text_weight")} == {
-        "set_name": "mixed.jsonl", "set_digest": evalset.digest, "space": None,
+        # Stored under the active space's name, which `spaces activate` compares.
+        "set_name": "mixed.jsonl", "set_digest": evalset.digest, "space": get_space(conn).name,
         "mode": "semantic", "k": 5, "as_user": "alice@example.com", "queries": 5, "scored": 3,
         "full_text_weight": None}
     assert row["embedding_model"] == embedder.name

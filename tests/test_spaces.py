@@ -7,6 +7,7 @@ for); the first is the packaged MiniLM in document_chunks.embedding.
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -21,7 +22,7 @@ from test_openai_embedder import KEY, FakeOpenAI, _handler, word_vector
 
 from worker import schema
 from worker.db import connect
-from worker.errors import ConfigError, SpaceNotReady
+from worker.errors import ActivationRefused, ConfigError, SpaceNotReady
 from worker.jobs.embedding import EmbeddingWorker
 from worker.jobs.queue import WorkerConfig
 from worker.jobs.spaces import SpaceFiller
@@ -379,3 +380,21 @@ def test_searches_never_fail_or_come_back_empty_across_switches(conn, db_url, co
     assert len(outcomes) > 10
     assert [o for o in outcomes if isinstance(o, Exception) or not o] == []
     assert {o[0] for o in outcomes} == {"refunds"}
+
+
+def test_activate_is_refused_when_evaluation_scores_the_space_lower(conn, db_url):
+    """Issues 10 and 11: the gate reads each space's latest `suparag eval run` on the same
+    set; a worse candidate is refused with the margin, unless forced."""
+    first = get_space(conn)
+    with connect(db_url, autocommit=True) as admin:
+        second = add_space(admin, "all-MiniLM-L6-v2", dimensions=384, name="minilm-twin")
+    for space, ndcg in ((first.name, 0.80), (second.name, 0.71)):
+        conn.execute(
+            "insert into suparag_private.eval_runs (set_name, set_digest, space,"
+            " embedding_model, mode, k, metrics) values ('faq.jsonl', %s, %s, 'm', 'semantic',"
+            " 10, %s::jsonb)", ("d" * 64, space, json.dumps({"ndcg@10": ndcg})))
+    conn.commit()
+    with pytest.raises(ActivationRefused, match=r"0\.0900 below"):
+        activate(conn, second.name)
+    assert get_space(conn).name == first.name
+    assert activate(conn, second.name, force=True).name == second.name

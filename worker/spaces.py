@@ -22,6 +22,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from worker.errors import ConfigError, NotFound, SpaceNotReady
+from worker.evaluation.gate import check_activation
 from worker.models.base import OPENAI_PREFIX, Embedder
 from worker.models.factory import make_embedder
 from worker.settings import Settings, get_settings
@@ -213,8 +214,9 @@ def activate(conn: psycopg.Connection[Any], name: str, *, force: bool = False) -
 
     Searches that started before the commit finish on the old space (their
     snapshot); every search after it uses the new one. The old space stays
-    live, so rolling back is `activate OLD`. (Until evaluation lands, coverage
-    alone gates; force skips nothing else.)
+    live, so rolling back is `activate OLD`. Refused below full coverage, and
+    when the space's latest `suparag eval run` scores below the active space's on
+    the same set (worker.evaluation.gate); force overrides both.
     """
     with conn.transaction():
         # One activation at a time; searches only read, so they never wait on this.
@@ -230,6 +232,8 @@ def activate(conn: psycopg.Connection[Any], name: str, *, force: bool = False) -
                 f"space {name} covers {cover.percent:.1f}% of chunks ({cover.missing} missing): "
                 f"wait for the backfill (`suparag spaces status {name}`)"
             )
+        current = get_space(conn)
+        check_activation(conn, candidate=space.name, active=current.name, force=force)
         conn.execute("update suparag_private.embedding_spaces set state = 'live'"
                      " where state = 'active'")
         conn.execute("update suparag_private.embedding_spaces set state = 'active',"

@@ -19,7 +19,6 @@ it), not the query's embedding, which is done for the whole set at once.
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from worker.evaluation import metrics
 from worker.evaluation.sets import EvalSet
 from worker.models.base import Embedder
 from worker.search import HybridWeights
+from worker.spaces import get_space
 from worker.users import find_user
 
 Claims = Mapping[str, Any] | None
@@ -119,21 +119,15 @@ class RunResult:
         return float(value) if isinstance(value, int | float) else 0.0
 
 
-def space_arguments(space: str | None) -> dict[str, Any]:
-    """`space=` for retrieve when one is named; refused if this build has no embedding spaces."""
-    if space is None:
-        return {}
-    if "space" not in inspect.signature(search.retrieve).parameters:
-        raise ConfigError("this build has no embedding spaces yet: drop --space")
-    return {"space": space}
-
-
 def prepare(conn: psycopg.Connection[Any], evalset: EvalSet, embedder: Embedder, *,
             as_user: str | None = None, space: str | None = None) -> Prepared:
-    """Resolve users and relevant documents, check what each user may read, embed the queries."""
-    space_arguments(space)
+    """Resolve users and relevant documents, check what each user may read, embed the queries.
+
+    The space is resolved to its name (None: the active space's), so a stored run says
+    which space it measured and `suparag spaces activate` can compare spaces."""
     users: dict[str | None, Claims] = {None: None}
     with conn.transaction():
+        space = get_space(conn, space).name
         for who in {as_user, *(q.as_user for q in evalset.queries)} - {None}:
             assert who is not None
             users[who] = find_user(conn, who).claims()
@@ -182,7 +176,6 @@ def prepare(conn: psycopg.Connection[Any], evalset: EvalSet, embedder: Embedder,
 def run(conn: psycopg.Connection[Any], prepared: Prepared, setting: Setting, *,
         progress: Callable[[], None] | None = None) -> RunResult:
     """Search every scorable query as its user and score the documents returned."""
-    extra = space_arguments(prepared.space)
     outcomes: list[QueryOutcome] = []
     for q in prepared.queries:
         if q.status != "scored":
@@ -194,7 +187,7 @@ def run(conn: psycopg.Connection[Any], prepared: Prepared, setting: Setting, *,
             rows = search.retrieve(
                 conn, q.vector, claims=q.claims, model=prepared.model, k=setting.k,
                 hybrid_text=q.query if setting.hybrid else None, weights=setting.weights,
-                **extra)
+                space=prepared.space)
             latency = (time.perf_counter() - started) * 1000
             ranking = metrics.documents_of((str(r["document_id"]), float(r["score"]))
                                            for r in rows)
