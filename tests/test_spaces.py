@@ -386,13 +386,15 @@ def test_activate_is_refused_when_evaluation_scores_the_space_lower(conn, db_url
     """Issues 10 and 11: the gate reads each space's latest `suparag eval run` on the same
     set; a worse candidate is refused with the margin, unless forced."""
     first = get_space(conn)
+    conn.commit()  # CREATE INDEX CONCURRENTLY waits for every open transaction
     with connect(db_url, autocommit=True) as admin:
         second = add_space(admin, "all-MiniLM-L6-v2", dimensions=384, name="minilm-twin")
     for space, ndcg in ((first.name, 0.80), (second.name, 0.71)):
         conn.execute(
             "insert into suparag_private.eval_runs (set_name, set_digest, space,"
-            " embedding_model, mode, k, metrics) values ('faq.jsonl', %s, %s, 'm', 'semantic',"
-            " 10, %s::jsonb)", ("d" * 64, space, json.dumps({"ndcg@10": ndcg})))
+            " embedding_model, mode, k, queries, scored, metrics) values ('faq.jsonl', %s, %s,"
+            " 'm', 'semantic', 10, 1, 1, %s::jsonb)",
+            ("d" * 64, space, json.dumps({"ndcg@10": ndcg})))
     conn.commit()
     with pytest.raises(ActivationRefused, match=r"0\.0900 below"):
         activate(conn, second.name)
