@@ -1,20 +1,27 @@
 """Search latency and recall under RLS, for a broad reader and a 1% reader.
 
-    python -m bench.search --chunks 100000 [--queries 200] [--db-url URL] [--json]
+    python -m bench.search --chunks 100000 [--queries 200] [--clients 8]
+                           [--maintenance-work-mem 2GB] [--db-url URL] [--json]
 
 Loads N chunks (384-dim clustered unit vectors, 10 per document, words from a
 small vocabulary for full text) into a fresh database: 99% are team documents
 of team "wide", 1% private documents of user "narrow". Then, as each user
 (role authenticated + JWT claims, like PostgREST), times match_documents and
 hybrid_search and measures recall@10 of match_documents against an exact
-scan of the same rows. Without --db-url it starts its own embedded server in
-a temporary folder. Prints figures and ratios from this one run.
+scan of the same rows; then --clients connections at once run match_documents
+as each caller, for throughput (queries/s). Without --db-url it starts its own
+embedded server in a temporary folder, with maintenance_work_mem sized so the
+HNSW graph fits (about 2.5 kB a vector; pgvector's build slows several-fold
+once it does not, and says so in a notice the bench reports). Prints figures
+and ratios from this one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -26,7 +33,9 @@ from bench._common import (
     bench_database,
     emit,
     err_console,
+    machine,
     pct,
+    print_load,
     progress,
 )
 from worker.db import connect, ensure_vector_types, set_request_context
@@ -34,9 +43,10 @@ from worker.errors import BenchError
 from worker.users import add_user
 
 DIMS, PER_DOC, K = 384, 10, 10
-#: A throwaway server: durability off, memory for a fast index build.
-SERVER_SETTINGS = {"fsync": "off", "synchronous_commit": "off",
-                   "maintenance_work_mem": "'1GB'", "shared_buffers": "'1GB'"}
+#: A throwaway server: durability off (the bench measures reads, not commits).
+SERVER_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "shared_buffers": "'1GB'"}
+#: What one vector costs an HNSW build in memory (vector + graph, m = 16), rounded up.
+HNSW_BYTES_PER_VECTOR = 2560
 # 2,000 synthetic terms, 12 per chunk: each term is in ~0.6% of chunks, as a
 # content word is in real text (a 20-word vocabulary makes every term match
 # half the corpus, and full-text ranking then dominates every hybrid query).
@@ -49,8 +59,15 @@ def clustered(rng: np.random.Generator, n: int, centers: np.ndarray) -> np.ndarr
     return unit
 
 
+def build_memory_mb(n_chunks: int) -> int:
+    """maintenance_work_mem that holds the HNSW graph of n_chunks vectors: at least
+    1 GB, in 256 MB steps."""
+    need = n_chunks * HNSW_BYTES_PER_VECTOR / 2**20
+    return max(1024, 256 * math.ceil(need / 256))
+
+
 def load(conn: Any, n_chunks: int,
-         rng: np.random.Generator) -> tuple[dict[str, dict[str, Any]], np.ndarray, float]:
+         rng: np.random.Generator) -> tuple[dict[str, dict[str, Any]], np.ndarray, dict[str, Any]]:
     ensure_vector_types(conn)  # vectors go to the database through pgvector's adapter
     wide = add_user(conn, "wide@bench.local", team="wide")
     narrow = add_user(conn, "narrow@bench.local", team="narrow")
@@ -75,17 +92,28 @@ def load(conn: Any, n_chunks: int,
         for i, v in enumerate(vectors):
             words = " ".join(rng.choice(WORDS, 12))
             copy.write_row((ids[i // PER_DOC], i % PER_DOC, words, v, "bench", "h"))
+    notices: list[str] = []
+    conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+    conn.commit()
+    err_console.print(f"building the HNSW index over {n_chunks} vectors…")
     started = time.perf_counter()
     conn.execute(index["indexdef"])
     built = time.perf_counter() - started
     # On stderr, so --json output stays JSON.
     err_console.print(f"built HNSW index over {n_chunks} vectors in {built:.1f} s")
     conn.execute("analyze")
+    row = conn.execute(
+        "select pg_relation_size('public.document_chunks_embedding_idx') as bytes,"
+        " current_setting('maintenance_work_mem') as mwm,"
+        " current_setting('max_parallel_maintenance_workers')::int as workers").fetchone()
     conn.commit()
+    build = {"seconds": built, "index_mb": row["bytes"] / 2**20,
+             "maintenance_work_mem": row["mwm"], "parallel_workers": row["workers"],
+             "graph_fit_in_memory": not any("no longer fits" in n for n in notices)}
     return {
         "all rows (99%)": wide.claims(),
         "1% reader": narrow.claims(),
-    }, centers, built
+    }, centers, build
 
 
 def timed(conn: Any, claims: dict[str, Any], sql: str, params: tuple[Any, ...],
@@ -139,22 +167,81 @@ def _measure_caller(conn: Any, name: str, claims: dict[str, Any], qs: list[np.nd
     }
 
 
-def run(*, chunks: int = 100_000, queries: int = 200,
-        db_url: str | None = None) -> dict[str, Any]:
+def throughput(url: str, callers: dict[str, dict[str, Any]], centers: np.ndarray,
+               clients: int, queries: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """match_documents from `clients` connections at once, per caller: queries/s and
+    p50/p95 of each call (each client runs `queries` calls)."""
+    results = []
+    for name, claims in callers.items():
+        qs = list(clustered(rng, clients * queries, centers))
+        wall, latencies = _concurrently(url, claims, [qs[i::clients] for i in range(clients)])
+        results.append({"caller": name, "clients": clients, "queries": len(latencies),
+                        "qps": len(latencies) / wall,
+                        "p50_ms": pct(latencies, 50), "p95_ms": pct(latencies, 95)})
+    return results
+
+
+def _concurrently(url: str, claims: dict[str, Any],
+                  shares: list[list[np.ndarray]]) -> tuple[float, list[float]]:
+    """One connection per share of queries, all started together: the wall time from
+    the start to the last answer, and every call's latency in ms."""
+    sql = "select chunk_id from public.match_documents(%s, %s)"
+    latencies: list[float] = []
+    lock = threading.Lock()
+    start = threading.Barrier(len(shares) + 1)
+    conns = [connect(url) for _ in shares]
+
+    def client(conn: Any, share: list[np.ndarray]) -> None:
+        timed(conn, claims, sql, (share[0], K))  # warm this connection's caches
+        start.wait()
+        mine = [timed(conn, claims, sql, (q, K))[0] for q in share]
+        with lock:
+            latencies.extend(mine)
+
+    try:
+        threads = [threading.Thread(target=client, args=(c, share))
+                   for c, share in zip(conns, shares, strict=True)]
+        for t in threads:
+            t.start()
+        start.wait()
+        began = time.perf_counter()
+        for t in threads:
+            t.join()
+        return time.perf_counter() - began, latencies
+    finally:
+        for c in conns:
+            c.close()
+
+
+def run(*, chunks: int = 100_000, queries: int = 200, clients: int = 8,
+        maintenance_work_mem: str | None = None, db_url: str | None = None) -> dict[str, Any]:
     """Load the corpus and measure once; the figures as a dict (see print_report)."""
-    if chunks < PER_DOC or queries < 1:
-        raise BenchError(f"--chunks must be at least {PER_DOC} and --queries at least 1")
+    if chunks < PER_DOC or queries < 1 or clients < 1:
+        raise BenchError(f"--chunks must be at least {PER_DOC}, --queries and --clients at "
+                         "least 1")
     rng = np.random.default_rng(11)
-    with bench_database(db_url, settings=SERVER_SETTINGS) as url, connect(url) as conn:
-        callers, centers, built = load(conn, chunks, rng)
+    mwm = maintenance_work_mem or f"{build_memory_mb(chunks)}MB"
+    settings = {**SERVER_SETTINGS, "maintenance_work_mem": f"'{mwm}'"}
+    before = machine()
+    with bench_database(db_url, settings=settings) as url, connect(url) as conn:
+        if db_url is not None:  # a given server keeps its settings; the build needs this
+            conn.execute(f"set maintenance_work_mem = '{mwm}'")
+        callers, centers, build = load(conn, chunks, rng)
         results = measure(conn, callers, centers, queries, rng)
-    return {"chunks": chunks, "k": K, "queries": queries, "index_build_s": built,
-            "results": results}
+        concurrent = throughput(url, callers, centers, clients,
+                                max(1, queries // clients), rng)
+    return {"chunks": chunks, "k": K, "queries": queries, "index_build_s": build["seconds"],
+            "build": build, "results": results, "concurrent": concurrent,
+            "machine_before": before, "machine_after": machine()}
 
 
 def print_report(r: dict[str, Any]) -> None:
     """The figures for people."""
+    b = r["build"]
     print(f"\n{r['chunks']} chunks, k={r['k']}, {r['queries']} queries per caller")
+    print(f"HNSW build {b['seconds']:.1f} s, index {b['index_mb']:.0f} MB, maintenance_work_mem "
+          f"{b['maintenance_work_mem']}, {b['parallel_workers']} parallel workers, graph "
+          f"{'fit in memory' if b['graph_fit_in_memory'] else 'did NOT fit in memory'}")
     print(f"{'caller':<16}{'match p50':>11}{'p95':>11}{'hybrid p50':>13}{'p95':>11}"
           f"{'recall@10':>11}{'rows':>6}")
     for c in r["results"]:
@@ -165,16 +252,24 @@ def print_report(r: dict[str, Any]) -> None:
     wide, narrow = r["results"]
     ratio = narrow["match_p95_ms"] / wide["match_p95_ms"]
     print(f"1%-reader / all-rows p95 ratio (match): {ratio:.2f}")
+    for c in r["concurrent"]:
+        print(f"{c['clients']} clients, {c['caller']}: {c['qps']:.0f} queries/s, "
+              f"p50 {c['p50_ms']:.2f} ms, p95 {c['p95_ms']:.2f} ms ({c['queries']} calls)")
+    print_load(r)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--chunks", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--maintenance-work-mem", help="for the index build (default: sized "
+                        "from --chunks so the graph fits)")
     parser.add_argument("--db-url", help="an empty database to use (default: a temporary server)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    result = run(chunks=args.chunks, queries=args.queries, db_url=args.db_url)
+    result = run(chunks=args.chunks, queries=args.queries, clients=args.clients,
+                 maintenance_work_mem=args.maintenance_work_mem, db_url=args.db_url)
     emit(result, args.json, print_report)
 
 

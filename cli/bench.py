@@ -94,6 +94,15 @@ def search(
                           "document).")
     ] = 100_000,
     queries: Annotated[int, typer.Option(min=1, help="Queries per caller.")] = 200,
+    clients: Annotated[
+        int, typer.Option(min=1, help="Connections searching at once in the throughput "
+                          "phase.")
+    ] = 8,
+    maintenance_work_mem: Annotated[
+        str | None,
+        typer.Option(help="PostgreSQL memory for the index build, e.g. 3GB. Default: sized "
+                     "from --chunks so the HNSW graph fits.", show_default=False),
+    ] = None,
     db_url: Annotated[
         str | None,
         typer.Option("--db-url", help="An empty database to load the corpus into (it stays "
@@ -101,17 +110,19 @@ def search(
     ] = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Search latency and recall@10 under RLS, for a reader of 99% and a reader of 1%.
+    """Search latency, recall@10 and throughput under RLS, for a reader of 99% and of 1%.
 
     Times match_documents and hybrid_search as each user (role authenticated
     with JWT claims, as PostgREST runs them) and compares match_documents'
-    rows with an exact scan of the same caller's rows. Give --db-url an
-    empty database: the bench rebuilds the chunk index.
+    rows with an exact scan of the same caller's rows, then measures
+    queries/s with --clients connections at once. Give --db-url an empty
+    database: the bench rebuilds the chunk index.
     """
     from bench import search as bench_search
     from bench._common import emit
 
-    result = bench_search.run(chunks=chunks, queries=queries, db_url=db_url)
+    result = bench_search.run(chunks=chunks, queries=queries, clients=clients,
+                              maintenance_work_mem=maintenance_work_mem, db_url=db_url)
     emit(result, json_out, bench_search.print_report)
 
 

@@ -86,8 +86,16 @@ def test_bench_freshness(db_url):
 
 def test_bench_search_on_its_own_server():
     """Without --db-url the bench starts (and removes) a temporary server."""
-    r = bench_json("search", "--chunks", "200", "--queries", "3")
-    assert r["chunks"] == 200 and r["k"] == 10 and r["queries"] == 3 and r["index_build_s"] > 0
+    r = bench_json("search", "--chunks", "200", "--queries", "4", "--clients", "2")
+    assert r["chunks"] == 200 and r["k"] == 10 and r["queries"] == 4 and r["index_build_s"] > 0
+    # The build memory is stated: sized from --chunks (1 GB at least), and it held the graph.
+    assert r["build"]["maintenance_work_mem"] == "1GB" and r["build"]["graph_fit_in_memory"]
+    assert r["build"]["index_mb"] > 0
+    # Throughput: 2 connections at once, 2 calls each, per caller.
+    assert [c["caller"] for c in r["concurrent"]] == ["all rows (99%)", "1% reader"]
+    for c in r["concurrent"]:
+        assert c["clients"] == 2 and c["queries"] == 4 and c["qps"] > 0
+        assert 0 < c["p50_ms"] <= c["p95_ms"]
     assert [c["caller"] for c in r["results"]] == ["all rows (99%)", "1% reader"]
     for caller in r["results"]:
         # Both readers are small enough for match_documents' exact branch: full, exact results.
