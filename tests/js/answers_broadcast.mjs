@@ -13,26 +13,11 @@
 //   {"asked": <question row>}                    the test then runs the answer worker
 //   {"deltas": [...], "done": {...}, "row": {...}}
 import { createClient } from '@supabase/supabase-js'
+import { say, script } from './script.mjs'
 
-const WAIT_MS = 30_000
 const { SUPABASE_URL, SUPABASE_ANON_KEY, EMAIL, PASSWORD, OTHER_UID } = process.env
 
-const say = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
-
-function fail(message) {
-  process.stderr.write(`answers_broadcast: ${message}\n`)
-  process.exit(1)
-}
-
-setTimeout(() => fail(`not done in ${(3 * WAIT_MS) / 1000} s`), 3 * WAIT_MS).unref()
-
-async function until(test, what) {
-  const deadline = Date.now() + WAIT_MS
-  while (!test()) {
-    if (Date.now() > deadline) fail(`timed out waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 50))
-  }
-}
+const { fail, until } = script('answers_broadcast')
 
 function join(topic, handlers = {}) {
   let channel = supabase.channel(topic, { config: { private: true } })

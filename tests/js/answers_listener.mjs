@@ -13,27 +13,12 @@
 //                                           received that change (every earlier change
 //                                           that could reach it has arrived by then)
 import { createClient } from '@supabase/supabase-js'
+import { say, script } from './script.mjs'
 import { createInterface } from 'node:readline'
 
-const WAIT_MS = 30_000
 const { SUPABASE_URL, SUPABASE_ANON_KEY, EMAIL, PASSWORD } = process.env
 
-const say = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
-
-function fail(message) {
-  process.stderr.write(`answers_listener: ${message}\n`)
-  process.exit(1)
-}
-
-setTimeout(() => fail(`not done in ${(3 * WAIT_MS) / 1000} s`), 3 * WAIT_MS).unref()
-
-async function until(test, what) {
-  const deadline = Date.now() + WAIT_MS
-  while (!test()) {
-    if (Date.now() > deadline) fail(`timed out waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 50))
-  }
-}
+const { fail, until } = script('answers_listener')
 
 const supabase = createClient(SUPABASE_URL, SUPABASE_ANON_KEY, {
   auth: { persistSession: false, autoRefreshToken: false },

@@ -10,27 +10,12 @@
 //   {"realtime": {<token>: {"statuses": [...], "errors": [...], "events": [...]}}}
 //   sent once alice's genuine channel received her new question, and 1 s later.
 import { createClient } from '@supabase/supabase-js'
+import { say, script } from './script.mjs'
 import { createHmac } from 'node:crypto'
 
-const WAIT_MS = 30_000
 const { SUPABASE_URL, SUPABASE_ANON_KEY, EMAIL, PASSWORD } = process.env
 
-const say = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
-
-function fail(message) {
-  process.stderr.write(`forged_tokens: ${message}\n`)
-  process.exit(1)
-}
-
-setTimeout(() => fail(`not done in ${(3 * WAIT_MS) / 1000} s`), 3 * WAIT_MS).unref()
-
-async function until(test, what) {
-  const deadline = Date.now() + WAIT_MS
-  while (!test()) {
-    if (Date.now() > deadline) fail(`timed out waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 50))
-  }
-}
+const { fail, until } = script('forged_tokens')
 
 const b64 = (obj) => Buffer.from(JSON.stringify(obj)).toString('base64url')
 const decode = (part) => JSON.parse(Buffer.from(part, 'base64url').toString())

@@ -13,19 +13,13 @@
 //                               test then embeds them and writes "embedded\n" to stdin
 //   {"reads": {<caller>: {"match": [...], "hybrid": [...], "embedded": [...]}}}
 import { createClient } from '@supabase/supabase-js'
+import { say, script } from './script.mjs'
 import { createInterface } from 'node:readline'
 
 const { SUPABASE_URL, SUPABASE_ANON_KEY, PASSWORD, NEW_EMAIL } = process.env
 const QUERY = 'when does the red database restart?'
 
-const say = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
-
-function fail(message) {
-  process.stderr.write(`rag_flow: ${message}\n`)
-  process.exit(1)
-}
-
-setTimeout(() => fail('not done in 120 s'), 120_000).unref()
+const { fail } = script('rag_flow', 120_000)
 
 // What an app does: one client per browser, the session kept in memory.
 const client = () =>
