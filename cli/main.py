@@ -18,6 +18,7 @@ from cli import (
     jobs,
     mcp,
     search,
+    serve,
     spaces,
     status,
     token,
@@ -53,6 +54,7 @@ app.add_typer(spaces.app, name="spaces")
 app.command()(status.status)
 app.command()(token.token)
 app.command()(mcp.mcp)
+app.command()(serve.serve)
 
 
 @app.command()
