@@ -39,12 +39,12 @@ from starlette.routing import Route
 from worker import search as search_mod
 from worker.edge import limits
 from worker.edge.auth import Gateway
-from worker.edge.cache import DEFAULT_ENTRIES, CachedEmbedder
 from worker.edge.metrics import CONTENT_TYPE, EdgeMetrics
 from worker.errors import ApiError, ConfigError, NotFound
 from worker.jobs.queue import QUEUES
 from worker.jobs.wakeups import WAKE_SECRET_HEADER, wake_secret_ok
 from worker.models.base import Embedder
+from worker.models.cache import DEFAULT_ENTRIES, CachedEmbedder
 from worker.spaces import get_space, space_embedder
 
 #: The channels `suparag worker` listens on, one per queue (worker.jobs.queue).
