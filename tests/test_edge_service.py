@@ -400,3 +400,29 @@ def test_suparag_serve_is_configured_by_the_environment_alone(corpus_db, tmp_pat
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+# -- the dev API mounts the same functions ------------------------------------------------
+
+
+def test_the_dev_api_serves_the_same_search_with_its_own_keys(corpus_db, embedder, tmp_path):
+    from worker.devstack.api.app import create_app
+    from worker.devstack.api.functions import functions_routes
+    from worker.devstack.api.keys import load_or_create
+
+    url, world, _ = corpus_db
+    keys = load_or_create(tmp_path / "home")
+    app = create_app(url, keys, routes=functions_routes(keys, lambda: embedder))
+    with running_app(app) as base:
+        client = create_client(base, keys.anon_key)
+        for user in ("alice", "bob"):
+            body = client.functions.invoke("search", {
+                "body": {"query": "animals, bread and rocks", "k": 20},
+                "headers": {"Authorization": f"Bearer {keys.access_token(world.users[user])}"},
+                "responseType": "json"})
+            assert {hit["title"] for hit in body["results"]} == readable(user), user
+        # The production service's secret means nothing to the dev API, and vice versa.
+        refused = httpx.post(f"{base}/functions/v1/search", json={"query": "x"}, headers={
+            "apikey": keys.anon_key, "Authorization": f"Bearer {sign({'role': 'anon'})}"})
+        assert refused.status_code == 401
+        assert httpx.get(f"{base}/metrics").status_code == 200
