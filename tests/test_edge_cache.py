@@ -77,3 +77,44 @@ def test_the_answer_worker_embeds_a_repeated_question_once(conn, world, corpus, 
     conn.commit()
     # Still retrieved as each asker: the cache holds the vector, not anyone's results.
     assert cited(corpus, answers[alice_q["id"]]) != cited(corpus, answers[bob_q["id"]])
+
+
+def test_concurrent_misses_are_embedded_in_one_model_call(embedder):
+    import threading
+    import time
+
+    first_call = threading.Event()
+    release = threading.Event()
+
+    class Held(Counting):
+        def embed(self, texts: Sequence[str]) -> list[list[float]]:
+            if not first_call.is_set():  # hold the first call until the others queue
+                first_call.set()
+                assert release.wait(30)
+            return super().embed(texts)
+
+    model = Held(embedder)
+    cache = CachedEmbedder(model)
+    texts = [f"question number {i}" for i in range(8)]
+    results: dict[str, list[float]] = {}
+
+    def ask(text: str) -> None:
+        results[text] = cache.embed([text])[0]
+
+    threads = [threading.Thread(target=ask, args=(texts[0],))]
+    threads[0].start()
+    assert first_call.wait(30)
+    threads += [threading.Thread(target=ask, args=(t,)) for t in texts[1:]]
+    for thread in threads[1:]:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while len(cache._queued) < 7:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    release.set()
+    for thread in threads:
+        thread.join(30)
+    # The first text alone, then the seven that queued behind it in one call.
+    assert sorted(len(call) for call in model.calls) == [1, 7]
+    want = embedder.embed(texts)
+    assert all(close(results[t], w) for t, w in zip(texts, want, strict=True))

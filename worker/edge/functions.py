@@ -53,6 +53,11 @@ _EMBED_HINT = 'Send {"input": "text"} or {"input": ["text", ...]}.'
 _SEARCH_HINT = ('Send {"query": "text", "k": 5, "filter": {"key": "value"}, "hybrid": false}'
                 ' (all but query optional).')
 Pool = ConnectionPool[psycopg.Connection[Any]]
+#: How long a space's resolved query model is reused before it is read again. Reading it
+#: (the active space, then the models the first space's vectors were made with: a count
+#: over every chunk) cost more than the search itself at 10k chunks; a space switch
+#: (`suparag spaces activate`) reaches the functions within this many seconds.
+SPACE_TTL_SECONDS = 5.0
 
 
 @dataclass
@@ -158,6 +163,7 @@ class EdgeFunctions:
     def __init__(self, config: EdgeConfig, embedder_factory: Callable[[], Embedder]) -> None:
         self.config, self._factory = config, embedder_factory
         self._embedders: dict[str, CachedEmbedder] = {}
+        self._resolved: dict[tuple[str | None, bool], tuple[float, CachedEmbedder]] = {}
         self._default_key: str | None = None
         self._lock = threading.Lock()
         self._rate = limits.RateLimit(config.rate_limit, config.rate_window)
@@ -230,11 +236,25 @@ class EdgeFunctions:
                     embedder, max_entries=self.config.cache_entries)
             return self._embedders[self._default_key]
 
-    def embedder_for(self, conn: psycopg.Connection[Any], space: str | None, *,
+    def embedder_for(self, pool: Pool, space: str | None, *,
                      corpus_model: bool) -> CachedEmbedder:
         """The query embedder of space (None: the active one), read on the service connection
-        (space and model names only). With corpus_model, the first space's model is the one
-        its vectors were made with (`worker.search.choose_model`), else the configured one."""
+        (space and model names only) at most every SPACE_TTL_SECONDS. With corpus_model, the
+        first space's model is the one its vectors were made with
+        (`worker.search.choose_model`), else the configured one."""
+        now = time.monotonic()
+        with self._lock:
+            found = self._resolved.get((space, corpus_model))
+        if found is not None and now - found[0] < SPACE_TTL_SECONDS:
+            return found[1]
+        with pool.connection() as conn:
+            embedder = self._resolve(conn, space, corpus_model=corpus_model)
+        with self._lock:
+            self._resolved[(space, corpus_model)] = (now, embedder)
+        return embedder
+
+    def _resolve(self, conn: psycopg.Connection[Any], space: str | None, *,
+                 corpus_model: bool) -> CachedEmbedder:
         try:
             with conn.transaction():
                 chosen = get_space(conn, space)
@@ -282,8 +302,7 @@ class EdgeFunctions:
         pool = self._pool_now(request)
 
         def work() -> tuple[CachedEmbedder, list[list[float]], float]:
-            with pool.connection() as conn:
-                embedder = self.embedder_for(conn, space, corpus_model=False)
+            embedder = self.embedder_for(pool, space, corpus_model=False)
             _check_tokens(embedder, texts, hint=_EMBED_HINT)
             started = time.perf_counter()
             vectors = embedder.embed(texts)
@@ -305,12 +324,13 @@ class EdgeFunctions:
         pool = self._pool_now(request)
 
         def work() -> tuple[str, list[dict[str, Any]], float, float]:
+            # The model runs without a connection held: the pool serves the searches.
+            embedder = self.embedder_for(pool, wanted.space, corpus_model=True)
+            _check_tokens(embedder, [wanted.query], hint=_SEARCH_HINT)
+            started = time.perf_counter()
+            vector = embedder.embed([wanted.query])[0]
+            embedded = time.perf_counter()
             with pool.connection() as conn:
-                embedder = self.embedder_for(conn, wanted.space, corpus_model=True)
-                _check_tokens(embedder, [wanted.query], hint=_SEARCH_HINT)
-                started = time.perf_counter()
-                vector = embedder.embed([wanted.query])[0]
-                embedded = time.perf_counter()
                 try:
                     rows = search_mod.retrieve(
                         conn, vector, claims=claims, model=embedder.name, k=wanted.k,
