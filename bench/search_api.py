@@ -24,6 +24,7 @@ import os
 import secrets
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,8 @@ from worker.users import User, add_user
 
 GOAL_COLD_P95_MS, GOAL_WARM_P95_MS = 50.0, 15.0
 _ROOT = Path(__file__).resolve().parents[1]
+#: The server's output, kept for a look when a run goes wrong.
+_LOG = Path(tempfile.gettempdir()) / "suparag-bench-search-api.log"
 _WORDS = ["refund", "invoice", "replica", "backup", "latency", "token", "policy", "region",
           "schema", "index", "queue", "worker", "alert", "migration", "budget", "cluster"]
 
@@ -125,8 +128,9 @@ def _serve(url: str, secret: str, anon: str, port: int, per_minute: int) -> subp
                SUPARAG_EDGE_RATE_LIMIT=str(max(600, per_minute * 2)),
                PYTHONPATH=str(_ROOT) + os.pathsep + env.get("PYTHONPATH", ""))
     err_console.print("starting suparag serve…")
+    log = open(_LOG, "w")  # noqa: SIM115 (the server's, closed when it ends)
     return subprocess.Popen([sys.executable, "-m", "cli", "serve"], env=env, text=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=log, stderr=subprocess.STDOUT)
 
 
 def _wait_ready(base: str, server: subprocess.Popen[str], anon: str, token: str) -> None:
@@ -134,7 +138,7 @@ def _wait_ready(base: str, server: subprocess.Popen[str], anon: str, token: str)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise BenchError("suparag serve exited: run it by hand to see why")
+            raise BenchError(f"suparag serve exited: its output is in {_LOG}")
         try:
             response = httpx.post(f"{base}/functions/v1/search", json={"query": "warm up"},
                                   headers={"apikey": anon, "Authorization": f"Bearer {token}"},
@@ -167,8 +171,12 @@ async def _phase(base: str, anon: str, tokens: list[str], queries: list[list[str
         headers = {"apikey": anon, "Authorization": f"Bearer {token}"}
         for text in texts:
             started = time.perf_counter()
-            response = await http.post("/functions/v1/search", json={"query": text, "k": k},
-                                       headers=headers)
+            try:
+                response = await http.post("/functions/v1/search",
+                                           json={"query": text, "k": k}, headers=headers)
+            except httpx.HTTPError:
+                errors += 1
+                continue
             elapsed = (time.perf_counter() - started) * 1000
             if response.status_code != 200:
                 errors += 1
@@ -181,7 +189,7 @@ async def _phase(base: str, anon: str, tokens: list[str], queries: list[list[str
         await asyncio.gather(*(client(http, t, q) for t, q in zip(tokens, queries, strict=True)))
         seconds = time.perf_counter() - started
     if not latencies:
-        raise BenchError("every search failed: run `suparag serve` by hand to see why")
+        raise BenchError(f"every search failed: suparag serve's output is in {_LOG}")
     stats = summary(latencies)
     return {"n": len(latencies), "errors": errors, "p50_ms": round(stats["p50"], 2),
             "p95_ms": round(stats["p95"], 2), "max_ms": round(stats["max"], 2),
