@@ -231,6 +231,25 @@ def api(
     emit(result, json_out, bench_api.print_report)
 
 
+@app.command("search-api")
+def search_api(
+    clients: Annotated[int, typer.Option(min=1, max=500, help="Concurrent signed-in clients, "
+                                         "each a different user.")] = 20,
+    requests: Annotated[int, typer.Option(min=1, help="Searches per client per phase.")] = 20,
+    docs: Annotated[int, typer.Option(min=1, help="Documents every client may read "
+                                      "(random vectors).")] = 10_000,
+    db_url: BenchDbUrl = None,
+    json_out: JsonOption = False,
+) -> None:
+    """POST /functions/v1/search on the real `suparag serve`: p50/p95 end to end and the
+    model's share, query-vector cache cold then warm. Goals: p95 <= 50 ms cold, <= 15 warm."""
+    from bench import search_api as bench_search_api
+    from bench._common import emit
+
+    result = bench_search_api.run(clients=clients, requests=requests, docs=docs, db_url=db_url)
+    emit(result, json_out, bench_search_api.print_report)
+
+
 @app.command("ingest-pdf")
 def ingest_pdf(
     pages: Annotated[int, typer.Option(min=1, help="Pages in the generated text PDF.")] = 200,

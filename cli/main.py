@@ -31,6 +31,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("cli.status:status", "How far embedding has got: documents, queue, failures."),
     "token": ("cli.token:token", "Print an access token for a local user."),
     "mcp": ("cli.mcp:mcp", "Serve search and ask to MCP clients, as a user under RLS."),
+    "serve": ("cli.serve:serve", "Edge functions (embed, search) as the calling user."),
     "dev": ("cli.dev:app", "The local stack: PostgreSQL, the Supabase-style API, workers."),
     "db": ("cli.db:app", "Apply and inspect suparag's migrations."),
     "users": ("cli.users:app", "Manage local users (rows in auth.users)."),

@@ -26,7 +26,7 @@
     ├── commands (cli, bench)
     │   ├── DemoFailed               what RLS returned differs from the sharing rules
     │   └── BenchError               a benchmark could not run to the end
-    ├── the dev stack's local API (worker/devstack)
+    ├── the APIs (worker/devstack's local API, worker/edge's functions)
     │   ├── ApiError                 PostgREST-shaped error: status, code, message, hint
     │   ├── AuthError                GoTrue-shaped error: status, error_code, msg
     │   ├── InvalidToken             a JWT that is malformed, wrongly signed or expired

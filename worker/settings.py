@@ -110,6 +110,35 @@ class Settings(BaseSettings):
         "access tokens (HS256). Unset: the local project's; with SUPABASE_URL, asymmetric "
         "tokens are checked against the project's JWKS.",
     )
+    supabase_anon_key: str | None = Field(
+        default=None, validation_alias="SUPABASE_ANON_KEY",
+        description="The project's anon key: `suparag serve` accepts it (and the "
+        "service_role key) as the `apikey` header, as Supabase's gateway does.",
+    )
+    supabase_jwks_url: str | None = Field(
+        default=None, validation_alias="SUPABASE_JWKS_URL",
+        description="Where the project's signing keys are (asymmetric JWTs). Unset: "
+        "<SUPABASE_URL>/auth/v1/.well-known/jwks.json when SUPABASE_URL is set.",
+    )
+    serve_host: str = Field(default="0.0.0.0", description="`suparag serve`'s address.")
+    serve_port: int = Field(
+        default_factory=lambda: int(os.environ.get("PORT") or 8000),
+        description="`suparag serve`'s port (else PORT, as container platforms set it, "
+        "else 8000).",
+    )
+    edge_rate_limit: int = Field(
+        default=600, ge=1,
+        description="Embed and search requests per user per minute on `suparag serve` "
+        "(429 with Retry-After beyond; the service_role is not limited).",
+    )
+    edge_cache_entries: int = Field(
+        default=4096, ge=0,
+        description="Query vectors kept per model (LRU) by `suparag serve`; 0 turns it off.",
+    )
+    edge_cors_origins: str = Field(
+        default="*", description="Origins allowed to call `suparag serve` from a browser, "
+        "comma-separated (`*`: any).",
+    )
     mcp_token: str | None = Field(
         default=None,
         description="A user's access token for `suparag mcp` over stdio (the process then "

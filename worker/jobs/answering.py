@@ -34,6 +34,7 @@ from worker import usage
 from worker.db import as_request
 from worker.jobs.queue import ANSWERS, Counts, QueueWorker, WorkerConfig
 from worker.models.base import LLM, Embedder, Message, Usage
+from worker.models.cache import CachedEmbedder
 from worker.search import retrieve
 from worker.spaces import get_space, space_embedder
 from worker.users import find_user
@@ -154,6 +155,9 @@ class AnswerWorker(QueueWorker[AnswerResult]):
                  config: AnswerConfig | None = None) -> None:
         super().__init__(db_url, AnswerResult, config=config or AnswerConfig())
         self.embedder = embedder
+        # Query vectors are cached per model (issue 18): a question asked again, or the
+        # same words in another conversation, skips the model.
+        self._query_cache = CachedEmbedder(embedder)
         self._space_embedders: dict[str, Embedder] = {}
         self.llm = llm
 
@@ -258,10 +262,10 @@ class AnswerWorker(QueueWorker[AnswerResult]):
         with self.conn.transaction():
             space = get_space(self.conn)
         if space.storage == "column":
-            return self.embedder
+            return self._query_cache
         key = f"{space.id}:{space.model}:{space.dimensions}"
         if key not in self._space_embedders:
-            self._space_embedders[key] = space_embedder(space)
+            self._space_embedders[key] = CachedEmbedder(space_embedder(space))
         return self._space_embedders[key]
 
     def _history(self, question: dict[str, Any], claims: dict[str, Any]) -> list[Message]:

@@ -36,9 +36,8 @@ from worker.devstack.api.limits import (
     MAX_EMAIL_LENGTH,
     SIGN_IN_LIMIT,
     SIGN_IN_WINDOW_SECONDS,
-    RateLimit,
-    read_json,
 )
+from worker.edge.limits import RateLimit, read_json
 from worker.errors import AuthError, InvalidToken
 from worker.users import User
 

@@ -11,9 +11,10 @@ from starlette.requests import Request
 
 from worker.devstack.api.context import request_claims
 from worker.devstack.api.keys import ProjectKeys
-from worker.devstack.api.limits import DEFAULT_MAX_ROWS, MAX_REST_BODY, read_json
+from worker.devstack.api.limits import DEFAULT_MAX_ROWS, MAX_REST_BODY
 from worker.devstack.api.rest import grammar
 from worker.devstack.api.rest.catalog import SCHEMA
+from worker.edge.limits import read_json
 from worker.errors import ApiError
 
 #: The `Accept` type that asks for one object rather than an array.
