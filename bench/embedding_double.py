@@ -68,6 +68,9 @@ class DoubleState:
     faults: Faults
     seed: int = 14
     enabled: bool = True
+    #: Answer every text with one fixed vector (JSON encoded once), so the double costs as
+    #: little as an embedder can and a bench measures what is behind it (bench/queue.py).
+    fixed: bool = False
     requests: int = 0
     injected: Counter[str] = field(default_factory=Counter)
     calls_per_text: Counter[str] = field(default_factory=Counter)
@@ -104,6 +107,10 @@ class DoubleState:
                     "distinct_texts": len(self.calls_per_text)}
 
 
+#: The vector `fixed` mode answers, encoded once.
+_FIXED_JSON = json.dumps([round(float(x), 6) for x in expected_vector("suparag fixed")])
+
+
 def _handler(state: DoubleState) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -113,7 +120,10 @@ def _handler(state: DoubleState) -> type[BaseHTTPRequestHandler]:
 
         def _send(self, status: int, body: dict[str, Any],
                   headers: dict[str, str] | None = None) -> None:
-            data = json.dumps(body).encode()
+            self._send_bytes(status, json.dumps(body).encode(), headers)
+
+        def _send_bytes(self, status: int, data: bytes,
+                        headers: dict[str, str] | None = None) -> None:
             self.send_response(status)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(data)))
@@ -152,9 +162,17 @@ def _handler(state: DoubleState) -> type[BaseHTTPRequestHandler]:
                 with state.lock:
                     delay = state.rng.uniform(*state.faults.slow_seconds)
                 time.sleep(delay)
+            tokens = sum(len(t.split()) for t in texts)
+            if state.fixed:
+                items = ",".join(f'{{"object":"embedding","index":{i},"embedding":{_FIXED_JSON}}}'
+                                 for i in range(len(texts)))
+                model = json.dumps(body.get("model", MODEL))
+                data_bytes = (f'{{"object":"list","data":[{items}],"model":{model},"usage":'
+                              f'{{"prompt_tokens":{tokens},"total_tokens":{tokens}}}}}').encode()
+                self._send_bytes(200, data_bytes)
+                return
             data = [{"object": "embedding", "index": i,
                      "embedding": expected_vector(t).tolist()} for i, t in enumerate(texts)]
-            tokens = sum(len(t.split()) for t in texts)
             self._send(200, {"object": "list", "data": data, "model": body.get("model", MODEL),
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
