@@ -29,6 +29,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -68,7 +69,7 @@ class DoubleState:
     faults: Faults
     seed: int = 14
     enabled: bool = True
-    #: Answer every text with one fixed vector (JSON encoded once), so the double costs as
+    #: Answer from a pool of precomputed vectors (JSON encoded once), so the double costs as
     #: little as an embedder can and a bench measures what is behind it (bench/queue.py).
     fixed: bool = False
     requests: int = 0
@@ -107,8 +108,24 @@ class DoubleState:
                     "distinct_texts": len(self.calls_per_text)}
 
 
-#: The vector `fixed` mode answers, encoded once.
-_FIXED_JSON = json.dumps([round(float(x), 6) for x in expected_vector("suparag fixed")])
+#: How many precomputed vectors `fixed` mode answers from. Not one: thousands of identical
+#: vectors are a pathological case for an HNSW index (every distance ties), which real
+#: embeddings never are.
+FIXED_POOL = 4096
+
+
+@cache
+def _fixed_pool() -> list[str]:
+    """FIXED_POOL unit vectors, each JSON-encoded once."""
+    values = np.random.default_rng(17).standard_normal((FIXED_POOL, DIMENSIONS))
+    values /= np.linalg.norm(values, axis=1, keepdims=True)
+    return [json.dumps([round(float(x), 6) for x in row]) for row in values]
+
+
+def fixed_vector_json(text: str) -> str:
+    """The vector `fixed` mode answers for text (JSON): one of the pool, chosen by a hash."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=4).digest()
+    return _fixed_pool()[int.from_bytes(digest, "big") % FIXED_POOL]
 
 
 def _handler(state: DoubleState) -> type[BaseHTTPRequestHandler]:
@@ -164,8 +181,9 @@ def _handler(state: DoubleState) -> type[BaseHTTPRequestHandler]:
                 time.sleep(delay)
             tokens = sum(len(t.split()) for t in texts)
             if state.fixed:
-                items = ",".join(f'{{"object":"embedding","index":{i},"embedding":{_FIXED_JSON}}}'
-                                 for i in range(len(texts)))
+                items = ",".join(f'{{"object":"embedding","index":{i},'
+                                 f'"embedding":{fixed_vector_json(t)}}}'
+                                 for i, t in enumerate(texts))
                 model = json.dumps(body.get("model", MODEL))
                 data_bytes = (f'{{"object":"list","data":[{items}],"model":{model},"usage":'
                               f'{{"prompt_tokens":{tokens},"total_tokens":{tokens}}}}}').encode()

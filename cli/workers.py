@@ -90,11 +90,13 @@ def worker(
                      "(questions). Default: both.", show_default=False),
     ] = None,
     shutdown_timeout: Annotated[
-        float, typer.Option(min=0.1, envvar="SUPARAG_WORKER_SHUTDOWN_TIMEOUT",
-                            help="Seconds SIGTERM waits for the batch in hand; then the worker "
-                            "exits 1 anyway and its leases run out for another worker (set it "
-                            "below the orchestrator's own kill timeout).")
-    ] = 25.0,
+        float | None, typer.Option(min=0.1, envvar="SUPARAG_WORKER_SHUTDOWN_TIMEOUT",
+                                   help="Seconds SIGTERM waits for the batch in hand; then the "
+                                   "worker exits 1 anyway and its leases run out for another "
+                                   "worker. Set it below the orchestrator's own kill timeout "
+                                   "(Kubernetes 30 s, docker stop 10 s). Unset: wait for the "
+                                   "batch however long it takes.", show_default=False)
+    ] = None,
     log_format: Annotated[
         LogFormat, typer.Option(envvar="SUPARAG_LOG_FORMAT",
                                 help="`rich` for people, `json` (one object a line, one line "
@@ -154,15 +156,20 @@ def worker(
         wake_secret=settings.wake_secret))
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        logging.getLogger("suparag.worker").info(
-            "%s: finishing the batch in hand (at most %.0f s)…", signal.Signals(signum).name,
-            shutdown_timeout)
+        within = "" if shutdown_timeout is None else f" (at most {shutdown_timeout:g} s)"
+        note = f"{signal.Signals(signum).name}: finishing the batch in hand{within}…"
+        if log_format == LogFormat.json:
+            logging.getLogger("suparag.worker").info("%s", note, extra={"fields": {
+                "event": "stopping", "shutdown_timeout": shutdown_timeout}})
+        else:
+            err_console.print(note)
         service.stop()
         # The deadline: a batch stuck in a model call must not outlive the orchestrator's
         # patience; its leases run out and another worker takes the jobs.
-        timer = threading.Timer(shutdown_timeout, _give_up, args=(shutdown_timeout,))
-        timer.daemon = True
-        timer.start()
+        if shutdown_timeout is not None:
+            timer = threading.Timer(shutdown_timeout, _give_up, args=(shutdown_timeout,))
+            timer.daemon = True
+            timer.start()
         # A second signal is not graceful.
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -175,12 +182,19 @@ def worker(
         print_json({**vars(totals),
                     "answers": vars(answered) if answered is not None else None})
         return
+    lines: list[tuple[str, dict[str, Any]]] = []
     if only != Only.answers:
-        err_console.print(
+        lines.append((
             f"Embedded {totals.embedded} documents ({totals.chunks_embedded} chunks embedded, "
             f"{totals.chunks_reused} reused); {totals.retrying} to retry, "
-            f"{totals.failed} failed, {totals.superseded} superseded."
-        )
+            f"{totals.failed} failed, {totals.superseded} superseded.",
+            {"event": "summary", "queue": "embeddings", **vars(totals)}))
     if answered is not None:
-        err_console.print(f"Answered {answered.answered} questions; {answered.retrying} to "
-                          f"retry, {answered.failed} failed.")
+        lines.append((f"Answered {answered.answered} questions; {answered.retrying} to "
+                      f"retry, {answered.failed} failed.",
+                      {"event": "summary", "queue": "answers", **vars(answered)}))
+    for text, fields in lines:
+        if log_format == LogFormat.json:  # every line of the stream stays JSON
+            logging.getLogger("suparag.worker").info("%s", text, extra={"fields": fields})
+        else:
+            err_console.print(text)
