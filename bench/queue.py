@@ -443,6 +443,37 @@ def print_report(r: dict[str, Any]) -> None:
     print_load(r)
 
 
+def plot(r: dict[str, Any], path: Path) -> None:
+    """The scaling curve as a PNG: documents/s and the database's CPU share per N."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ns = [x["workers"] for x in r["rounds"]]
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    ax.plot(ns, [x["docs_per_s"] for x in r["rounds"]], "o-", label="documents/s")
+    ax.axhline(r["goal_docs_per_s"], color="grey", linestyle=":", label="goal")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ns, [str(n) for n in ns])
+    ax.set_xlabel("worker processes on one queue")
+    ax.set_ylabel("documents/s")
+    share = ax.twinx()
+    share.plot(ns, [100 * x["db_cpu_share"] for x in r["rounds"]], "s--", color="tab:red",
+               label="database CPU %")
+    share.set_ylabel("database CPU % of the machine")
+    share.set_ylim(0, 100)
+    lines = ax.get_legend_handles_labels()[0] + share.get_legend_handles_labels()[0]
+    labels = ax.get_legend_handles_labels()[1] + share.get_legend_handles_labels()[1]
+    ax.legend(lines, labels, loc="upper left", fontsize=8)
+    load = r["machine_before"]["load"][0]
+    ax.set_title(f"suparag bench queue: {r['docs']} documents/round, "
+                 f"{r['machine_after']['cpus']} cores, load {load}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main() -> None:
     import argparse
 

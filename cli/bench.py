@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -243,6 +244,8 @@ def queue(
     docs: Annotated[int, typer.Option(min=1, help="Documents per round (1-6 chunks each), "
                                       "inserted in one transaction.")] = 2000,
     batch_size: BatchSize = 16,
+    plot: Annotated[Path | None, typer.Option(help="Also draw the scaling curve (a PNG) "
+                                              "here.", show_default=False)] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Many workers on one queue with an embedder that costs nothing. Goal: >= 500 docs/s.
@@ -258,5 +261,7 @@ def queue(
 
     result = bench_queue.run(workers=workers, docs=docs, batch_size=batch_size)
     emit(result, json_out, bench_queue.print_report)
+    if plot is not None:
+        bench_queue.plot(result, plot)
     if result["violations"]:
         raise typer.Exit(code=1)
