@@ -29,6 +29,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -68,6 +69,9 @@ class DoubleState:
     faults: Faults
     seed: int = 14
     enabled: bool = True
+    #: Answer from a pool of precomputed vectors (JSON encoded once), so the double costs as
+    #: little as an embedder can and a bench measures what is behind it (bench/queue.py).
+    fixed: bool = False
     requests: int = 0
     injected: Counter[str] = field(default_factory=Counter)
     calls_per_text: Counter[str] = field(default_factory=Counter)
@@ -104,6 +108,26 @@ class DoubleState:
                     "distinct_texts": len(self.calls_per_text)}
 
 
+#: How many precomputed vectors `fixed` mode answers from. Not one: thousands of identical
+#: vectors are a pathological case for an HNSW index (every distance ties), which real
+#: embeddings never are.
+FIXED_POOL = 4096
+
+
+@cache
+def _fixed_pool() -> list[str]:
+    """FIXED_POOL unit vectors, each JSON-encoded once."""
+    values = np.random.default_rng(17).standard_normal((FIXED_POOL, DIMENSIONS))
+    values /= np.linalg.norm(values, axis=1, keepdims=True)
+    return [json.dumps([round(float(x), 6) for x in row]) for row in values]
+
+
+def fixed_vector_json(text: str) -> str:
+    """The vector `fixed` mode answers for text (JSON): one of the pool, chosen by a hash."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=4).digest()
+    return _fixed_pool()[int.from_bytes(digest, "big") % FIXED_POOL]
+
+
 def _handler(state: DoubleState) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -113,7 +137,10 @@ def _handler(state: DoubleState) -> type[BaseHTTPRequestHandler]:
 
         def _send(self, status: int, body: dict[str, Any],
                   headers: dict[str, str] | None = None) -> None:
-            data = json.dumps(body).encode()
+            self._send_bytes(status, json.dumps(body).encode(), headers)
+
+        def _send_bytes(self, status: int, data: bytes,
+                        headers: dict[str, str] | None = None) -> None:
             self.send_response(status)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(data)))
@@ -152,9 +179,18 @@ def _handler(state: DoubleState) -> type[BaseHTTPRequestHandler]:
                 with state.lock:
                     delay = state.rng.uniform(*state.faults.slow_seconds)
                 time.sleep(delay)
+            tokens = sum(len(t.split()) for t in texts)
+            if state.fixed:
+                items = ",".join(f'{{"object":"embedding","index":{i},'
+                                 f'"embedding":{fixed_vector_json(t)}}}'
+                                 for i, t in enumerate(texts))
+                model = json.dumps(body.get("model", MODEL))
+                data_bytes = (f'{{"object":"list","data":[{items}],"model":{model},"usage":'
+                              f'{{"prompt_tokens":{tokens},"total_tokens":{tokens}}}}}').encode()
+                self._send_bytes(200, data_bytes)
+                return
             data = [{"object": "embedding", "index": i,
                      "embedding": expected_vector(t).tolist()} for i, t in enumerate(texts)]
-            tokens = sum(len(t.split()) for t in texts)
             self._send(200, {"object": "list", "data": data, "model": body.get("model", MODEL),
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 

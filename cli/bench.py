@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -263,3 +264,34 @@ def ingest_pdf(
     from bench._common import emit
 
     emit(bench_pdf.run(pages=pages, repeat=repeat), json_out, bench_pdf.print_report)
+
+
+@app.command()
+def queue(
+    workers: Annotated[int, typer.Option(min=1, max=32, help="The largest number of `suparag "
+                                         "worker` processes; rounds run 1, 2, 4, ... up to "
+                                         "it.")] = 8,
+    docs: Annotated[int, typer.Option(min=1, help="Documents per round (1-6 chunks each), "
+                                      "inserted in one transaction.")] = 2000,
+    batch_size: BatchSize = 16,
+    plot: Annotated[Path | None, typer.Option(help="Also draw the scaling curve (a PNG) "
+                                              "here.", show_default=False)] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Many workers on one queue with an embedder that costs nothing. Goal: >= 500 docs/s.
+
+    On a temporary embedded PostgreSQL, N real worker processes embed through an
+    OpenAI-compatible double answering at once with a fixed vector, so the queue,
+    the chunker and the write-back are measured: documents/s and chunks/s per N,
+    the database's CPU share, lock waits, the claim's p50/p95. Every document must
+    be written exactly once and no text sent twice; exits 1 on any violation.
+    """
+    from bench import queue as bench_queue
+    from bench._common import emit
+
+    result = bench_queue.run(workers=workers, docs=docs, batch_size=batch_size)
+    emit(result, json_out, bench_queue.print_report)
+    if plot is not None:
+        bench_queue.plot(result, plot)
+    if result["violations"]:
+        raise typer.Exit(code=1)

@@ -16,6 +16,9 @@ SECURITY_DEFINER_REASONS = {
     "suparag_search.full_text_matches":
         "full text through the GIN index, which RLS rules out (`@@` is not leakproof); "
         "applies the read rule itself and returns only readable ids",
+    "suparag_private.publish_answer":
+        "the answer worker sends on the asker's private Broadcast topic; realtime.messages "
+        "is closed to the least-privilege suparag_worker role (migration 20261202100000)",
     "suparag_search.embedding_space":
         "the search functions resolve the space to search (its id, model, width) as any "
         "caller; the spaces table stays private and only these columns are revealed",

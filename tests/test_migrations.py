@@ -45,6 +45,8 @@ LANDED = {
         "03aa5b90734081278b32d8c8a5c89e89f6c277c239cb7791cda753d237b062c8",
     "20261202070000_suparag_chunk_pages.sql":
         "780e48e93b086f1e9d29ca3de73945959d49adb58875a1a24ad585baf277f66d",
+    "20261202100000_suparag_worker_role.sql":
+        "94581466480bed471b9f0e99352da426c930ca801b36f3dfda48794e3b72c49d",
     "20261202060000_suparag_eval_runs.sql":
         "e75fcf02a03c56bb5640f12989617b4aa86733639905ca13d2f3795d4ab8e9e2",
     "20261202050000_suparag_embedding_spaces.sql":

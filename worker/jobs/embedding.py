@@ -10,6 +10,7 @@ result is dropped and the newer job, already queued, wins.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,11 +101,13 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
         Each document is still written back (or failed) on its own.
         """
         conn = self.conn
+        started = time.perf_counter()
         with conn.transaction():
             jobs = conn.execute(
                 "select * from suparag_private.claim_embedding_jobs(%s, %s, %s)",
                 (self.config.worker_id, self.config.batch_size, self.config.lease_seconds),
             ).fetchall()
+        self.last_claim_seconds = time.perf_counter() - started
         result = BatchResult()
         if not jobs:
             # Nothing due: fill a space that lacks vectors, a batch at a time (issue 10).

@@ -41,9 +41,16 @@ class Queue:
     #: Whether the table is in the supabase_realtime publication (migration 0600), so
     #: Realtime postgres_changes can wake its workers.
     realtime: bool = False
+    #: Whether the worker's commits may return before the WAL is flushed (synchronous_commit
+    #: off, a per-session setting any role may make). Safe where redoing a job is harmless:
+    #: a commit lost in a database crash takes its claim, chunks, status and job deletion
+    #: with it (one transaction), so the job's lease runs out and it is embedded again. An
+    #: fsync per document was the embedding queue's wall (issue 17, `suparag bench queue`).
+    asynchronous_commit: bool = False
 
 
-EMBEDDINGS = Queue("embeddings", "embedding_jobs", "suparag_embedding_jobs", realtime=True)
+EMBEDDINGS = Queue("embeddings", "embedding_jobs", "suparag_embedding_jobs", realtime=True,
+                   asynchronous_commit=True)
 ANSWERS = Queue("answers", "answer_jobs", "suparag_answer_jobs")
 QUEUES = (EMBEDDINGS, ANSWERS)
 
@@ -99,11 +106,16 @@ class QueueWorker(Generic[TallyT]):
         self.config = config
         self._tally = tally
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
+        #: How long the last claim took (set by run_batch), for the batch's log line.
+        self.last_claim_seconds: float | None = None
 
     @property
     def conn(self) -> psycopg.Connection[dict[str, Any]]:
         if self._conn is None or self._conn.closed:
             self._conn = connect(self.db_url)
+            if self.queue.asynchronous_commit:
+                self._conn.execute("set synchronous_commit = off")
+                self._conn.commit()
         return self._conn
 
     def close(self) -> None:

@@ -125,13 +125,34 @@ class Service:
         listening = self._listener is None or self._listener.listening.is_set()
         return self._loaded and listening and not self.stopping.is_set()
 
+    def database_check(self) -> dict[str, Any]:
+        """Whether the database answers now (a fresh connection and `select 1`), and how fast."""
+        started = time.monotonic()
+        try:
+            with psycopg.connect(self.db_url, connect_timeout=3) as conn:
+                conn.execute("select 1")
+        except psycopg.Error as exc:
+            return {"reachable": False, "error": f"{type(exc).__name__}: {exc}".strip()[:300]}
+        return {"reachable": True, "ms": round((time.monotonic() - started) * 1000, 1)}
+
     def health(self) -> dict[str, Any]:
+        """What GET /health reports; `live` and `ready` decide /health/live and /health/ready.
+
+        live: no loop has failed and the service is not stopping. ready: live, the model
+        loaded, LISTEN in place (when on) and the database reachable now.
+        """
         answers = self.answer_totals
+        live = self._failure is None and not self.stopping.is_set()
+        database = self.database_check()
         return {
             "status": "stopping" if self.stopping.is_set() else "running",
             "worker_id": self.first.config.worker_id,
             "model": self.first.model,
-            "ready": self.ready,
+            "live": live,
+            "ready": live and self.ready and bool(database["reachable"]),
+            "database": database,
+            "seconds_since_last_batch": None if self.last_batch_at is None
+            else round(time.time() - self.last_batch_at, 1),
             "listening": self._listener is not None and self._listener.listening.is_set(),
             "realtime": self._realtime is not None and self._realtime.subscribed.is_set(),
             "uptime_seconds": round(time.time() - self.started_at, 1),
@@ -200,10 +221,20 @@ class Service:
     def _drain(self, queue: Queue) -> None:
         loop = self.loops[queue]
 
+        started = time.monotonic()
+
         def batch_done(batch: Any) -> None:
+            nonlocal started
+            now = time.monotonic()
             self.last_batch_at = time.time()
             loop.totals.add(batch)
-            log.info("%s", loop.worker.describe(batch))
+            # One line per batch; its figures also as fields (`--log-format json`).
+            claim = loop.worker.last_claim_seconds
+            log.info("%s", loop.worker.describe(batch), extra={"fields": {
+                "event": "batch", "queue": queue.name, "worker_id": loop.worker.config.worker_id,
+                **vars(batch), "batch_ms": round((now - started) * 1000, 2),
+                "claim_ms": None if claim is None else round(claim * 1000, 3)}})
+            started = now
             if self.on_batch is not None:
                 self.on_batch(batch)
 

@@ -9,7 +9,8 @@ costs a poll. The sources:
   session-mode connection; Supabase's transaction-mode pooler drops LISTEN);
 - `WakeServer`: an HTTP POST to the worker's wake endpoint, which the pg_net
   trigger calls on hosted Supabase when `suparag_private.settings.worker_url`
-  is set (GET /health reports the service). That endpoint faces the internet,
+  is set (GET /health reports the service; /health/live and /health/ready
+  answer 200 or 503 for orchestrators). That endpoint faces the internet,
   so with a secret configured (SUPARAG_WAKE_SECRET, the Vault secret
   `suparag_wake_secret` the trigger sends) a POST without it is refused 401;
 - `RealtimeWaker`: Supabase Realtime `postgres_changes` (INSERT, UPDATE) on
@@ -209,10 +210,17 @@ class _WakeHandler(BaseHTTPRequestHandler):
         self._reply(202, {"status": "woken"})
 
     def do_GET(self) -> None:
-        if self.path.rstrip("/") in ("/health", ""):
+        path = self.path.split("?")[0].rstrip("/")
+        if path in ("/health", ""):
             self._reply(200, self.server.health())
+        elif path in ("/health/live", "/health/ready"):
+            # For orchestrators (Kubernetes probes, load balancers): the status says it.
+            health = self.server.health()
+            ok = bool(health.get(path.rsplit("/", 1)[1]))
+            self._reply(200 if ok else 503, health)
         else:
-            self._reply(404, {"error": "not found: POST any path to wake, GET /health"})
+            self._reply(404, {"error": "not found: POST any path to wake, GET /health, "
+                              "/health/live or /health/ready"})
 
     def _reply(self, status: int, body: dict[str, Any]) -> None:
         data = json.dumps(body, default=str).encode()

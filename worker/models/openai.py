@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -31,9 +32,43 @@ from worker.models.base import (
 
 if TYPE_CHECKING:
     import openai
-    from openai.types import CreateEmbeddingResponse
 
 log = logging.getLogger("suparag.models")
+
+@dataclass(frozen=True)
+class _Item:
+    """One vector of an answer, and its place among the inputs (None: the server left it out)."""
+
+    index: int | None
+    embedding: list[float]
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """An embeddings answer: its vectors and its `usage` (None when the server sends none)."""
+
+    data: list[_Item]
+    usage: Any
+
+    @classmethod
+    def from_json(cls, body: Any) -> _Answer:
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, list) or not all(
+                isinstance(item, dict) and isinstance(item.get("embedding"), list)
+                for item in data):
+            raise EmbeddingServiceError(
+                "the embeddings server answered without a `data` list of vectors: it is not a "
+                "compatible embeddings API; check SUPARAG_OPENAI_BASE_URL")
+        usage = body.get("usage")
+        return cls(data=[_Item(item.get("index"), item["embedding"]) for item in data],
+                   usage=_Usage(usage.get("prompt_tokens")) if isinstance(usage, dict)
+                   else None)
+
+
+@dataclass(frozen=True)
+class _Usage:
+    prompt_tokens: Any
+
 
 #: Client-side statuses worth asking again (request timeout, rate limit); every 5xx is too.
 _RETRIED_STATUSES = frozenset({408, 429})
@@ -295,8 +330,8 @@ class OpenAIEmbedder:
         data = list(response.data)
         # The API numbers its answers; put them back in input order.
         if all(getattr(item, "index", None) is not None for item in data):
-            data.sort(key=lambda item: item.index)
-            indexes = [item.index for item in data]
+            data.sort(key=lambda item: item.index or 0)
+            indexes = [item.index or 0 for item in data]
         else:
             indexes = list(range(len(data)))
         if indexes != list(range(len(batch))):
@@ -322,7 +357,7 @@ class OpenAIEmbedder:
             )
         return vectors
 
-    def _over_window(self, batch: list[str], response: CreateEmbeddingResponse) -> bool:
+    def _over_window(self, batch: list[str], response: _Answer) -> bool:
         """Whether the server counted more tokens than batch may hold; raises for one input.
 
         A server cuts what exceeds its model's window without saying so; its
@@ -349,8 +384,13 @@ class OpenAIEmbedder:
             "embedded. Set SUPARAG_EMBEDDING_MAX_TOKENS to the model's real window"
         )
 
-    def _create(self, batch: list[str]) -> CreateEmbeddingResponse:
-        """One embeddings request, retried on 408/429/5xx and lost connections."""
+    def _create(self, batch: list[str]) -> _Answer:
+        """One embeddings request, retried on 408/429/5xx and lost connections.
+
+        The body is read as plain JSON: the client's typed parse builds a pydantic
+        object per float and took ~1 s per 40 vectors, most of a worker's time
+        behind a fast server (issue 17, `suparag bench queue`).
+        """
         import openai
 
         extra: dict[str, Any] = {"dimensions": self._dimensions} if self._send_dimensions else {}
@@ -358,9 +398,10 @@ class OpenAIEmbedder:
         while True:
             attempt += 1
             try:
-                return self._client.embeddings.create(
+                raw = self._client.embeddings.with_raw_response.create(
                     model=self.model, input=batch, encoding_format="float", **extra
                 )
+                return _Answer.from_json(raw.http_response.json())
             except openai.APIStatusError as exc:
                 wait = self._retry_wait(exc, attempt)
                 reason = f"HTTP {exc.status_code}"

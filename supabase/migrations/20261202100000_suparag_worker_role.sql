@@ -1,0 +1,141 @@
+-- suparag: a least-privilege database role for `suparag worker` (issue 17).
+--
+-- A worker next to a hosted project used to connect as `postgres` or with
+-- `service_role` (bypassrls, everything in public). `suparag_worker` has only
+-- what the worker does:
+--
+-- - embeddings: claim and fail jobs (the queue functions), read documents and
+--   set their embedding status, replace their chunks (and an embedding space's
+--   vectors), delete finished jobs, record usage;
+-- - answers: claim and fail answer jobs, read questions, write answers, send
+--   them on the asker's private Broadcast topic, and retrieve *as the asker*:
+--   `set local role authenticated` with the asker's claims, as PostgREST's
+--   `authenticator` does, so retrieval stays under the users' policies;
+-- - read the columns of auth.users that make a user's JWT claims (id, email,
+--   app and user metadata), never passwords, tokens or anything else of Auth's.
+--
+-- It is `bypassrls`, because the chunk write-back is a COPY and PostgreSQL
+-- refuses COPY FROM into a table whose RLS applies to the copier; bypassrls
+-- holds only for the role itself: once it `set role authenticated` for an
+-- asker, the asker's policies apply. Its reach is the grants below (narrower
+-- than service_role's `grant all`), and a policy `to suparag_worker` names
+-- each thing it may do where RLS is on, so the grants read as the whole list
+-- and a role created without bypassrls still reads and writes. It is `nologin`: an operator gives it a login and password
+-- (docs/deploy.md), so no secret is in a migration. Roles are per cluster, so
+-- it is created only when missing (a branch or a second database reuses it).
+
+do $$
+begin
+  if not exists (select 1 from pg_catalog.pg_roles where rolname = 'suparag_worker') then
+    begin
+      create role suparag_worker nologin noinherit bypassrls;
+    exception when insufficient_privilege then
+      -- PostgreSQL 15 lets only a superuser grant bypassrls (16+: a role that has it).
+      -- The policies below then still let the worker read and write, but the chunk
+      -- write-back's COPY needs it: ask for `alter role suparag_worker bypassrls`.
+      create role suparag_worker nologin noinherit;
+      raise warning 'suparag_worker was created without bypassrls (this role may not grant '
+        'it); the worker''s chunk write-back (COPY) needs it: run as a superuser '
+        '`alter role suparag_worker bypassrls`';
+    end;
+  end if;
+end
+$$;
+
+comment on role suparag_worker is
+  'suparag worker: embeds documents and answers questions; least privilege (issue 17).';
+
+-- Answers are retrieved as their askers (worker/db.py as_request). noinherit: the
+-- role has authenticated's rights only after `set role`, never by default.
+grant authenticated to suparag_worker;
+
+grant usage on schema suparag_private, suparag_search, extensions to suparag_worker;
+
+-- auth.users: only the columns that make the claims (worker/users.py).
+grant usage on schema auth to suparag_worker;
+grant select (id, email, raw_app_meta_data, raw_user_meta_data, created_at)
+  on auth.users to suparag_worker;
+
+-- Documents: read them; set only the status columns.
+grant select, update (embedding_status, embedding_model, embedded_at, embedding_error)
+  on public.documents to suparag_worker;
+create policy "suparag_worker reads every document" on public.documents
+  for select to suparag_worker using (true);
+create policy "suparag_worker sets embedding status" on public.documents
+  for update to suparag_worker using (true) with check (true);
+
+-- Chunks: read (reusable vectors), replace.
+grant select, insert, delete on public.document_chunks to suparag_worker;
+create policy "suparag_worker reads chunks" on public.document_chunks
+  for select to suparag_worker using (true);
+create policy "suparag_worker writes chunks" on public.document_chunks
+  for insert to suparag_worker with check (true);
+create policy "suparag_worker replaces chunks" on public.document_chunks
+  for delete to suparag_worker using (true);
+
+-- The embedding queue: claim and fail through the functions (security invoker, so
+-- the columns they set), release leases and delete finished jobs directly. Never insert:
+-- only the triggers queue work.
+grant select, delete, update (status, attempts, run_after, leased_by, leased_until,
+  last_error, updated_at) on suparag_private.embedding_jobs to suparag_worker;
+create policy "suparag_worker reads embedding jobs" on suparag_private.embedding_jobs
+  for select to suparag_worker using (true);
+create policy "suparag_worker releases embedding jobs" on suparag_private.embedding_jobs
+  for update to suparag_worker using (true) with check (true);
+create policy "suparag_worker finishes embedding jobs" on suparag_private.embedding_jobs
+  for delete to suparag_worker using (true);
+grant execute on function
+  suparag_private.claim_embedding_jobs(text, integer, integer),
+  suparag_private.fail_embedding_job(bigint, bigint, text, integer, double precision)
+  to suparag_worker;
+
+-- Embedding spaces (issue 10): read the spaces, write their vectors.
+grant select on suparag_private.embedding_spaces to suparag_worker;
+create policy "suparag_worker reads embedding spaces" on suparag_private.embedding_spaces
+  for select to suparag_worker using (true);
+grant select, insert, delete on suparag_search.chunk_vectors to suparag_worker;
+create policy "suparag_worker reads space vectors" on suparag_search.chunk_vectors
+  for select to suparag_worker using (true);
+create policy "suparag_worker writes space vectors" on suparag_search.chunk_vectors
+  for insert to suparag_worker with check (true);
+create policy "suparag_worker replaces space vectors" on suparag_search.chunk_vectors
+  for delete to suparag_worker using (true);
+
+-- Questions and answers.
+grant select on public.questions to suparag_worker;
+create policy "suparag_worker reads questions" on public.questions
+  for select to suparag_worker using (true);
+-- Everything but the asker's feedback.
+grant select, insert (question_id, asker_id, conversation_id, content, mode, model, citations,
+  status, error), update (content, mode, model, citations, status, error, updated_at)
+  on public.answers to suparag_worker;
+create policy "suparag_worker reads answers" on public.answers
+  for select to suparag_worker using (true);
+create policy "suparag_worker writes answers" on public.answers
+  for insert to suparag_worker with check (true);
+create policy "suparag_worker updates answers" on public.answers
+  for update to suparag_worker using (true) with check (true);
+grant select, delete, update (status, attempts, run_after, leased_by, leased_until,
+  last_error, updated_at) on suparag_private.answer_jobs to suparag_worker;
+create policy "suparag_worker reads answer jobs" on suparag_private.answer_jobs
+  for select to suparag_worker using (true);
+create policy "suparag_worker releases answer jobs" on suparag_private.answer_jobs
+  for update to suparag_worker using (true) with check (true);
+create policy "suparag_worker finishes answer jobs" on suparag_private.answer_jobs
+  for delete to suparag_worker using (true);
+-- publish_answer sends on realtime.messages, which Supabase's realtime schema keeps
+-- to its own roles: it runs as its owner, callable only by service_role and the worker
+-- (execute stays revoked from public), and sends only to the topic of the asker given.
+alter function suparag_private.publish_answer(uuid, text, jsonb) security definer;
+grant execute on function
+  suparag_private.claim_answer_jobs(text, integer, integer, uuid[]),
+  suparag_private.fail_answer_job(bigint, text, integer, double precision),
+  suparag_private.publish_answer(uuid, text, jsonb)
+  to suparag_worker;
+
+-- Usage metering: one row per model call.
+grant select, insert on suparag_private.usage to suparag_worker;
+create policy "suparag_worker reads usage" on suparag_private.usage
+  for select to suparag_worker using (true);
+create policy "suparag_worker records usage" on suparag_private.usage
+  for insert to suparag_worker with check (true);

@@ -1,0 +1,135 @@
+"""The `suparag_worker` role (migration 20261202100000): the worker's full embed and answer
+paths work connected as it, and it can do nothing else of note: no Auth secrets, no other
+role, no bypassing RLS, no writing users' documents."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from bench.embedding_double import MODEL, DoubleState, Faults, serve
+from worker.db import as_request, connect
+from worker.jobs.answering import AnswerConfig, AnswerWorker
+from worker.jobs.embedding import EmbeddingWorker
+from worker.models.openai import OpenAIEmbedder
+from worker.usage import MeteredEmbedder
+from worker.users import add_user
+
+
+def as_worker(db_url: str) -> str:
+    parts = urlsplit(db_url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"suparag_worker@{host}"))
+
+
+@pytest.fixture
+def worker_url(conn: Any, db_url: str) -> str:
+    # What an operator does once (docs/deploy.md): give the role a login.
+    conn.execute("alter role suparag_worker login")
+    conn.commit()
+    return as_worker(db_url)
+
+
+@pytest.fixture
+def embedder() -> Iterator[OpenAIEmbedder]:
+    with serve(DoubleState(faults=Faults(), enabled=False)) as base_url:
+        yield OpenAIEmbedder(MODEL, api_key="sk-test", base_url=base_url)
+
+
+def test_embed_and_answer_paths_as_the_worker_role(conn, worker_url, embedder) -> None:
+    alice = add_user(conn, "alice@example.com", team="a")
+    bob = add_user(conn, "bob@example.com", team="b")
+    conn.commit()
+    doc_ids = []
+    for user, title, text, visibility in (
+            (alice, "Backups", "Backups run nightly at two and are kept for thirty days.",
+             "private"),
+            (bob, "Bob's secret", "Backups of the secret vault run at noon.", "private")):
+        with as_request(conn, user.claims()):
+            doc_ids.append(conn.execute(
+                "insert into public.documents (owner_id, title, content, visibility)"
+                " values (%s, %s, %s, %s) returning id",
+                (user.id, title, text, visibility)).fetchone()["id"])
+    embedding = EmbeddingWorker(worker_url, MeteredEmbedder(embedder, worker_url,
+                                                            feature="embedding.documents"))
+    try:
+        totals = embedding.drain()
+        assert embedding.seconds_until_due() is None
+    finally:
+        embedding.close()
+    assert totals.embedded == 2 and totals.failed == totals.retrying == 0
+    row = conn.execute("select count(*) filter (where embedding_status = 'ready') as ready,"
+                       " (select count(*) from suparag_private.usage) as usage"
+                       " from public.documents where id = any(%s)", (doc_ids,)).fetchone()
+    assert row["ready"] == 2 and row["usage"] >= 1
+    conn.commit()
+
+    with as_request(conn, alice.claims()):
+        question = conn.execute(
+            "insert into public.questions (question) values ('When do backups run?')"
+            " returning id").fetchone()["id"]
+    answers = AnswerWorker(worker_url, embedder, config=AnswerConfig(min_similarity=-1.0))
+    try:
+        done = answers.drain()
+    finally:
+        answers.close()
+    assert done.answered == 1 and done.failed == 0
+    answer = conn.execute("select status, citations from public.answers"
+                          " where question_id = %s", (question,)).fetchone()
+    conn.commit()
+    assert answer["status"] == "done"
+    # Retrieved as alice: her document is cited, bob's private one never.
+    cited = {c["document_id"] for c in answer["citations"]}
+    assert str(doc_ids[0]) in {str(d) for d in cited}
+    assert str(doc_ids[1]) not in {str(d) for d in cited}
+
+
+@pytest.mark.parametrize("statement", [
+    "select encrypted_password from auth.users",
+    "select * from auth.users",
+    "select * from auth.refresh_tokens",
+    "set role service_role",
+    "set role postgres",
+    "insert into public.documents (owner_id, title, content) values"
+    " ((select id from auth.users limit 1), 't', 'c')",
+    "update public.documents set content = 'rewritten'",
+    "update public.documents set owner_id = owner_id",
+    "select * from suparag_private.settings",
+    "select suparag_private.retry_embedding_jobs()",
+    "insert into suparag_private.embedding_jobs (document_id, content_version)"
+    " select id, 1 from public.documents limit 1",
+    "delete from public.documents",
+    "update public.answers set feedback = 1",
+])
+def test_the_worker_role_cannot(worker_url, statement) -> None:
+    with connect(worker_url) as worker, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        worker.execute(statement)
+
+
+def test_as_a_user_the_worker_role_sees_only_what_the_user_may(
+        conn, worker_url) -> None:
+    alice = add_user(conn, "alice@example.com", team="a")
+    bob = add_user(conn, "bob@example.com", team="b")
+    conn.execute("insert into public.documents (owner_id, title, content, visibility) values"
+                 " (%s, 'Bob only', 'private to bob', 'private')", (bob.id,))
+    conn.commit()
+    with connect(worker_url) as worker:
+        row = worker.execute("select row_security_active('public.documents') as rls,"
+                             " (select rolbypassrls from pg_roles"
+                             "  where rolname = current_user) as bypass").fetchone()
+        # It bypasses RLS itself (COPY needs it) and only for itself:
+        assert row["rls"] is False and row["bypass"] is True
+        worker.commit()
+        with as_request(worker, alice.claims()):
+            assert worker.execute("select row_security_active('public.documents') as rls"
+                                  ).fetchone()["rls"] is True
+            seen = worker.execute("select count(*) as n from public.documents"
+                                  " where title = 'Bob only'").fetchone()
+            assert seen["n"] == 0
+            # As a user it has the user's rights, not its own: no status writes.
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                worker.execute("update public.documents set embedding_status = 'ready'")
