@@ -15,9 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-#: Padded tokens per model call when none is configured: see the README's
-#: measurement of all-MiniLM-L6-v2 on this CPU (torch and onnx-int8).
-DEFAULT_TOKEN_BUDGET = 4096
+#: Padded tokens per model call when none is configured. A batch is about one
+#: budget, and an edit committed during a bulk backlog waits for two to three
+#: batches in the pipeline (the one embedding, the one claimed behind it, its
+#: own), so the budget also bounds that wait: 2,048 tokens is about 12 chunks,
+#: ~0.5 s of all-MiniLM-L6-v2 fp32 on this 2-core CPU when quiet. The README
+#: ("Issue 16 figures") has the throughput against the budget.
+DEFAULT_TOKEN_BUDGET = 2048
 
 #: Tokens a model adds to every input ([CLS] and [SEP] for BERT-like models).
 SPECIAL_TOKENS = 2
