@@ -99,6 +99,17 @@ def test_bench_freshness_during_a_backlog(db_url):
     assert leftovers(db_url) == {"users": 0, "docs": 0, "chunks": 0, "jobs": 0}
 
 
+def test_bench_token_budget():
+    """The sweep behind the default budget: every budget, calls that shrink as it grows."""
+    from bench import token_budget
+
+    r = token_budget.run(docs=3, budgets=(256, 4096))
+    assert [row["budget"] for row in r["results"]] == [256, 4096]
+    small, large = r["results"]
+    assert small["calls"] >= r["chunks"] / 2 and large["calls"] < small["calls"]
+    assert all(row["chunks_per_s"] > 0 for row in r["results"])
+
+
 def test_bench_search_on_its_own_server():
     """Without --db-url the bench starts (and removes) a temporary server."""
     r = bench_json("search", "--chunks", "200", "--queries", "3")
