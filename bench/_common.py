@@ -33,6 +33,7 @@ from worker import schema
 from worker.db import as_request, connect
 from worker.devstack.postgres import LocalPostgres, free_port
 from worker.errors import BenchError
+from worker.jobs.batching import DEFAULT_TOKEN_BUDGET
 from worker.jobs.chunking import chunk_document
 from worker.jobs.embedding import EmbeddingWorker
 from worker.jobs.queue import WorkerConfig
@@ -246,9 +247,10 @@ class RunningWorker:
     """
 
     def __init__(self, db_url: str, embedder: Embedder, *, batch_size: int,
-                 in_process: bool) -> None:
+                 in_process: bool, token_budget: int = DEFAULT_TOKEN_BUDGET) -> None:
         self.db_url, self.embedder = db_url, embedder
         self.batch_size, self.in_process = batch_size, in_process
+        self.token_budget = token_budget
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
         self._service: Service | None = None
@@ -257,14 +259,17 @@ class RunningWorker:
     @property
     def description(self) -> str:
         if self.in_process:
-            return f"Service on a thread of this process, batch size {self.batch_size}"
-        return f"`suparag worker --batch-size {self.batch_size}` in its own process"
+            return (f"Service on a thread of this process, batch size {self.batch_size}, "
+                    f"token budget {self.token_budget}")
+        return (f"`suparag worker --batch-size {self.batch_size} --token-budget "
+                f"{self.token_budget}` in its own process")
 
     def __enter__(self) -> RunningWorker:
         if self.in_process:
             self._service = Service(
                 [EmbeddingWorker(self.db_url, self.embedder,
-                                 config=WorkerConfig(batch_size=self.batch_size))],
+                                 config=WorkerConfig(batch_size=self.batch_size),
+                                 token_budget=self.token_budget)],
                 service=ServiceConfig())
             self._thread = threading.Thread(target=self._service.run, name="bench-worker",
                                             daemon=True)
@@ -277,7 +282,8 @@ class RunningWorker:
                    SUPARAG_EMBEDDING_MODEL=model, SUPARAG_EMBEDDING_BACKEND=backend)
         self._log = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(
-            cli_command("worker", "--batch-size", str(self.batch_size), "--db-url", self.db_url),
+            cli_command("worker", "--batch-size", str(self.batch_size), "--token-budget",
+                        str(self.token_budget), "--db-url", self.db_url),
             env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
         return self
 

@@ -15,6 +15,7 @@ import typer
 from rich.logging import RichHandler
 
 from cli._common import DbUrlOption, JsonOption, err_console, print_json, resolve_db_url
+from worker.jobs.batching import DEFAULT_TOKEN_BUDGET
 from worker.jobs.queue import WorkerConfig
 from worker.jobs.service import Service, ServiceConfig
 from worker.logs import JsonFormatter
@@ -51,9 +52,15 @@ def worker(
     ] = False,
     batch_size: Annotated[
         int, typer.Option(min=1, max=1024, envvar="SUPARAG_WORKER_BATCH_SIZE",
-                          help="Documents claimed per batch; their chunks "
-                          "go to the model together.")
-    ] = 16,
+                          help="Most documents one claim takes; a claim "
+                          "takes about --token-budget tokens of them.")
+    ] = 64,
+    token_budget: Annotated[
+        int, typer.Option(min=64, max=1_000_000, envvar="SUPARAG_WORKER_TOKEN_BUDGET",
+                          help="Padded tokens per model call (texts "
+                          "sorted by length, each padded to the call's longest); the "
+                          "README has the measurement behind the default.")
+    ] = DEFAULT_TOKEN_BUDGET,
     sweep: Annotated[
         float, typer.Option(min=0.5, envvar="SUPARAG_WORKER_SWEEP",
                             help="Seconds between sweeps of the queue when no "
@@ -144,7 +151,7 @@ def worker(
         workers.append(EmbeddingWorker(
             url, MeteredEmbedder(embedder, url, feature="embedding.documents"),
             config=WorkerConfig(batch_size=batch_size, max_attempts=max_attempts,
-                                lease_seconds=lease)))
+                                lease_seconds=lease), token_budget=token_budget))
     if only != Only.embeddings:
         workers.append(AnswerWorker(url, embedder, llm=llm_from_settings(settings),
                                     config=AnswerConfig(max_attempts=max_attempts,

@@ -11,6 +11,9 @@ OUR_SCHEMAS = ("public", "suparag_private", "suparag_search")
 SECURITY_DEFINER_REASONS = {
     "suparag_private.enqueue_embedding":
         "a trigger that writes the private queue on behalf of users who may not",
+    "suparag_private.mark_bulk_embedding_jobs":
+        "a statement trigger that marks the jobs of a multi-row statement bulk in the private "
+        "queue, on behalf of users who may not write it (issue 16)",
     "suparag_private.enqueue_answer":
         "a trigger that queues an answer job for a user's question; users may not write it",
     "suparag_search.full_text_matches":

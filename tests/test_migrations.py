@@ -51,6 +51,8 @@ LANDED = {
         "e75fcf02a03c56bb5640f12989617b4aa86733639905ca13d2f3795d4ab8e9e2",
     "20261202050000_suparag_embedding_spaces.sql":
         "a13d7a42bc8463adb8620923d5e6e301f4b54ac2c58ad20b3c5f56fd1314184e",
+    "20261202080000_suparag_queue_priority.sql":
+        "aeae69043d65f0c76d814ad14daf9ec784ba1741798f21e3dd6bd92ba2362f56",
 }
 
 

@@ -32,7 +32,10 @@ NOUNS = {
 MEANT = {
     # A document job carries the version it embeds; the write-back and a failure
     # apply only to that version (no stale vectors).
-    (EMBEDDINGS, "claim"): [r"returning j\.id, j\.{key}, j\.content_version, j\.attempts"],
+    # Interactive document edits are claimed ahead of bulk imports (issue 16, migration
+    # 20261202080000); an answer job is always someone waiting.
+    (EMBEDDINGS, "claim"): [r"returning j\.id, j\.{key}, j\.content_version, j\.attempts",
+                            r"(?<=order by )q\.priority, "],
     # `suparag ask` claims the one question it just inserted.
     (ANSWERS, "claim"): [r"and \({keys} is null or q\.{key} = any\({keys}\)\)",
                          r"returning j\.id, j\.{key}, j\.attempts"],

@@ -100,7 +100,12 @@ left join written w on w.source = i.source
 
 def _write(conn: psycopg.Connection[Any], batch: list[Document], target: Target,
            report: IngestReport) -> None:
-    """Upsert one batch in one transaction (so one wake-up for the workers)."""
+    """Upsert one batch in one transaction (so one wake-up for the workers).
+
+    The batch's jobs are bulk work: an edit committed meanwhile is embedded first
+    (`suparag.bulk`, migration 20261202080000; issue 16).
+    """
+    conn.execute("select set_config('suparag.bulk', 'on', true)")
     rows = conn.execute(_UPSERT, {
         "owner": target.owner.id,
         "team": target.team,

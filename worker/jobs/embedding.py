@@ -5,12 +5,18 @@ worker look sooner. Each claimed document is written back in one transaction
 that locks the document row, checks it still has the version that was
 embedded, replaces its chunks and marks it ready. A newer version means the
 result is dropped and the newer job, already queued, wins.
+
+A batch goes through three stages, `prepare` (claim, read, chunk), `embed`
+(the model) and `finish` (write back); `drain` overlaps them
+(worker/jobs/pipeline.py) and sizes batches and model calls by tokens
+(worker/jobs/batching.py), so the model is never idle (issue 16).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,10 +24,13 @@ from pgvector import Vector
 
 from worker.db import to_vector
 from worker.errors import ConfigError, EmbeddingJobError, EmbeddingServiceUnavailable
+from worker.jobs.batching import DEFAULT_TOKEN_BUDGET, DocumentEstimate, model_calls
 from worker.jobs.chunking import Chunk, chunk_document
+from worker.jobs.pipeline import Pipeline
 from worker.jobs.queue import EMBEDDINGS, Counts, QueueWorker, WorkerConfig
 from worker.jobs.spaces import SpaceFiller, SpaceVectors
 from worker.models.base import Embedder
+from worker.spaces import Space
 
 log = logging.getLogger("suparag.embedding")
 
@@ -68,16 +77,41 @@ class _Plan:
         return to_vector(self.vectors[chunk.embed_text])
 
 
+@dataclass
+class _Batch:
+    """One claimed batch on its way through the stages."""
+
+    jobs: list[dict[str, Any]]
+    ready: list[_Plan]  # to embed
+    early: BatchResult  # superseded or failed before the model saw them
+    spaces: list[Space]  # the table spaces, read when the batch was claimed
+
+
+Outcomes = list[tuple[_Plan, Exception | None]]
+
+
 class EmbeddingWorker(QueueWorker[BatchResult]):
-    """Drains the embedding queue of one database."""
+    """Drains the embedding queue of one database.
+
+    config.batch_size caps the documents one claim takes; how many it takes
+    is chosen so that a batch holds about token_budget tokens of new chunks,
+    and each model call holds at most token_budget padded tokens.
+    """
 
     queue = EMBEDDINGS
 
     def __init__(self, db_url: str, embedder: Embedder, *,
-                 config: WorkerConfig | None = None) -> None:
+                 config: WorkerConfig | None = None,
+                 token_budget: int = DEFAULT_TOKEN_BUDGET) -> None:
         super().__init__(db_url, BatchResult, config=config or WorkerConfig())
+        if token_budget < 1:
+            raise ConfigError(f"token budget {token_budget}: give at least 1 token per call")
         self.embedder = embedder
         self.spaces = SpaceFiller()
+        self.token_budget = token_budget
+        self.estimate = DocumentEstimate(budget=token_budget, cap=self.config.batch_size)
+        self._in_flight: dict[int, dict[str, Any]] = {}  # job id -> job; the db thread's
+        self._tokens = 0  # tokens given to the model since the embed stage began
 
     def load(self) -> None:
         self.embedder.load()
@@ -94,46 +128,99 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
     # -- one batch ------------------------------------------------------------------------
 
     def run_batch(self) -> BatchResult:
-        """Claim up to batch_size due jobs and finish each one; zero claimed means idle.
+        """One batch through every stage, in turn; zero claimed means idle.
 
-        The chunks of every claimed document go to the model together, so a
-        batch of small documents costs one model call, not one per document.
-        Each document is still written back (or failed) on its own.
+        The chunks of every claimed document go to the model together (in
+        calls of token_budget), so a batch of small documents costs one model
+        call, not one per document. Each document is still written back (or
+        failed) on its own.
         """
+        batch = self.prepare()
+        if batch is None:
+            return self.idle()
+        return self.finish(batch, self.embed(batch))
+
+    def drain(self, *, on_batch: Callable[[BatchResult], None] | None = None,
+              should_stop: Callable[[], bool] | None = None) -> BatchResult:
+        """Batches until nothing is due, the database side overlapping the model."""
+        pipeline = Pipeline(self, tally=BatchResult, lease_seconds=self.config.lease_seconds)
+        return pipeline.drain(on_batch=on_batch, should_stop=should_stop)
+
+    # -- the stages (worker/jobs/pipeline.py says which thread runs which) ------------------
+
+    def prepare(self) -> _Batch | None:
+        """Claim the next batch, read and chunk its documents; None when nothing is due."""
         conn = self.conn
         started = time.perf_counter()
         with conn.transaction():
             jobs = conn.execute(
                 "select * from suparag_private.claim_embedding_jobs(%s, %s, %s)",
-                (self.config.worker_id, self.config.batch_size, self.config.lease_seconds),
+                (self.config.worker_id, self.estimate.documents(), self.config.lease_seconds),
             ).fetchall()
         self.last_claim_seconds = time.perf_counter() - started
-        result = BatchResult()
         if not jobs:
-            # Nothing due: fill a space that lacks vectors, a batch at a time (issue 10).
-            return BatchResult(backfilled=self.spaces.backfill(conn, self._chunk))
+            return None
+        self._in_flight.update((job["job_id"], job) for job in jobs)
+        batch = _Batch(jobs=jobs, ready=[], early=BatchResult(), spaces=[])
         try:
             plans = self._plan(jobs)
         except Exception as exc:
             for job in jobs:
-                result.add(self._fail(job, exc))
-            return result
-        ready: list[_Plan] = []
+                batch.early.add(self._settle(job, self._fail(job, exc)))
+            return batch
         for job in jobs:
             plan = plans.get(job["job_id"])
             if plan is None:
-                result.add(self._superseded(job))
+                batch.early.add(self._settle(job, self._superseded(job)))
             elif isinstance(plan, Exception):
-                result.add(self._fail(job, plan))
+                batch.early.add(self._settle(job, self._fail(job, plan)))
             else:
-                ready.append(plan)
-        for plan, error in self._embed_spaces(self._embed_plans(ready)):
+                batch.ready.append(plan)
+        if batch.ready:
+            with conn.transaction():
+                batch.spaces = self.spaces.table_spaces(conn)
+        return batch
+
+    def embed(self, batch: _Batch) -> Outcomes:
+        """The model's part: every plan's missing chunks, in every space (no database)."""
+        self._tokens = 0
+        outcomes = self._embed_spaces(self._embed_plans(batch.ready), batch.spaces)
+        self.estimate.observe(len(batch.ready), self._tokens)
+        return outcomes
+
+    def finish(self, batch: _Batch, outcomes: Outcomes) -> BatchResult:
+        """Write each embedded document back, or record its failure."""
+        result = batch.early
+        for plan, error in outcomes:
             try:
                 if error is not None:
                     raise error
-                result.add(self._write(plan))
+                done = self._write(plan)
             except Exception as exc:  # one document's failure must not stop the others
-                result.add(self._fail(plan.job, exc))
+                done = self._fail(plan.job, exc)
+            result.add(self._settle(plan.job, done))
+        return result
+
+    def renew(self) -> None:
+        """Extend the leases of the jobs in flight, so none expires while it waits."""
+        if not self._in_flight:
+            return
+        try:
+            with self.conn.transaction():
+                self.conn.execute(
+                    "update suparag_private.embedding_jobs"
+                    " set leased_until = now() + make_interval(secs => %s)"
+                    " where id = any(%s) and leased_by = %s",
+                    (self.config.lease_seconds, list(self._in_flight), self.config.worker_id))
+        except Exception as exc:  # the next heartbeat tries again; the lease has margin
+            log.warning("could not renew %d leases: %s", len(self._in_flight), exc)
+
+    def idle(self) -> BatchResult:
+        """Nothing due: fill a space that lacks vectors, a batch at a time (issue 10)."""
+        return BatchResult(backfilled=self.spaces.backfill(self.conn, self._chunk))
+
+    def _settle(self, job: dict[str, Any], result: BatchResult) -> BatchResult:
+        self._in_flight.pop(job["job_id"], None)
         return result
 
     def _plan(self, jobs: list[dict[str, Any]]) -> dict[int, _Plan | Exception | None]:
@@ -174,7 +261,7 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
             )
         return plans
 
-    def _embed_plans(self, plans: list[_Plan]) -> list[tuple[_Plan, Exception | None]]:
+    def _embed_plans(self, plans: list[_Plan]) -> Outcomes:
         """Embed every chunk the plans need in one model call (texts deduplicated).
 
         If that call fails, each document is embedded alone, so a poison
@@ -187,7 +274,7 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
             if len(plans) == 1 or isinstance(exc, ConfigError | EmbeddingServiceUnavailable):
                 # Nothing document-specific to isolate: every document shares the failure.
                 return [(plan, exc) for plan in plans]
-            outcomes: list[tuple[_Plan, Exception | None]] = []
+            outcomes: Outcomes = []
             for plan in plans:
                 outcomes.extend(self._embed_plans([plan]))
             return outcomes
@@ -195,14 +282,13 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
             plan.vectors = {t: vectors[t] for t in plan.missing_texts()}
         return [(plan, None) for plan in plans]
 
-    def _embed_spaces(self, outcomes: list[tuple[_Plan, Exception | None]]
-                      ) -> list[tuple[_Plan, Exception | None]]:
+    def _embed_spaces(self, outcomes: Outcomes, spaces: list[Space]) -> Outcomes:
         """The embedded plans' chunks in every table space too (worker/jobs/spaces.py)."""
         embedded = [plan for plan, error in outcomes if error is None]
-        if not embedded:
+        if not embedded or not spaces:
             return outcomes
-        vectors, failure = self.spaces.embed_live(
-            self.conn, [c.embed_text for plan in embedded for c in plan.chunks])
+        vectors, failure = self.spaces.embed_in(
+            spaces, [c.embed_text for plan in embedded for c in plan.chunks])
         for plan in embedded:
             plan.space_vectors = vectors
         return [(plan, error or failure) for plan, error in outcomes]
@@ -266,6 +352,11 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
                 self.conn.execute(sql, (job["job_id"], self.config.worker_id))
         return BatchResult(superseded=1)
 
+    def _count(self, text: str) -> int:
+        tokens = self.embedder.count_tokens(text)
+        self._tokens += tokens
+        return tokens
+
     def _chunk(self, title: str, content: str) -> list[Chunk]:
         # (PostgreSQL text cannot hold NUL bytes, so none reach this point.)
         return chunk_document(
@@ -276,9 +367,14 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
         )
 
     def _embed(self, texts: list[str]) -> list[list[float]]:
+        """texts' vectors, in model calls of at most token_budget padded tokens."""
         if not texts:
             return []
-        vectors = self.embedder.embed(texts)
+        vectors: list[list[float]] = [[] for _ in texts]
+        for call in model_calls(texts, self._count, budget=self.token_budget):
+            for i, vector in zip(call, self.embedder.embed([texts[i] for i in call]),
+                                 strict=True):
+                vectors[i] = vector
         if vectors and len(vectors[0]) != COLUMN_DIMENSIONS:
             raise EmbeddingJobError(
                 f"model {self.embedder.name} makes {len(vectors[0])}-dimensional vectors; "

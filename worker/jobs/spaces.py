@@ -80,11 +80,10 @@ class SpaceFiller:
             )
         return dict(zip(texts, vectors, strict=True))
 
-    def embed_live(self, conn: psycopg.Connection[Any], texts: Sequence[str]
-                   ) -> tuple[SpaceVectors, Exception | None]:
-        """texts in every table space, active first; the error, if the active one failed."""
-        with conn.transaction():
-            spaces = self.table_spaces(conn)
+    def embed_in(self, spaces: Sequence[Space], texts: Sequence[str]
+                 ) -> tuple[SpaceVectors, Exception | None]:
+        """texts in every table space (table_spaces(): active first); the error, if the
+        active one failed. No database: the worker reads the spaces when it claims a batch."""
         found: SpaceVectors = {}
         for space in spaces:
             try:

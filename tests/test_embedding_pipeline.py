@@ -1,0 +1,186 @@
+"""The pipelined embedding worker keeps every guarantee (issue 16).
+
+While the model embeds one batch, the next is already claimed, read and
+chunked, and the previous one is being written back (worker/jobs/pipeline.py).
+These tests put work in that window: a version bump of a waiting batch, a
+stop, a lease shorter than a model call. And model calls are sized by tokens
+(worker/jobs/batching.py): never over the budget but for a single oversize text.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from worker.db import connect
+from worker.jobs.batching import SPECIAL_TOKENS, model_calls, padded_cost
+from worker.jobs.embedding import EmbeddingWorker
+from worker.jobs.queue import WorkerConfig
+
+
+def insert_docs(conn, world, contents, *, owner="alice"):
+    ids = []
+    for content in contents:  # one statement each: interactive, claimed in insert order
+        ids.append(conn.execute(
+            "insert into public.documents (owner_id, title, content) values (%s, 't', %s)"
+            " returning id", (world.users[owner].id, content)).fetchone()["id"])
+    conn.commit()
+    return ids
+
+
+class Hooked:
+    """The real model, with a hook run at the start of each call (the call's number, texts)."""
+
+    def __init__(self, embedder, hook):
+        self._embedder, self._hook = embedder, hook
+        self.name, self.max_tokens = embedder.name, embedder.max_tokens
+        self.count_tokens, self.split_tokens = embedder.count_tokens, embedder.split_tokens
+        self.calls: list[list[str]] = []
+
+    def embed(self, texts):
+        self.calls.append(list(texts))
+        self._hook(len(self.calls), texts)
+        return self._embedder.embed(texts)
+
+    def load(self):
+        self._embedder.load()
+
+
+def status(conn, ids):
+    rows = conn.execute("select id, embedding_status from public.documents where id = any(%s)",
+                        (ids,)).fetchall()
+    return {r["id"]: r["embedding_status"] for r in rows}
+
+
+def leased(conn, worker_id):
+    return conn.execute("select count(*) as n from suparag_private.embedding_jobs"
+                        " where leased_by = %s", (worker_id,)).fetchone()["n"]
+
+
+def test_a_version_bump_while_the_batch_waits_in_the_pipeline_is_dropped(
+        conn, world, db_url, embedder):
+    conn.execute("delete from suparag_private.embedding_jobs")
+    conn.commit()
+    first, waiting, last = insert_docs(conn, world, ["first", "second, old", "third"])
+    bumped = threading.Event()
+
+    def hook(call, texts):
+        if call == 1:  # the first batch embeds; the second is claimed and read meanwhile
+            with connect(db_url) as other:
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline and not other.execute(
+                        "select 1 from suparag_private.embedding_jobs where document_id = %s"
+                        " and leased_by is not null", (waiting,)).fetchone():
+                    time.sleep(0.01)
+                time.sleep(1.0)  # and its documents read
+                other.execute("update public.documents set content = 'second, new'"
+                              " where id = %s", (waiting,))
+                other.commit()
+                bumped.set()
+
+    model = Hooked(embedder, hook)
+    worker = EmbeddingWorker(db_url, model, config=WorkerConfig(batch_size=1))
+    try:
+        total = worker.drain()
+    finally:
+        worker.close()
+    assert bumped.is_set()
+    assert any("second, old" in t for call in model.calls for t in call)  # it was embedded...
+    assert total.superseded >= 1  # ...and dropped
+    rows = conn.execute("select content from public.document_chunks where document_id = %s",
+                        (waiting,)).fetchall()
+    assert [r["content"] for r in rows] == ["second, new"]
+    assert set(status(conn, [first, waiting, last]).values()) == {"ready"}
+
+
+def test_stopping_mid_pipeline_finishes_what_was_claimed_and_loses_nothing(
+        conn, world, db_url, embedder):
+    conn.execute("delete from suparag_private.embedding_jobs")
+    conn.commit()
+    ids = insert_docs(conn, world, [f"document {i}" for i in range(6)])
+    stop = threading.Event()
+
+    def hook(call, texts):
+        if call == 1:
+            stop.set()  # SIGTERM while the first batch embeds and the second waits
+
+    worker = EmbeddingWorker(db_url, Hooked(embedder, hook),
+                             config=WorkerConfig(batch_size=1))
+    try:
+        total = worker.drain(should_stop=stop.is_set)
+    finally:
+        worker.close()
+    done = status(conn, ids)
+    ready = [i for i in ids if done[i] == "ready"]
+    # The batch in hand and the one already claimed behind it are written; nothing more.
+    assert total.embedded == len(ready) == 2
+    assert leased(conn, worker.config.worker_id) == 0
+    rest = conn.execute("select document_id, attempts, leased_by from"
+                        " suparag_private.embedding_jobs where document_id = any(%s)",
+                        (ids,)).fetchall()
+    assert {r["document_id"] for r in rest} == set(ids) - set(ready)
+    assert all(r["attempts"] == 0 and r["leased_by"] is None for r in rest)
+
+
+def test_leases_are_renewed_while_a_batch_waits_behind_a_slow_model_call(
+        conn, world, db_url, embedder):
+    conn.execute("delete from suparag_private.embedding_jobs")
+    conn.commit()
+    insert_docs(conn, world, ["slow one", "slow two", "slow three"])
+    config = WorkerConfig(batch_size=1, lease_seconds=1)
+    expired: list[int] = []
+
+    def hook(call, texts):
+        time.sleep(2.5)  # longer than the 1 s lease; the next batch waits behind this call
+        with connect(db_url) as other:  # what another worker's claim would take from us
+            expired.append(other.execute(
+                "select count(*) as n from suparag_private.embedding_jobs"
+                " where leased_by = %s and leased_until < now()",
+                (config.worker_id,)).fetchone()["n"])
+
+    worker = EmbeddingWorker(db_url, Hooked(embedder, hook), config=config)
+    try:
+        total = worker.drain()
+    finally:
+        worker.close()
+    assert total.embedded == 3
+    assert expired == [0, 0, 0]
+
+
+def test_model_calls_never_exceed_the_budget_but_for_one_oversize_text():
+    texts = ["w " * n for n in (5, 300, 40, 2, 90, 90, 7, 1000, 33, 60, 1, 18)]
+
+    def count(text):
+        return len(text.split())
+
+    for budget in (64, 128, 256, 1000):
+        calls = model_calls(texts, count, budget=budget)
+        assert sorted(i for call in calls for i in call) == list(range(len(texts)))
+        for call in calls:
+            cost = padded_cost([count(texts[i]) + SPECIAL_TOKENS for i in call])
+            assert cost <= budget or len(call) == 1
+        # Sorted by length, so calls pad little.
+        lengths = [count(texts[i]) for call in calls for i in call]
+        assert lengths == sorted(lengths)
+    assert model_calls(texts, count, budget=10_000, max_texts=5)[0] == [10, 3, 0, 6, 11]
+
+
+def test_the_worker_sizes_its_model_calls_by_tokens(conn, world, db_url, embedder):
+    conn.execute("delete from suparag_private.embedding_jobs")
+    conn.commit()
+    paragraph = "The quick brown fox jumps over the lazy dog near the river bank. " * 6
+    contents = [("\n\n".join([paragraph] * n)) for n in (1, 3, 8, 2, 5, 1, 12, 4)]
+    ids = insert_docs(conn, world, contents)
+    model = Hooked(embedder, lambda call, texts: None)
+    budget = 600
+    worker = EmbeddingWorker(db_url, model, config=WorkerConfig(batch_size=8),
+                             token_budget=budget)
+    try:
+        worker.drain()
+    finally:
+        worker.close()
+    assert set(status(conn, ids).values()) == {"ready"}
+    assert len(model.calls) > 1
+    for call in model.calls:
+        cost = padded_cost([embedder.count_tokens(t) + SPECIAL_TOKENS for t in call])
+        assert cost <= budget or len(call) == 1, (cost, len(call))

@@ -1,0 +1,80 @@
+"""Model calls sized by work, not by document count (issue 16).
+
+A transformer's cost per call is about (texts in the call) x (the longest
+text's tokens): every text is padded to the longest. So the worker sorts a
+batch's texts by length and fills each call up to a token budget counted that
+way, padding included. Short chunks then share a call with many others and
+long ones with few, and no call is a few long texts padding many short ones.
+
+The budget is the model's sweet spot on the machine (README, "Embedding
+throughput": chunks/s against tokens per call). A single text longer than
+the budget gets a call of its own; nothing is ever cut.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+#: Padded tokens per model call when none is configured. A batch is about one
+#: budget, and an edit committed during a bulk backlog waits for two to three
+#: batches in the pipeline (the one embedding, the one claimed behind it, its
+#: own), so the budget also bounds that wait: 2,048 tokens is about 12 chunks,
+#: ~0.5 s of all-MiniLM-L6-v2 fp32 on this 2-core CPU when quiet. The README
+#: ("Issue 16 figures") has the throughput against the budget.
+DEFAULT_TOKEN_BUDGET = 2048
+
+#: Tokens a model adds to every input ([CLS] and [SEP] for BERT-like models).
+SPECIAL_TOKENS = 2
+
+
+def padded_cost(lengths: Sequence[int]) -> int:
+    """What a call of texts with these token lengths costs: each padded to the longest."""
+    return len(lengths) * max(lengths, default=0)
+
+
+def model_calls(texts: Sequence[str], count_tokens: Callable[[str], int], *,
+                budget: int, max_texts: int | None = None) -> list[list[int]]:
+    """The indexes of texts, grouped into calls of at most budget padded tokens.
+
+    Sorted by length (shortest first), so each call pads little. A call holds
+    at most max_texts texts (a provider's own limit per request), and exceeds
+    the budget only when it is a single text longer than the budget.
+    """
+    if budget < 1:
+        raise ValueError("the token budget must be at least 1")
+    lengths = [count_tokens(t) + SPECIAL_TOKENS for t in texts]
+    calls: list[list[int]] = []
+    call: list[int] = []
+    for i in sorted(range(len(texts)), key=lambda i: lengths[i]):
+        # Sorted ascending, so the newcomer is the call's longest text.
+        full = max_texts is not None and len(call) >= max_texts
+        if call and (full or (len(call) + 1) * lengths[i] > budget):
+            calls.append(call)
+            call = []
+        call.append(i)
+    if call:
+        calls.append(call)
+    return calls
+
+
+class DocumentEstimate:
+    """How many documents to claim so that a batch holds about one budget of work.
+
+    Documents' sizes are unknown until they are read, so the worker keeps a
+    running mean of tokens per claimed document and claims budget / mean of
+    them (at least one, at most the configured cap).
+    """
+
+    def __init__(self, *, budget: int, cap: int, first_guess: float = 512.0) -> None:
+        self.budget = budget
+        self.cap = cap
+        self.tokens_per_document = first_guess
+
+    def documents(self) -> int:
+        return max(1, min(self.cap, round(self.budget / max(self.tokens_per_document, 1.0))))
+
+    def observe(self, documents: int, tokens: int) -> None:
+        """A claimed batch's size: documents read and the tokens their new chunks hold."""
+        if documents:
+            self.tokens_per_document = 0.7 * self.tokens_per_document + \
+                0.3 * max(tokens / documents, 1.0)

@@ -1,0 +1,140 @@
+"""The embedding worker's overlap: the model never waits for the database (issue 16).
+
+Three stages per batch: *prepare* (claim, read, chunk: database), *embed*
+(the model) and *finish* (write back or fail: database). The model runs on
+the calling thread; the database side runs on one thread of its own, in
+order, on the worker's one connection. While the model embeds batch N, that
+thread writes batch N-1 back and then claims and prepares batch N+1:
+
+    db thread:  finish N-1, prepare N+1 | finish N, prepare N+2 | ...
+    caller:     embed N                 | embed N+1             | ...
+
+So at most three batches are in flight (one written, one embedded, one
+waiting), and every guarantee stays where it was: the write-back checks the
+version under `for update` (a batch that waited is dropped if its document
+changed), a poison document is isolated inside the embed stage, and the
+leases of every batch in flight are renewed every third of the lease by a
+heartbeat, so a batch never loses its lease while it waits. Stopping
+(SIGTERM) claims nothing more and finishes every batch already claimed.
+
+The connection is used by one thread at a time: the database thread while
+the pipeline runs, the caller only when nothing is in flight (the idle step).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Generic, Protocol, TypeVar
+
+from worker.jobs.queue import Tally, TallyT
+
+BatchT = TypeVar("BatchT")
+EmbeddedT = TypeVar("EmbeddedT")
+TallyT_co = TypeVar("TallyT_co", bound=Tally, covariant=True)
+
+
+class Stages(Protocol[BatchT, EmbeddedT, TallyT_co]):
+    """What a pipelined worker does, stage by stage."""
+
+    def prepare(self) -> BatchT | None:
+        """Claim, read and chunk the next batch (database thread); None: nothing due."""
+        ...
+
+    def embed(self, batch: BatchT) -> EmbeddedT:
+        """Run the model over a prepared batch (calling thread); never touches the database."""
+        ...
+
+    def finish(self, batch: BatchT, embedded: EmbeddedT) -> TallyT_co:
+        """Write back or fail each job of the batch (database thread)."""
+        ...
+
+    def renew(self) -> None:
+        """Extend the leases of every job in flight (database thread)."""
+        ...
+
+    def idle(self) -> TallyT_co:
+        """One step of lower-priority work when nothing is due (calling thread, nothing in
+        flight), e.g. a space's backfill; zero claimed means done."""
+        ...
+
+
+class Pipeline(Generic[BatchT, EmbeddedT, TallyT]):
+    """Drains a queue through stages, overlapping the database with the model."""
+
+    def __init__(self, stages: Stages[BatchT, EmbeddedT, TallyT], *,
+                 tally: Callable[[], TallyT], lease_seconds: float) -> None:
+        self.stages = stages
+        self.tally = tally
+        self.heartbeat_seconds = max(lease_seconds / 3.0, 0.1)
+
+    def drain(self, *, on_batch: Callable[[TallyT], None] | None = None,
+              should_stop: Callable[[], bool] | None = None) -> TallyT:
+        """Batches until nothing is due (or should_stop); the batches' summed tally."""
+        total = self.tally()
+
+        def stopping() -> bool:
+            return should_stop is not None and should_stop()
+
+        def done(batch: TallyT) -> None:
+            total.add(batch)
+            if on_batch is not None:
+                on_batch(batch)
+
+        with ThreadPoolExecutor(1, thread_name_prefix="suparag-embedding-db") as db:
+            beat = _Heartbeat(db, self.stages.renew, self.heartbeat_seconds)
+            writing: Future[TallyT] | None = None
+            try:
+                waiting = None if stopping() else db.submit(self.stages.prepare)
+                while waiting is not None:
+                    batch = waiting.result()
+                    if batch is None:
+                        # Nothing due: let the last write land, then the idle work.
+                        if writing is not None:
+                            done(writing.result())
+                            writing = None
+                        step = self.stages.idle() if not stopping() else self.tally()
+                        if step.claimed == 0:
+                            break
+                        done(step)
+                        waiting = None if stopping() else db.submit(self.stages.prepare)
+                        continue
+                    # Claim the next batch now: it is read and chunked while this one embeds.
+                    waiting = None if stopping() else db.submit(self.stages.prepare)
+                    embedded = self.stages.embed(batch)
+                    if writing is not None:
+                        done(writing.result())
+                    writing = db.submit(self.stages.finish, batch, embedded)
+                if writing is not None:
+                    done(writing.result())
+                    writing = None
+            finally:
+                beat.stop()
+                if waiting is not None and not waiting.done():
+                    waiting.cancel()
+        return total
+
+
+class _Heartbeat:
+    """Renews the leases in flight every interval, through the database thread."""
+
+    def __init__(self, db: ThreadPoolExecutor, renew: Callable[[], None],
+                 interval: float) -> None:
+        self._stopped = threading.Event()
+        self._db = db
+        self._renew = renew
+        self._thread = threading.Thread(target=self._run, args=(interval,),
+                                        name="suparag-lease-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _run(self, interval: float) -> None:
+        while not self._stopped.wait(interval):
+            try:
+                self._db.submit(self._renew)
+            except RuntimeError:  # the executor is shutting down
+                return
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
