@@ -1,6 +1,6 @@
 """Search latency and recall under RLS, for a broad reader and a 1% reader.
 
-    python -m bench.search --chunks 100000 [--queries 200] [--db-url URL] [--json]
+    python -m bench.search --chunks 100000 [--queries 200] [--table-space] [--db-url URL] [--json]
 
 Loads N chunks (384-dim clustered unit vectors, 10 per document, words from a
 small vocabulary for full text) into a fresh database: 99% are team documents
@@ -9,6 +9,11 @@ of team "wide", 1% private documents of user "narrow". Then, as each user
 hybrid_search and measures recall@10 of match_documents against an exact
 scan of the same rows. Without --db-url it starts its own embedded server in
 a temporary folder. Prints figures and ratios from this one run.
+
+--table-space also copies the same vectors into a second embedding space
+(suparag_search.chunk_vectors with its own partial HNSW index, issue 10) and
+times match_documents in it (`space => 'bench-table'`) beside the column
+space, same callers and queries: what the table spaces' RLS costs.
 """
 
 from __future__ import annotations
@@ -26,11 +31,14 @@ from bench._common import (
     bench_database,
     emit,
     err_console,
+    machine,
     pct,
+    print_load,
     progress,
 )
 from worker.db import connect, ensure_vector_types, set_request_context
 from worker.errors import BenchError
+from worker.spaces import Space, index_sql
 from worker.users import add_user
 
 DIMS, PER_DOC, K = 384, 10, 10
@@ -88,6 +96,32 @@ def load(conn: Any, n_chunks: int,
     }, centers, built
 
 
+TABLE_SPACE = "bench-table"
+
+
+def load_table_space(conn: Any) -> float:
+    """The column's vectors again, as the table space TABLE_SPACE; its index build time."""
+    space = conn.execute(
+        "insert into suparag_private.embedding_spaces (name, provider, model, dimensions)"
+        " values (%s, 'sentence-transformers', 'bench', %s)"
+        " returning id, name, provider, model, dimensions, storage, state, options",
+        (TABLE_SPACE, DIMS)).fetchone()
+    conn.execute("insert into suparag_search.chunk_vectors (space_id, chunk_id, embedding)"
+                 " select %s, c.id, c.embedding from public.document_chunks c", (space["id"],))
+    conn.commit()
+    started = time.perf_counter()
+    conn.autocommit = True
+    try:
+        conn.execute(index_sql(Space(**space)))
+    finally:
+        conn.autocommit = False
+    built = time.perf_counter() - started
+    err_console.print(f"built the table space's HNSW index in {built:.1f} s")
+    conn.execute("analyze")
+    conn.commit()
+    return built
+
+
 def timed(conn: Any, claims: dict[str, Any], sql: str, params: tuple[Any, ...],
           *, exact: bool = False) -> tuple[float, list[int]]:
     with conn.transaction(force_rollback=True):
@@ -101,23 +135,28 @@ def timed(conn: Any, claims: dict[str, Any], sql: str, params: tuple[Any, ...],
 
 
 def measure(conn: Any, callers: dict[str, dict[str, Any]], centers: np.ndarray, queries: int,
-            rng: np.random.Generator) -> list[dict[str, Any]]:
-    """Latency and recall of both search functions, per caller, over the same queries."""
+            rng: np.random.Generator, *, spaces: tuple[str | None, ...] = (None,)
+            ) -> list[dict[str, Any]]:
+    """Latency and recall of both search functions, per caller and space, same queries."""
     qs = list(clustered(rng, queries, centers))
     words = [" ".join(rng.choice(WORDS, 2)) for _ in range(queries)]
     results = []
     with progress() as bar:
-        task = bar.add_task("queries", total=len(callers) * queries)
-        for name, claims in callers.items():
-            results.append(_measure_caller(conn, name, claims, qs, words,
-                                           lambda: bar.advance(task)))
+        task = bar.add_task("queries", total=len(callers) * queries * len(spaces))
+        for space in spaces:
+            for name, claims in callers.items():
+                result = _measure_caller(conn, name, claims, qs, words,
+                                         lambda: bar.advance(task), space=space)
+                results.append({**result, "space": space or "column"})
     return results
 
 
 def _measure_caller(conn: Any, name: str, claims: dict[str, Any], qs: list[np.ndarray],
-                    words: list[str], advance: Callable[[], None]) -> dict[str, Any]:
-    match = "select chunk_id from public.match_documents(%s, %s)"
-    hybrid = "select chunk_id from public.hybrid_search(%s, %s, %s)"
+                    words: list[str], advance: Callable[[], None], *,
+                    space: str | None = None) -> dict[str, Any]:
+    named = sql_literal(space)
+    match = f"select chunk_id from public.match_documents(%s, %s, space => {named})"
+    hybrid = f"select chunk_id from public.hybrid_search(%s, %s, %s, space => {named})"
     for q in qs[:5]:  # warm caches
         timed(conn, claims, match, (q, K))
     m_lat, h_lat, recalls, counts = [], [], [], []
@@ -139,7 +178,12 @@ def _measure_caller(conn: Any, name: str, claims: dict[str, Any], qs: list[np.nd
     }
 
 
-def run(*, chunks: int = 100_000, queries: int = 200,
+def sql_literal(value: str | None) -> str:
+    """A space name as an SQL literal (names are [A-Za-z0-9._-], checked by the table)."""
+    return "null" if value is None else "'" + value.replace("'", "''") + "'"
+
+
+def run(*, chunks: int = 100_000, queries: int = 200, table_space: bool = False,
         db_url: str | None = None) -> dict[str, Any]:
     """Load the corpus and measure once; the figures as a dict (see print_report)."""
     if chunks < PER_DOC or queries < 1:
@@ -147,34 +191,46 @@ def run(*, chunks: int = 100_000, queries: int = 200,
     rng = np.random.default_rng(11)
     with bench_database(db_url, settings=SERVER_SETTINGS) as url, connect(url) as conn:
         callers, centers, built = load(conn, chunks, rng)
-        results = measure(conn, callers, centers, queries, rng)
+        spaces: tuple[str | None, ...] = (None,)
+        if table_space:
+            load_table_space(conn)
+            spaces = (None, TABLE_SPACE)
+        before = machine()
+        results = measure(conn, callers, centers, queries, rng, spaces=spaces)
     return {"chunks": chunks, "k": K, "queries": queries, "index_build_s": built,
-            "results": results}
+            "results": results, "machine_before": before, "machine_after": machine()}
 
 
 def print_report(r: dict[str, Any]) -> None:
     """The figures for people."""
     print(f"\n{r['chunks']} chunks, k={r['k']}, {r['queries']} queries per caller")
-    print(f"{'caller':<16}{'match p50':>11}{'p95':>11}{'hybrid p50':>13}{'p95':>11}"
+    print(f"{'caller':<16}{'space':>12}{'match p50':>11}{'p95':>11}{'hybrid p50':>13}{'p95':>11}"
           f"{'recall@10':>11}{'rows':>6}")
     for c in r["results"]:
-        print(f"{c['caller']:<16}{c['match_p50_ms']:>9.2f}ms{c['match_p95_ms']:>9.2f}ms"
+        print(f"{c['caller']:<16}{c['space']:>12}{c['match_p50_ms']:>9.2f}ms{c['match_p95_ms']:>9.2f}ms"
               f"{c['hybrid_p50_ms']:>11.2f}ms{c['hybrid_p95_ms']:>9.2f}ms"
               f"{c['recall_at_10']:>11.3f}{c['mean_rows_returned']:>6.1f}")
     print("goal at 100k: match p95 <= 5 ms (all rows), <= 15 ms (1% reader), recall >= 0.95")
-    wide, narrow = r["results"]
+    wide, narrow = r["results"][:2]
     ratio = narrow["match_p95_ms"] / wide["match_p95_ms"]
     print(f"1%-reader / all-rows p95 ratio (match): {ratio:.2f}")
+    for column, table in zip(r["results"][:2], r["results"][2:], strict=False):
+        print(f"table / column space p50 ratio (match, {column['caller']}): "
+              f"{table['match_p50_ms'] / column['match_p50_ms']:.2f}")
+    print_load(r)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--chunks", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--table-space", action="store_true",
+                        help="also time the same vectors in a table space")
     parser.add_argument("--db-url", help="an empty database to use (default: a temporary server)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    result = run(chunks=args.chunks, queries=args.queries, db_url=args.db_url)
+    result = run(chunks=args.chunks, queries=args.queries, table_space=args.table_space,
+                 db_url=args.db_url)
     emit(result, args.json, print_report)
 
 

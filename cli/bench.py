@@ -94,6 +94,8 @@ def search(
                           "document).")
     ] = 100_000,
     queries: Annotated[int, typer.Option(min=1, help="Queries per caller.")] = 200,
+    table_space: Annotated[bool, typer.Option(
+        help="Also time the same vectors in a table embedding space.")] = False,
     db_url: Annotated[
         str | None,
         typer.Option("--db-url", help="An empty database to load the corpus into (it stays "
@@ -111,7 +113,8 @@ def search(
     from bench import search as bench_search
     from bench._common import emit
 
-    result = bench_search.run(chunks=chunks, queries=queries, db_url=db_url)
+    result = bench_search.run(chunks=chunks, queries=queries, table_space=table_space,
+                              db_url=db_url)
     emit(result, json_out, bench_search.print_report)
 
 

@@ -49,6 +49,8 @@ LANDED = {
         "e75fcf02a03c56bb5640f12989617b4aa86733639905ca13d2f3795d4ab8e9e2",
     "20261202050000_suparag_embedding_spaces.sql":
         "a13d7a42bc8463adb8620923d5e6e301f4b54ac2c58ad20b3c5f56fd1314184e",
+    "20261202090000_suparag_spaces_rls.sql":
+        "34682877acbaf0f80f62c820204d2e851739cbc46be1a11edb9ace9a627a21fd",
 }
 
 

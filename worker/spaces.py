@@ -160,7 +160,7 @@ def add_space(conn: psycopg.Connection[Any], model: str, *, dimensions: int | No
     assert row is not None
     space = Space(**row)
     try:
-        conn.execute(_index_sql(space))
+        conn.execute(index_sql(space))
     except Exception:
         conn.execute(sql.SQL("drop index concurrently if exists suparag_search.{}").format(
             sql.Identifier(space.index_name)))
@@ -171,7 +171,8 @@ def add_space(conn: psycopg.Connection[Any], model: str, *, dimensions: int | No
     return space
 
 
-def _index_sql(space: Space) -> sql.Composed:
+def index_sql(space: Space) -> sql.Composed:
+    """CREATE INDEX CONCURRENTLY of a table space's partial HNSW expression index."""
     # The cast and the predicate as literals: match_documents writes the same
     # expression, which is how the planner matches this partial index.
     kind = space.index_type
