@@ -437,3 +437,29 @@ def test_vectors_carry_their_document_so_their_policy_is_one_hop(conn, db_url, w
         titles = retrieve(conn, [1.0] + [0.0] * 7, claims=claims_of(world, caller),
                           model=None, k=10, space=space.name)
         assert {r["title"] for r in titles} == readable, caller
+
+
+def test_status_shows_rate_eta_and_failures(tmp_path, conn, db_url, corpus, embedder, server):
+    worker = worker_for(db_url, embedder, server, backfill=2)
+    try:
+        worker.drain()  # the column space first; the table space comes after
+        space = add(db_url, dimensions=768, name="filling")
+        assert worker.run_batch().backfilled == 2
+        cli = DbCli(tmp_path, db_url)
+        (row,) = cli.json("spaces", "status", "filling")
+        assert (row["vectors"], row["missing"]) == (2, 1)
+        assert row["rate_per_s"] == round(2 / 60, 2) and row["eta_s"] == 30.0
+        assert row["failures"] == 0 and row["last_error"] is None
+        server.always = 400  # the standby's model fails: counted, shown, retried later
+        assert worker.run_batch().backfilled == 0
+        (row,) = cli.json("spaces", "status", "filling")
+        assert row["failures"] == 1 and "400" in row["last_error"] and row["missing"] == 1
+        line = cli("spaces", "status", "filling").stdout
+        assert "66.7% (2/3 chunks, 1 to go), 0.03 vectors/s over the last minute, ETA 30s" \
+            in " ".join(line.split()) and "1 failures" in line
+        server.always = None
+        assert worker.run_batch().backfilled == 1  # the failed chunk is tried again
+        (row,) = cli.json("spaces", "status", space.name)
+        assert (row["missing"], row["eta_s"], row["coverage"]) == (0, 0.0, 100.0)
+    finally:
+        worker.close()

@@ -78,6 +78,20 @@ create policy "users read vectors of readable documents"
   on suparag_search.chunk_vectors for select to authenticated
   using (exists (select 1 from public.documents d where d.id = document_id));
 
+-- progress and failures, for `suparag spaces status` ---------------------------
+
+-- When each vector was written: the backfill's rate (vectors in the last
+-- minute) and its ETA. now() is stable, so existing rows get the migration's
+-- time without a table rewrite.
+alter table suparag_search.chunk_vectors
+  add column written_at timestamptz not null default now();
+
+-- A space's model failures (backfill or live edit), so status can show them.
+alter table suparag_private.embedding_spaces
+  add column failures integer not null default 0,
+  add column last_error text,
+  add column last_error_at timestamptz;
+
 -- match_documents: a table space's candidates from chunk_vectors alone ---------
 
 -- As 20261202050000, but the nearest rows are found in the space's vectors

@@ -94,7 +94,17 @@ class SpaceFiller:
                     return {}, exc
                 log.warning("space %s: %s; the backfill will embed these chunks", space.name,
                             exc)
+                self.record_failure(conn, space, exc)
         return found, None
+
+    @staticmethod
+    def record_failure(conn: psycopg.Connection[Any], space: Space, exc: Exception) -> None:
+        """Count a model failure on the space, for `suparag spaces status`."""
+        with conn.transaction():
+            conn.execute(
+                "update suparag_private.embedding_spaces set failures = failures + 1,"
+                " last_error = %s, last_error_at = now() where id = %s",
+                (f"{type(exc).__name__}: {exc}"[:500], space.id))
 
     @staticmethod
     def write(conn: psycopg.Connection[Any], document_id: Any, chunks: Sequence[Chunk],
@@ -113,7 +123,7 @@ class SpaceFiller:
             cur.executemany(
                 "insert into suparag_search.chunk_vectors (space_id, chunk_id, embedding)"
                 " values (%s, %s, %s) on conflict (space_id, chunk_id)"
-                " do update set embedding = excluded.embedding", rows)
+                " do update set embedding = excluded.embedding, written_at = now()", rows)
 
     def backfill(self, conn: psycopg.Connection[Any],
                  chunk: Callable[[str, str], list[Chunk]], *, limit: int | None = None) -> int:
@@ -157,7 +167,15 @@ class SpaceFiller:
                     texts[row["id"]] = again.embed_text
             if not texts:
                 continue
-            vectors = self.embed(space, list(texts.values()))
+            try:
+                vectors = self.embed(space, list(texts.values()))
+            except Exception as exc:
+                # Counted and shown by `suparag spaces status`; these chunks are
+                # tried again at the next step (the worker backs off while idle).
+                log.warning("space %s: backfill failed: %s", space.name, exc)
+                self.record_failure(conn, space, exc)
+                self._after[space.id] = missing[0]["id"] - 1
+                return 0
             try:
                 with conn.transaction(), conn.cursor() as cur:
                     # Only chunks that still exist: a write-back may have replaced them.
