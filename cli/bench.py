@@ -236,3 +236,27 @@ def ingest_pdf(
     from bench._common import emit
 
     emit(bench_pdf.run(pages=pages, repeat=repeat), json_out, bench_pdf.print_report)
+
+
+@app.command()
+def spaces(
+    chunks: Annotated[int, typer.Option(min=1, help="Chunks in the active space (documents "
+                                        "chunked by the worker's chunker).")] = 20_000,
+    rate: Annotated[float, typer.Option(min=0.1, help="Searches per second in the loop.")] = 10.0,
+    phase_seconds: Annotated[float, typer.Option(
+        min=0.1, help="Seconds of searching before the backfill, after it, and after the "
+        "switch.")] = 5.0,
+    batch_size: Annotated[int, typer.Option(min=1, max=1024, help="Chunks per model call, "
+                                            "for the bare model and the worker.")] = 64,
+    db_url: BenchDbUrl = None,
+    json_out: JsonOption = False,
+) -> None:
+    """A model change under load: search p50/p95 before, during and after filling a second
+    embedding space and across `activate`; failed searches (goal 0); backfill rate vs the
+    bare model (goal >= 0.85); time from activate to the first answer from the new space."""
+    from bench import spaces as bench_spaces
+    from bench._common import emit
+
+    result = bench_spaces.run(chunks=chunks, rate=rate, phase_seconds=phase_seconds,
+                              batch_size=batch_size, db_url=db_url)
+    emit(result, json_out, bench_spaces.print_report)
