@@ -27,3 +27,14 @@ def test_bench_spaces_small(db_url):
     assert 0 <= r["activate_to_first_new_answer_ms"] < r["phase_seconds"] * 1000
     assert r["old_answers_after_activate"] == 0
     assert set(r["machine_after"]) == {"cpus", "load"}
+
+
+def test_bench_search_times_a_table_space_beside_the_column():
+    r = bench_json("search", "--chunks", "200", "--queries", "3", "--table-space")
+    assert [(c["caller"], c["space"]) for c in r["results"]] == [
+        ("all rows (99%)", "column"), ("1% reader", "column"),
+        ("all rows (99%)", "bench-table"), ("1% reader", "bench-table")]
+    for caller in r["results"]:
+        # the same vectors: exact results in both spaces, as many rows
+        assert caller["recall_at_10"] == 1.0 and caller["mean_rows_returned"] == 10.0
+        assert 0 < caller["match_p50_ms"] <= caller["match_p95_ms"]
