@@ -50,7 +50,7 @@ LANDED = {
     "20261202050000_suparag_embedding_spaces.sql":
         "a13d7a42bc8463adb8620923d5e6e301f4b54ac2c58ad20b3c5f56fd1314184e",
     "20261202090000_suparag_spaces_rls.sql":
-        "54046d8eb8e8ac5473a7a51a0ad08060f58828237abedff98a089cc6fc08e448",
+        "73ede1e4cdce6263c07224b159a42a9b6b19d8c464f9c13faf744fcb93c9b7fb",
 }
 
 

@@ -36,7 +36,7 @@ create index chunk_vectors_space_document_idx
 comment on column suparag_search.chunk_vectors.document_id is
   'The chunk''s document (filled by a trigger from document_chunks), so the read policy asks documents directly.';
 
-create function suparag_search.chunk_vectors_document()
+create function suparag_private.chunk_vectors_document()
 returns trigger
 language plpgsql
 security definer
@@ -56,14 +56,14 @@ begin
 end
 $$;
 
-comment on function suparag_search.chunk_vectors_document() is
+comment on function suparag_private.chunk_vectors_document() is
   'Trigger: sets chunk_vectors.document_id from the chunk (the read policy''s one hop to documents).';
 
-revoke all on function suparag_search.chunk_vectors_document() from public, anon, authenticated;
+revoke all on function suparag_private.chunk_vectors_document() from public, anon, authenticated;
 
 create trigger chunk_vectors_document
   before insert or update of chunk_id, document_id on suparag_search.chunk_vectors
-  for each row execute function suparag_search.chunk_vectors_document();
+  for each row execute function suparag_private.chunk_vectors_document();
 
 drop policy "anon reads vectors of readable chunks" on suparag_search.chunk_vectors;
 drop policy "users read vectors of readable chunks" on suparag_search.chunk_vectors;
