@@ -1,6 +1,6 @@
 """Search latency and recall under RLS, for a broad reader and a 1% reader.
 
-    python -m bench.search --chunks 100000 [--queries 200] [--clients 8]
+    python -m bench.search --chunks 100000 [--queries 200] [--clients 8] [--table-space]
                            [--maintenance-work-mem 2GB] [--db-url URL] [--json]
 
 Loads N chunks (384-dim clustered unit vectors, 10 per document, words from a
@@ -14,6 +14,11 @@ embedded server in a temporary folder, with maintenance_work_mem sized so the
 HNSW graph fits (about 2.5 kB a vector; pgvector's build slows several-fold
 once it does not, and says so in a notice the bench reports). Prints figures
 and ratios from this one run.
+
+--table-space also copies the same vectors into a second embedding space
+(suparag_search.chunk_vectors with its own partial HNSW index, issue 10) and
+times match_documents in it (`space => 'bench-table'`) beside the column
+space, same callers and queries: what the table spaces' RLS costs.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from bench._common import (
 )
 from worker.db import connect, ensure_vector_types, set_request_context
 from worker.errors import BenchError
+from worker.spaces import Space, index_sql
 from worker.users import add_user
 
 DIMS, PER_DOC, K = 384, 10, 10
@@ -116,6 +122,32 @@ def load(conn: Any, n_chunks: int,
     }, centers, build
 
 
+TABLE_SPACE = "bench-table"
+
+
+def load_table_space(conn: Any) -> float:
+    """The column's vectors again, as the table space TABLE_SPACE; its index build time."""
+    space = conn.execute(
+        "insert into suparag_private.embedding_spaces (name, provider, model, dimensions)"
+        " values (%s, 'sentence-transformers', 'bench', %s)"
+        " returning id, name, provider, model, dimensions, storage, state, options",
+        (TABLE_SPACE, DIMS)).fetchone()
+    conn.execute("insert into suparag_search.chunk_vectors (space_id, chunk_id, embedding)"
+                 " select %s, c.id, c.embedding from public.document_chunks c", (space["id"],))
+    conn.commit()
+    started = time.perf_counter()
+    conn.autocommit = True
+    try:
+        conn.execute(index_sql(Space(**space)))
+    finally:
+        conn.autocommit = False
+    built = time.perf_counter() - started
+    err_console.print(f"built the table space's HNSW index in {built:.1f} s")
+    conn.execute("analyze")
+    conn.commit()
+    return built
+
+
 def timed(conn: Any, claims: dict[str, Any], sql: str, params: tuple[Any, ...],
           *, exact: bool = False) -> tuple[float, list[int]]:
     with conn.transaction(force_rollback=True):
@@ -129,23 +161,28 @@ def timed(conn: Any, claims: dict[str, Any], sql: str, params: tuple[Any, ...],
 
 
 def measure(conn: Any, callers: dict[str, dict[str, Any]], centers: np.ndarray, queries: int,
-            rng: np.random.Generator) -> list[dict[str, Any]]:
-    """Latency and recall of both search functions, per caller, over the same queries."""
+            rng: np.random.Generator, *, spaces: tuple[str | None, ...] = (None,)
+            ) -> list[dict[str, Any]]:
+    """Latency and recall of both search functions, per caller and space, same queries."""
     qs = list(clustered(rng, queries, centers))
     words = [" ".join(rng.choice(WORDS, 2)) for _ in range(queries)]
     results = []
     with progress() as bar:
-        task = bar.add_task("queries", total=len(callers) * queries)
-        for name, claims in callers.items():
-            results.append(_measure_caller(conn, name, claims, qs, words,
-                                           lambda: bar.advance(task)))
+        task = bar.add_task("queries", total=len(callers) * queries * len(spaces))
+        for space in spaces:
+            for name, claims in callers.items():
+                result = _measure_caller(conn, name, claims, qs, words,
+                                         lambda: bar.advance(task), space=space)
+                results.append({**result, "space": space or "column"})
     return results
 
 
 def _measure_caller(conn: Any, name: str, claims: dict[str, Any], qs: list[np.ndarray],
-                    words: list[str], advance: Callable[[], None]) -> dict[str, Any]:
-    match = "select chunk_id from public.match_documents(%s, %s)"
-    hybrid = "select chunk_id from public.hybrid_search(%s, %s, %s)"
+                    words: list[str], advance: Callable[[], None], *,
+                    space: str | None = None) -> dict[str, Any]:
+    named = sql_literal(space)
+    match = f"select chunk_id from public.match_documents(%s, %s, space => {named})"
+    hybrid = f"select chunk_id from public.hybrid_search(%s, %s, %s, space => {named})"
     for q in qs[:5]:  # warm caches
         timed(conn, claims, match, (q, K))
     m_lat, h_lat, recalls, counts = [], [], [], []
@@ -213,8 +250,14 @@ def _concurrently(url: str, claims: dict[str, Any],
             c.close()
 
 
+def sql_literal(value: str | None) -> str:
+    """A space name as an SQL literal (names are [A-Za-z0-9._-], checked by the table)."""
+    return "null" if value is None else "'" + value.replace("'", "''") + "'"
+
+
 def run(*, chunks: int = 100_000, queries: int = 200, clients: int = 8,
-        maintenance_work_mem: str | None = None, db_url: str | None = None) -> dict[str, Any]:
+        maintenance_work_mem: str | None = None, table_space: bool = False,
+        db_url: str | None = None) -> dict[str, Any]:
     """Load the corpus and measure once; the figures as a dict (see print_report)."""
     if chunks < PER_DOC or queries < 1 or clients < 1:
         raise BenchError(f"--chunks must be at least {PER_DOC}, --queries and --clients at "
@@ -222,12 +265,16 @@ def run(*, chunks: int = 100_000, queries: int = 200, clients: int = 8,
     rng = np.random.default_rng(11)
     mwm = maintenance_work_mem or f"{build_memory_mb(chunks)}MB"
     settings = {**SERVER_SETTINGS, "maintenance_work_mem": f"'{mwm}'"}
-    before = machine()
     with bench_database(db_url, settings=settings) as url, connect(url) as conn:
         if db_url is not None:  # a given server keeps its settings; the build needs this
             conn.execute(f"set maintenance_work_mem = '{mwm}'")
         callers, centers, build = load(conn, chunks, rng)
-        results = measure(conn, callers, centers, queries, rng)
+        spaces: tuple[str | None, ...] = (None,)
+        if table_space:
+            load_table_space(conn)
+            spaces = (None, TABLE_SPACE)
+        before = machine()
+        results = measure(conn, callers, centers, queries, rng, spaces=spaces)
         concurrent = throughput(url, callers, centers, clients,
                                 max(1, queries // clients), rng)
     return {"chunks": chunks, "k": K, "queries": queries, "index_build_s": build["seconds"],
@@ -242,16 +289,19 @@ def print_report(r: dict[str, Any]) -> None:
     print(f"HNSW build {b['seconds']:.1f} s, index {b['index_mb']:.0f} MB, maintenance_work_mem "
           f"{b['maintenance_work_mem']}, {b['parallel_workers']} parallel workers, graph "
           f"{'fit in memory' if b['graph_fit_in_memory'] else 'did NOT fit in memory'}")
-    print(f"{'caller':<16}{'match p50':>11}{'p95':>11}{'hybrid p50':>13}{'p95':>11}"
+    print(f"{'caller':<16}{'space':>12}{'match p50':>11}{'p95':>11}{'hybrid p50':>13}{'p95':>11}"
           f"{'recall@10':>11}{'rows':>6}")
     for c in r["results"]:
-        print(f"{c['caller']:<16}{c['match_p50_ms']:>9.2f}ms{c['match_p95_ms']:>9.2f}ms"
+        print(f"{c['caller']:<16}{c['space']:>12}{c['match_p50_ms']:>9.2f}ms{c['match_p95_ms']:>9.2f}ms"
               f"{c['hybrid_p50_ms']:>11.2f}ms{c['hybrid_p95_ms']:>9.2f}ms"
               f"{c['recall_at_10']:>11.3f}{c['mean_rows_returned']:>6.1f}")
     print("goal at 100k: match p95 <= 5 ms (all rows), <= 15 ms (1% reader), recall >= 0.95")
-    wide, narrow = r["results"]
+    wide, narrow = r["results"][:2]
     ratio = narrow["match_p95_ms"] / wide["match_p95_ms"]
     print(f"1%-reader / all-rows p95 ratio (match): {ratio:.2f}")
+    for column, table in zip(r["results"][:2], r["results"][2:], strict=False):
+        print(f"table / column space p50 ratio (match, {column['caller']}): "
+              f"{table['match_p50_ms'] / column['match_p50_ms']:.2f}")
     for c in r["concurrent"]:
         print(f"{c['clients']} clients, {c['caller']}: {c['qps']:.0f} queries/s, "
               f"p50 {c['p50_ms']:.2f} ms, p95 {c['p95_ms']:.2f} ms ({c['queries']} calls)")
@@ -265,11 +315,14 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--maintenance-work-mem", help="for the index build (default: sized "
                         "from --chunks so the graph fits)")
+    parser.add_argument("--table-space", action="store_true",
+                        help="also time the same vectors in a table space")
     parser.add_argument("--db-url", help="an empty database to use (default: a temporary server)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     result = run(chunks=args.chunks, queries=args.queries, clients=args.clients,
-                 maintenance_work_mem=args.maintenance_work_mem, db_url=args.db_url)
+                 maintenance_work_mem=args.maintenance_work_mem,
+                 table_space=args.table_space, db_url=args.db_url)
     emit(result, args.json, print_report)
 
 

@@ -115,6 +115,8 @@ def search(
         typer.Option(help="PostgreSQL memory for the index build, e.g. 3GB. Default: sized "
                      "from --chunks so the HNSW graph fits.", show_default=False),
     ] = None,
+    table_space: Annotated[bool, typer.Option(
+        help="Also time the same vectors in a table embedding space.")] = False,
     db_url: Annotated[
         str | None,
         typer.Option("--db-url", help="An empty database to load the corpus into (it stays "
@@ -134,7 +136,8 @@ def search(
     from bench._common import emit
 
     result = bench_search.run(chunks=chunks, queries=queries, clients=clients,
-                              maintenance_work_mem=maintenance_work_mem, db_url=db_url)
+                              maintenance_work_mem=maintenance_work_mem,
+                              table_space=table_space, db_url=db_url)
     emit(result, json_out, bench_search.print_report)
 
 
@@ -306,3 +309,27 @@ def queue(
         bench_queue.plot(result, plot)
     if result["violations"]:
         raise typer.Exit(code=1)
+
+
+@app.command()
+def spaces(
+    chunks: Annotated[int, typer.Option(min=1, help="Chunks in the active space (documents "
+                                        "chunked by the worker's chunker).")] = 20_000,
+    rate: Annotated[float, typer.Option(min=0.1, help="Searches per second in the loop.")] = 10.0,
+    phase_seconds: Annotated[float, typer.Option(
+        min=0.1, help="Seconds of searching before the backfill, after it, and after the "
+        "switch.")] = 5.0,
+    batch_size: Annotated[int, typer.Option(min=1, max=1024, help="Chunks per model call, "
+                                            "for the bare model and the worker.")] = 64,
+    db_url: BenchDbUrl = None,
+    json_out: JsonOption = False,
+) -> None:
+    """A model change under load: search p50/p95 before, during and after filling a second
+    embedding space and across `activate`; failed searches (goal 0); backfill rate vs the
+    bare model (goal >= 0.85); time from activate to the first answer from the new space."""
+    from bench import spaces as bench_spaces
+    from bench._common import emit
+
+    result = bench_spaces.run(chunks=chunks, rate=rate, phase_seconds=phase_seconds,
+                              batch_size=batch_size, db_url=db_url)
+    emit(result, json_out, bench_spaces.print_report)

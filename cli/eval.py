@@ -17,6 +17,7 @@ from cli._common import DbUrlOption, JsonOption, console, err_console, print_jso
 from worker import search as search_mod
 from worker.db import connect
 from worker.errors import ConfigError
+from worker.evaluation import defaults as defaults_mod
 from worker.evaluation import runner, tuning
 from worker.evaluation.sets import load_set
 from worker.search import HybridWeights
@@ -89,16 +90,20 @@ def run_command(
     if any(v is not None for v in given) and not hybrid:
         raise ConfigError("--full-text-weight, --semantic-weight and --rrf-k apply to "
                           "hybrid search: add --hybrid")
-    weights = None
-    if any(v is not None for v in given):
-        # unnamed parts keep the values hybrid_search has had since migration 0200
-        weights = HybridWeights(full_text_weight=1.0 if full_text_weight is None
-                                else full_text_weight,
-                                semantic_weight=1.0 if semantic_weight is None
-                                else semantic_weight,
-                                rrf_k=50 if rrf_k is None else rrf_k)
-    setting = runner.Setting(hybrid=hybrid, weights=weights, k=k)
     with connect(resolve_db_url(db_url)) as conn:
+        weights = None
+        if any(v is not None for v in given):
+            # unnamed parts are the space's defaults (stored, else 1, 1, 50), as
+            # hybrid_search fills them; the run records all three
+            base = defaults_mod.get_defaults(conn, space).weights
+            conn.commit()
+            weights = HybridWeights(
+                full_text_weight=base.full_text_weight if full_text_weight is None
+                else full_text_weight,
+                semantic_weight=base.semantic_weight if semantic_weight is None
+                else semantic_weight,
+                rrf_k=base.rrf_k if rrf_k is None else rrf_k)
+        setting = runner.Setting(hybrid=hybrid, weights=weights, k=k)
         prepared = _prepare(conn, set_path, as_user=as_user, space=space, model=model)
         with _progress(len(prepared.queries), f"{setting.mode} search") as advance:
             result = runner.run(conn, prepared, setting, progress=advance)
@@ -120,28 +125,97 @@ def tune_command(
         "--plot", help="Draw nDCG@k against the weight ratio per rrf_k to this PNG "
         "(needs matplotlib: the `eval` extra).", show_default=False)] = None,
     apply: Annotated[bool, typer.Option(
-        "--apply", help="Print the SQL that makes the recommendation the stored default, "
-        "for a migration (tuning itself changes nothing).")] = False,
+        "--apply", help="Store the recommendation as the space's hybrid_search default "
+        "(prints old -> new; without it, tuning changes nothing).")] = False,
     db_url: DbUrlOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Search hybrid_search's full_text_weight x semantic_weight x rrf_k (a grid, then
     around its best) and recommend the best by nDCG@k, with its margin over the defaults."""
+    applied = None
     with connect(resolve_db_url(db_url)) as conn:
         prepared = _prepare(conn, set_path, as_user=as_user, space=space, model=model)
         total = tuning.runs_needed() * len(prepared.queries)
         with _progress(total, "tuning hybrid weights") as advance:
             result = tuning.tune(conn, prepared, k=k, progress=advance)
+        conn.commit()
+        if apply:
+            digest = prepared.evalset.digest[:8]
+            applied = defaults_mod.set_defaults(
+                conn, result.best.weights, space=prepared.space,
+                source=f"suparag eval tune {prepared.evalset.name} (sha256 {digest}, "
+                       f"{result.metric} {result.best.result.metric(result.metric):.4f})")
     if plot is not None:
         tuning.plot(result, str(plot))
     if json_out:
-        print_json(_tuning_json(result, plot))
-    else:
-        _print_tuning(result, plot)
-    if apply:
-        console.print("\nTo make it the stored default, add this to a new migration "
-                      "(reviewable like code):\n", highlight=False)
-        print(tuning.recommend_sql(result.best.weights))
+        print_json({**_tuning_json(result, plot),
+                    "applied": None if applied is None else _change_json(*applied)})
+        return
+    _print_tuning(result, plot)
+    if applied is not None:
+        _print_change(*applied)
+
+
+defaults_app = typer.Typer(help="hybrid_search's stored default weights, per embedding space "
+                           "(used when a caller passes none).")
+app.add_typer(defaults_app, name="defaults")
+
+
+@defaults_app.command("show")
+def defaults_show(space: SpaceOption = None, db_url: DbUrlOption = None,
+                  json_out: JsonOption = False) -> None:
+    """The weights hybrid_search uses in the space when a caller passes none."""
+    with connect(resolve_db_url(db_url)) as conn:
+        found = defaults_mod.get_defaults(conn, space)
+    if json_out:
+        print_json(found.as_json())
+        return
+    by = f", set by {escape(found.source or '-')} at {found.updated_at:%Y-%m-%d %H:%M}" \
+        if found.stored and found.updated_at else ""
+    console.print(f"{escape(found.space)}: {found.text()}{by}", highlight=False)
+
+
+@defaults_app.command("set")
+def defaults_set(
+    full_text_weight: Annotated[float, typer.Option(min=0.0, help="full_text_weight.",
+                                                    show_default=False)],
+    semantic_weight: Annotated[float, typer.Option(min=0.0, help="semantic_weight.",
+                                                   show_default=False)],
+    rrf_k: Annotated[int, typer.Option(min=1, help="rrf_k.", show_default=False)],
+    space: SpaceOption = None,
+    db_url: DbUrlOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Store hybrid_search's default weights for the space (prints old -> new)."""
+    weights = HybridWeights(full_text_weight=full_text_weight,
+                            semantic_weight=semantic_weight, rrf_k=rrf_k)
+    with connect(resolve_db_url(db_url)) as conn:
+        change = defaults_mod.set_defaults(conn, weights, space=space)
+    if json_out:
+        print_json(_change_json(*change))
+        return
+    _print_change(*change)
+
+
+@defaults_app.command("reset")
+def defaults_reset(space: SpaceOption = None, db_url: DbUrlOption = None,
+                   json_out: JsonOption = False) -> None:
+    """Forget the space's stored weights: hybrid_search goes back to 1, 1, 50."""
+    with connect(resolve_db_url(db_url)) as conn:
+        change = defaults_mod.reset_defaults(conn, space)
+    if json_out:
+        print_json(_change_json(*change))
+        return
+    _print_change(*change)
+
+
+def _change_json(old: defaults_mod.Defaults, new: defaults_mod.Defaults) -> dict[str, Any]:
+    return {"space": new.space, "old": old.as_json(), "new": new.as_json()}
+
+
+def _print_change(old: defaults_mod.Defaults, new: defaults_mod.Defaults) -> None:
+    console.print(f"hybrid_search defaults in {escape(new.space)}: {old.text()} -> "
+                  f"{new.text()}", highlight=False)
 
 
 @app.command("history")

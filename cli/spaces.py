@@ -26,7 +26,28 @@ def _row(cover: spaces_mod.Coverage) -> dict[str, Any]:
             "dimensions": space.dimensions, "state": space.state, "storage": space.storage,
             "chunks": cover.chunks, "vectors": cover.vectors, "missing": cover.missing,
             "coverage": round(cover.percent, 2),
-            "index": f"hnsw {space.index_type}" if cover.index_ready else "building or invalid"}
+            "index": f"hnsw {space.index_type}" if cover.index_ready else "building or invalid",
+            "rate_per_s": round(cover.rate, 2),
+            "eta_s": None if cover.eta_s is None else round(cover.eta_s, 1),
+            "failures": cover.failures, "last_error": cover.last_error}
+
+
+def _eta(cover: spaces_mod.Coverage) -> str:
+    if not cover.missing:
+        return "full"
+    if cover.eta_s is None:
+        return "not moving (is a worker running?)"
+    minutes, seconds = divmod(int(cover.eta_s + 0.5), 60)
+    return f"ETA {minutes}m{seconds:02d}s" if minutes else f"ETA {seconds}s"
+
+
+def _line(cover: spaces_mod.Coverage) -> str:
+    failed = ""
+    if cover.failures:
+        failed = f", {cover.failures} failures (last: {escape(cover.last_error or '-')})"
+    return (f"{escape(cover.space.name)}: {cover.percent:.1f}% ({cover.vectors}/{cover.chunks} "
+            f"chunks, {cover.missing} to go), {cover.rate:.2f} vectors/s over the last minute,"
+            f" {_eta(cover)}{failed}")
 
 
 @app.command("list")
@@ -83,10 +104,14 @@ def status(
                                                show_default=False)] = None,
     db_url: DbUrlOption = None,
     json_out: JsonOption = False,
-    follow: Annotated[bool, typer.Option(
-        help="Show a live progress bar until the space is filled.")] = False,
+    once: Annotated[bool, typer.Option(
+        "--once", help="Print the figures once instead of a live progress bar.")] = False,
 ) -> None:
-    """Coverage, backlog and rate of filling a space."""
+    """Coverage, backlog, rate, ETA and failures of each space (or NAME).
+
+    Without --json or --once: a live progress bar per space until every one
+    shown is full (Ctrl-C stops watching; the backfill goes on).
+    """
     with connect(resolve_db_url(db_url)) as conn:
         chosen = [spaces_mod.get_space(conn, name)] if name else None
         covers = spaces_mod.coverage(conn, chosen)
@@ -94,21 +119,24 @@ def status(
         if json_out:
             print_json([_row(c) for c in covers])
             return
-        if not follow or not name:
+        if once or not console.is_terminal or not any(c.missing for c in covers):
             for cover in covers:
-                console.print(f"{escape(cover.space.name)}: {cover.percent:.1f}% "
-                              f"({cover.vectors}/{cover.chunks} chunks, {cover.missing} to go)")
+                console.print(_line(cover), highlight=False)
             return
         with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
                       TextColumn("{task.completed}/{task.total} chunks"),
-                      console=console) as progress:
-            task = progress.add_task(escape(covers[0].space.name), total=covers[0].chunks,
-                                     completed=covers[0].vectors)
-            while covers[0].missing:
+                      TextColumn("{task.fields[rate]}"), console=console) as progress:
+            tasks = [progress.add_task(escape(c.space.name), total=c.chunks,
+                                       completed=c.vectors, rate=_eta(c)) for c in covers]
+            while any(c.missing for c in covers):
                 time.sleep(1.0)
                 covers = spaces_mod.coverage(conn, chosen)
                 conn.commit()
-                progress.update(task, total=covers[0].chunks, completed=covers[0].vectors)
+                for task, cover in zip(tasks, covers, strict=True):
+                    progress.update(task, total=cover.chunks, completed=cover.vectors,
+                                    rate=f"{cover.rate:.1f}/s, {_eta(cover)}")
+        for cover in covers:
+            console.print(_line(cover), highlight=False)
 
 
 @app.command()

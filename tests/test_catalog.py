@@ -25,6 +25,12 @@ SECURITY_DEFINER_REASONS = {
     "suparag_search.embedding_space":
         "the search functions resolve the space to search (its id, model, width) as any "
         "caller; the spaces table stays private and only these columns are revealed",
+    "suparag_search.hybrid_defaults":
+        "hybrid_search reads the searched space's stored default weights as any caller; "
+        "the defaults table stays private and only the three weights are revealed",
+    "suparag_private.chunk_vectors_document":
+        "a trigger that copies a vector's document id from its chunk whatever RLS the "
+        "writer is under (the read policy asks documents through it)",
 }
 
 
@@ -170,7 +176,8 @@ def test_search_schema_holds_only_the_search_helpers(conn, role):
     full-text helper, the space resolver and the spaces' vectors (issue 10), nothing else."""
     assert sorted(f["signature"] for f in functions(conn, "suparag_search")) == [
         "suparag_search.embedding_space(text)",
-        "suparag_search.full_text_matches(tsquery,integer,jsonb)"]
+        "suparag_search.full_text_matches(tsquery,integer,jsonb)",
+        "suparag_search.hybrid_defaults(text)"]
     row = conn.execute(
         "select has_schema_privilege(%s, 'suparag_search', 'usage') as u,"
         " has_schema_privilege(%s, 'suparag_search', 'create') as c,"

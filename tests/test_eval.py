@@ -20,12 +20,13 @@ from test_cli import DbCli
 
 from worker.errors import ActivationRefused, ConfigError
 from worker.evaluation import runner, tuning
+from worker.evaluation.defaults import LANDED, get_defaults, reset_defaults, set_defaults
 from worker.evaluation.gate import check_activation
 from worker.evaluation.sets import parse_set
 from worker.jobs.embedding import EmbeddingWorker
-from worker.search import HybridWeights
+from worker.search import HybridWeights, retrieve
 from worker.spaces import get_space
-from worker.users import add_user
+from worker.users import add_user, find_user
 
 RECIPES = {
     f"recipes/{name}.md": text for name, text in {
@@ -172,13 +173,54 @@ def test_tune_finds_the_planted_full_text_heavy_setting(conn, corpus, embedder):
     # the nearest-to-default tie-break: the smallest winning ratio, refined down to 2**0.5
     assert result.best.ratio == pytest.approx(2 ** 0.5, rel=1e-4)
     assert len(tuning.RATIOS) * len(tuning.RRF_KS) < len(result.points) < tuning.runs_needed()
-    sql = tuning.recommend_sql(result.best.weights)
-    assert "suparag_private.settings" in sql and '"rrf_k": ' in sql
-    with conn.transaction(force_rollback=True):
-        conn.execute(sql)  # the printed statement is valid SQL on the real schema
-        stored = conn.execute("select value from suparag_private.settings where key = %s",
-                              (tuning.SETTINGS_KEY,)).fetchone()["value"]
-        assert json.loads(stored)["full_text_weight"] == 1.0
+
+
+def test_applied_tuning_becomes_hybrid_searchs_default_under_rls(conn, corpus, embedder):
+    """tune changes nothing; set_defaults (tune --apply) does, per space; a call without
+    weights then ranks as the tuned one, callers that pass weights get those, RLS holds."""
+    evalset = parse_set(jsonl(*[{"query": f"{code} recipe", "relevant": [f"log/{code}.md"]}
+                                for code in ("zorblax", "quintex", "vexmoor")]),
+                        name="codes.jsonl")
+    prepared = runner.prepare(conn, evalset, embedder)
+    result = tuning.tune(conn, prepared, k=3)
+    conn.commit()
+    assert not get_defaults(conn).stored  # tuning alone stored nothing
+    conn.commit()
+    plain = runner.run(conn, prepared, runner.Setting(hybrid=True, k=3))
+    assert plain.metrics["ndcg@3"] == result.default.metrics["ndcg@3"] < 0.9
+
+    old, new = set_defaults(conn, result.best.weights, source="test")
+    assert (old.stored, old.weights) == (False, LANDED)
+    assert (new.stored, new.weights, new.space) == (True, result.best.weights,
+                                                     get_space(conn).name)
+    conn.commit()
+    tuned = runner.run(conn, prepared, runner.Setting(hybrid=True, k=3))
+    assert tuned.metrics["ndcg@3"] == result.best.result.metrics["ndcg@3"] == 1
+    assert [o.ranking for o in tuned.outcomes] == [o.ranking for o in result.best.result.outcomes]
+    # a caller that passes weights gets exactly those, not the stored ones
+    explicit = runner.run(conn, prepared, runner.Setting(hybrid=True, k=3, weights=LANDED))
+    assert [o.ranking for o in explicit.outcomes] == [o.ranking for o in plain.outcomes]
+
+    # RLS is unchanged: anon and alice never see bob's private notes, bob does
+    vector = embedder.embed(["launch date of the rocket"])[0]
+    bob, alice = (find_user(conn, e) for e in ("bob@example.com", "alice@example.com"))
+    conn.commit()
+    seen = {}
+    for who, claims in (("anon", None), ("alice", alice.claims()), ("bob", bob.claims())):
+        rows = retrieve(conn, vector, claims=claims, model=None, k=10,
+                        hybrid_text="launch date of the rocket")
+        seen[who] = {r["document_id"] for r in rows}
+    secret = corpus["bob/secret.md"]
+    assert secret in {str(d) for d in seen["bob"]}
+    assert secret not in {str(d) for d in seen["anon"] | seen["alice"]}
+    # the stored defaults are private: no API role reads the table
+    for role in ("anon", "authenticated"):
+        with conn.transaction(force_rollback=True):
+            conn.execute("select set_config('role', %s, true)", (role,))
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("select * from suparag_private.hybrid_defaults")
+    old, new = reset_defaults(conn)
+    assert old.stored and not new.stored and new.weights == LANDED
 
 
 def _stored_run(conn, *, space, ndcg, digest="a" * 64, mode="semantic"):
@@ -235,9 +277,18 @@ def test_cli_run_history_and_tune_with_plot(tmp_path, db_url, corpus):
     codes = tmp_path / "codes.jsonl"
     codes.write_bytes(jsonl({"query": "zorblax recipe", "relevant": ["log/zorblax.md"]}))
     plot = tmp_path / "tune.png"
-    tuned = cli("eval", "tune", str(codes), "-k", "3", "--plot", str(plot), "--apply")
+    tuned = cli("eval", "tune", str(codes), "-k", "3", "--plot", str(plot))
     assert tuned.returncode == 0, tuned.stderr
     assert "Recommended: full_text_weight=1" in tuned.stdout
-    assert "insert into suparag_private.settings" in tuned.stdout
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(json.loads(cli("eval", "history", "--json").stdout)) == 2  # tune stores nothing
+    assert json.loads(cli("eval", "defaults", "show", "--json").stdout)["stored"] is False
+    applied = cli("eval", "tune", str(codes), "-k", "3", "--apply")
+    assert applied.returncode == 0, applied.stderr
+    assert ("hybrid_search defaults in all-MiniLM-L6-v2: full_text_weight=1 semantic_weight=1"
+            " rrf_k=50 (built in) -> full_text_weight=1 semantic_weight=0.") in applied.stdout
+    shown = json.loads(cli("eval", "defaults", "show", "--json").stdout)
+    assert shown["stored"] and shown["full_text_weight"] == 1 and "codes.jsonl" in shown["source"]
+    changed = json.loads(cli("eval", "defaults", "set", "--full-text-weight", "1",
+                             "--semantic-weight", "1", "--rrf-k", "60", "--json").stdout)
+    assert changed["old"]["semantic_weight"] < 1 and changed["new"]["rrf_k"] == 60

@@ -53,6 +53,8 @@ LANDED = {
         "a13d7a42bc8463adb8620923d5e6e301f4b54ac2c58ad20b3c5f56fd1314184e",
     "20261202080000_suparag_queue_priority.sql":
         "aeae69043d65f0c76d814ad14daf9ec784ba1741798f21e3dd6bd92ba2362f56",
+    "20261202090000_suparag_spaces_rls.sql":
+        "73ede1e4cdce6263c07224b159a42a9b6b19d8c464f9c13faf744fcb93c9b7fb",
 }
 
 

@@ -400,3 +400,66 @@ def test_activate_is_refused_when_evaluation_scores_the_space_lower(conn, db_url
         activate(conn, second.name)
     assert get_space(conn).name == first.name
     assert activate(conn, second.name, force=True).name == second.name
+
+
+def test_vectors_carry_their_document_so_their_policy_is_one_hop(conn, db_url, world):
+    """Migration 090000: chunk_vectors.document_id (set by a trigger) is what its policy asks,
+    and a table space's candidates come from chunk_vectors alone (issue 10's RLS cost)."""
+    space = add(db_url, dimensions=8, name="one-hop")
+    conn.execute(  # writers do not name the document: the trigger fills it
+        "insert into suparag_search.chunk_vectors (space_id, chunk_id, embedding)"
+        " select %s, c.id, %s::extensions.vector from public.document_chunks c",
+        (space.id, unit_vector(0, 8)))
+    conn.commit()
+    wrong = conn.execute(
+        "select count(*) as n from suparag_search.chunk_vectors v"
+        " join public.document_chunks c on c.id = v.chunk_id"
+        " where v.document_id is distinct from c.document_id").fetchone()
+    assert wrong == {"n": 0}
+    policies = conn.execute(
+        "select qual from pg_policies where schemaname = 'suparag_search'"
+        " and tablename = 'chunk_vectors'").fetchall()
+    assert len(policies) == 2
+    for policy in policies:
+        assert "documents" in policy["qual"] and "document_chunks" not in policy["qual"]
+    with pytest.raises(psycopg.errors.ForeignKeyViolation, match="document_chunks"):
+        conn.execute("insert into suparag_search.chunk_vectors (space_id, chunk_id, embedding)"
+                     " values (%s, -1, %s::extensions.vector)", (space.id, unit_vector(0, 8)))
+    conn.rollback()
+    # The plan of a broad reader's search: HNSW over the space's index, no chunk
+    # policy below the limit (chunks are joined for the k rows returned).
+    source = conn.execute("select prosrc from pg_proc where proname = 'match_documents'"
+                          ).fetchone()["prosrc"]
+    conn.commit()
+    assert "suparag_search.chunk_vectors v" in source and "join %s" not in source.split(
+        "with nearest")[-1]
+    for caller, readable in READABLE.items():
+        titles = retrieve(conn, [1.0] + [0.0] * 7, claims=claims_of(world, caller),
+                          model=None, k=10, space=space.name)
+        assert {r["title"] for r in titles} == readable, caller
+
+
+def test_status_shows_rate_eta_and_failures(tmp_path, conn, db_url, corpus, embedder, server):
+    worker = worker_for(db_url, embedder, server, backfill=2)
+    try:
+        worker.drain()  # the column space first; the table space comes after
+        space = add(db_url, dimensions=768, name="filling")
+        assert worker.run_batch().backfilled == 2
+        cli = DbCli(tmp_path, db_url)
+        (row,) = cli.json("spaces", "status", "filling")
+        assert (row["vectors"], row["missing"]) == (2, 1)
+        assert row["rate_per_s"] == round(2 / 60, 2) and row["eta_s"] == 30.0
+        assert row["failures"] == 0 and row["last_error"] is None
+        server.always = 400  # the standby's model fails: counted, shown, retried later
+        assert worker.run_batch().backfilled == 0
+        (row,) = cli.json("spaces", "status", "filling")
+        assert row["failures"] == 1 and "400" in row["last_error"] and row["missing"] == 1
+        line = cli("spaces", "status", "filling").stdout
+        assert "66.7% (2/3 chunks, 1 to go), 0.03 vectors/s over the last minute, ETA 30s" \
+            in " ".join(line.split()) and "1 failures" in line
+        server.always = None
+        assert worker.run_batch().backfilled == 1  # the failed chunk is tried again
+        (row,) = cli.json("spaces", "status", space.name)
+        assert (row["missing"], row["eta_s"], row["coverage"]) == (0, 0.0, 100.0)
+    finally:
+        worker.close()

@@ -72,15 +72,34 @@ class Coverage:
     chunks: int
     vectors: int
     index_ready: bool
+    #: vectors written in the last RATE_WINDOW_S seconds (the backfill's and live edits')
+    recent: int = 0
+    failures: int = 0
+    last_error: str | None = None
 
     @property
     def missing(self) -> int:
         return max(self.chunks - self.vectors, 0)
 
     @property
+    def rate(self) -> float:
+        """Vectors written per second over the last minute."""
+        return self.recent / RATE_WINDOW_S
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds until the space is full at the current rate (None: not moving)."""
+        if not self.missing:
+            return 0.0
+        return self.missing / self.rate if self.rate > 0 else None
+
+    @property
     def percent(self) -> float:
         return 100.0 if self.chunks == 0 else 100.0 * min(self.vectors, self.chunks) / self.chunks
 
+
+#: The window `spaces status` measures the rate over.
+RATE_WINDOW_S = 60.0
 
 _COLUMNS = "id, name, provider, model, dimensions, storage, state, options"
 
@@ -160,7 +179,7 @@ def add_space(conn: psycopg.Connection[Any], model: str, *, dimensions: int | No
     assert row is not None
     space = Space(**row)
     try:
-        conn.execute(_index_sql(space))
+        conn.execute(index_sql(space))
     except Exception:
         conn.execute(sql.SQL("drop index concurrently if exists suparag_search.{}").format(
             sql.Identifier(space.index_name)))
@@ -171,7 +190,8 @@ def add_space(conn: psycopg.Connection[Any], model: str, *, dimensions: int | No
     return space
 
 
-def _index_sql(space: Space) -> sql.Composed:
+def index_sql(space: Space) -> sql.Composed:
+    """CREATE INDEX CONCURRENTLY of a table space's partial HNSW expression index."""
     # The cast and the predicate as literals: match_documents writes the same
     # expression, which is how the planner matches this partial index.
     kind = space.index_type
@@ -191,12 +211,20 @@ def coverage(conn: psycopg.Connection[Any], spaces: Sequence[Space] | None = Non
     chunks = row["n"] if row else 0
     found = []
     for space in spaces:
+        window = {"window": RATE_WINDOW_S, "space": space.id}
         if space.storage == "column":
-            got = conn.execute("select count(*) as n from public.document_chunks"
-                               " where embedding is not null").fetchone()
+            got = conn.execute(
+                "select count(*) as n, count(*) filter (where created_at > now()"
+                " - make_interval(secs => %(window)s)) as recent from public.document_chunks"
+                " where embedding is not null", window).fetchone()
         else:
-            got = conn.execute("select count(*) as n from suparag_search.chunk_vectors"
-                               " where space_id = %s", (space.id,)).fetchone()
+            got = conn.execute(
+                "select count(*) as n, count(*) filter (where written_at > now()"
+                " - make_interval(secs => %(window)s)) as recent"
+                " from suparag_search.chunk_vectors where space_id = %(space)s",
+                window).fetchone()
+        failed = conn.execute("select failures, last_error from suparag_private.embedding_spaces"
+                              " where id = %s", (space.id,)).fetchone()
         ready = conn.execute(
             "select i.indisvalid and i.indisready as ok from pg_index i"
             " join pg_class c on c.oid = i.indexrelid"
@@ -205,7 +233,10 @@ def coverage(conn: psycopg.Connection[Any], spaces: Sequence[Space] | None = Non
             (space.index_name, "public" if space.storage == "column" else "suparag_search"),
         ).fetchone()
         found.append(Coverage(space=space, chunks=chunks, vectors=got["n"] if got else 0,
-                              index_ready=bool(ready and ready["ok"])))
+                              index_ready=bool(ready and ready["ok"]),
+                              recent=got["recent"] if got else 0,
+                              failures=failed["failures"] if failed else 0,
+                              last_error=failed["last_error"] if failed else None))
     return found
 
 

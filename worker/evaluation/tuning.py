@@ -12,8 +12,9 @@ the setting nearest hybrid_search's default (ratio 1, rrf_k 50), so a flat
 landscape recommends no change. The margin is over a run with the function's
 own defaults (no weights passed), whatever they are in the database.
 
-Tuning changes nothing: `recommend_sql` is the reviewable statement that
-would make the recommendation the stored default (see docs/eval.md).
+Tuning changes nothing: the recommendation becomes hybrid_search's stored
+default only through worker.evaluation.defaults.set_defaults (`suparag eval
+tune --apply`, `suparag eval defaults set`), which prints old -> new.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from worker.search import HybridWeights
 RATIOS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 RRF_KS = (5, 20, 50, 100)
 DEFAULT_RATIO, DEFAULT_RRF_K = 1.0, 50
-SETTINGS_KEY = "hybrid_search.defaults"
 
 
 def weights_for(ratio: float, rrf_k: int) -> HybridWeights:
@@ -118,17 +118,6 @@ def runs_needed(*, ratios: Sequence[float] = RATIOS, rrf_ks: Sequence[int] = RRF
                 refine: bool = True) -> int:
     """At most how many runs `tune` makes (for a progress bar): default + grid + 9."""
     return 1 + len(ratios) * len(rrf_ks) + (9 if refine else 0)
-
-
-def recommend_sql(weights: HybridWeights) -> str:
-    """The statement that stores weights as the hybrid default, for a migration to review."""
-    value = (f'{{"full_text_weight": {weights.full_text_weight}, '
-             f'"semantic_weight": {weights.semantic_weight}, "rrf_k": {weights.rrf_k}}}')
-    return (
-        "insert into suparag_private.settings (key, value)\n"
-        f"values ('{SETTINGS_KEY}', '{value}')\n"
-        "on conflict (key) do update set value = excluded.value, updated_at = now();"
-    )
 
 
 def plot(tuning: Tuning, path: str) -> None:

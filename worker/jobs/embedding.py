@@ -190,6 +190,7 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
 
     def finish(self, batch: _Batch, outcomes: Outcomes) -> BatchResult:
         """Write each embedded document back, or record its failure."""
+        self.spaces.record_failures(self.conn)
         result = batch.early
         for plan, error in outcomes:
             try:

@@ -48,6 +48,9 @@ class SpaceFiller:
         # Per space: the last chunk id the backfill looked at, so chunks it has to
         # skip (document changed, job pending) do not hold it up.
         self._after: dict[int, int] = {}
+        # Standby spaces' model failures seen by embed_in (the model's thread), counted
+        # on the database's thread by record_failures.
+        self._failed: list[tuple[Space, Exception]] = []
 
     def table_spaces(self, conn: psycopg.Connection[Any]) -> list[Space]:
         """The table spaces, the active one first (read fresh: spaces come and go)."""
@@ -93,7 +96,26 @@ class SpaceFiller:
                     return {}, exc
                 log.warning("space %s: %s; the backfill will embed these chunks", space.name,
                             exc)
+                self._failed.append((space, exc))  # counted by record_failures, on the DB side
         return found, None
+
+    def record_failures(self, conn: psycopg.Connection[Any]) -> None:
+        """Count the standby spaces' model failures that embed_in saw (it has no database)."""
+        while self._failed:
+            space, exc = self._failed.pop(0)
+            try:
+                self.record_failure(conn, space, exc)
+            except psycopg.Error as error:  # a count for `spaces status`, never a job's failure
+                log.warning("space %s: could not count a failure: %s", space.name, error)
+
+    @staticmethod
+    def record_failure(conn: psycopg.Connection[Any], space: Space, exc: Exception) -> None:
+        """Count a model failure on the space, for `suparag spaces status`."""
+        with conn.transaction():
+            conn.execute(
+                "update suparag_private.embedding_spaces set failures = failures + 1,"
+                " last_error = %s, last_error_at = now() where id = %s",
+                (f"{type(exc).__name__}: {exc}"[:500], space.id))
 
     @staticmethod
     def write(conn: psycopg.Connection[Any], document_id: Any, chunks: Sequence[Chunk],
@@ -112,7 +134,7 @@ class SpaceFiller:
             cur.executemany(
                 "insert into suparag_search.chunk_vectors (space_id, chunk_id, embedding)"
                 " values (%s, %s, %s) on conflict (space_id, chunk_id)"
-                " do update set embedding = excluded.embedding", rows)
+                " do update set embedding = excluded.embedding, written_at = now()", rows)
 
     def backfill(self, conn: psycopg.Connection[Any],
                  chunk: Callable[[str, str], list[Chunk]], *, limit: int | None = None) -> int:
@@ -156,7 +178,15 @@ class SpaceFiller:
                     texts[row["id"]] = again.embed_text
             if not texts:
                 continue
-            vectors = self.embed(space, list(texts.values()))
+            try:
+                vectors = self.embed(space, list(texts.values()))
+            except Exception as exc:
+                # Counted and shown by `suparag spaces status`; these chunks are
+                # tried again at the next step (the worker backs off while idle).
+                log.warning("space %s: backfill failed: %s", space.name, exc)
+                self.record_failure(conn, space, exc)
+                self._after[space.id] = missing[0]["id"] - 1
+                return 0
             try:
                 with conn.transaction(), conn.cursor() as cur:
                     # Only chunks that still exist: a write-back may have replaced them.
