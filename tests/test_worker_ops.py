@@ -17,10 +17,9 @@ from typing import Any
 
 import pytest
 from conftest import wait_for
-from typer.main import get_command
 
 from bench.embedding_double import MODEL, DoubleState, Faults, serve
-from cli.main import app
+from cli.main import load_command
 from worker.jobs.answering import AnswerWorker
 from worker.jobs.embedding import EmbeddingWorker
 from worker.jobs.service import Service
@@ -51,7 +50,7 @@ def insert_docs(conn: Any, n: int) -> list[Any]:
 
 
 def test_every_worker_option_is_also_an_environment_variable() -> None:
-    command = get_command(app).commands["worker"]  # type: ignore[attr-defined]
+    command = load_command("worker")
     missing = [p.name for p in command.params
                if p.name not in NOT_CONFIGURATION and not getattr(p, "envvar", None)]
     assert missing == []
