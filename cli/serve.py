@@ -28,7 +28,7 @@ def serve() -> None:
     assert settings.db_url is not None  # config_from_settings requires it
     origins = [o.strip() for o in settings.edge_cors_origins.split(",") if o.strip()]
     app = create_edge_app(settings.db_url, config, lambda: embedder_from_settings(settings),
-                          cors_origins=origins)
+                          cors_origins=origins, warm_model=True)
     err_console.print(f"suparag serve: http://{settings.serve_host}:{settings.serve_port}"
                       "/functions/v1/{embed,search,wake}")
     uvicorn.run(app, host=settings.serve_host, port=settings.serve_port, log_level="info")

@@ -118,3 +118,25 @@ def test_concurrent_misses_are_embedded_in_one_model_call(embedder):
     assert sorted(len(call) for call in model.calls) == [1, 7]
     want = embedder.embed(texts)
     assert all(close(results[t], w) for t, w in zip(texts, want, strict=True))
+
+
+def test_warm_loads_the_model_before_the_first_call(embedder):
+    """`suparag dev` and `suparag serve` start loading the model at start-up (warm), so a
+    first search does not wait for it; the first call then reuses that model."""
+    from worker.edge.auth import Gateway
+    from worker.edge.functions import EdgeConfig, EdgeFunctions
+
+    built: list[Counting] = []
+
+    def factory() -> Counting:
+        built.append(Counting(embedder))
+        return built[-1]
+
+    functions = EdgeFunctions(EdgeConfig(gateway=Gateway(api_keys=frozenset({"k"}),
+                                                         jwt_secret="s" * 32)), factory)
+    assert built == []  # nothing loads until asked
+    functions.warm().join(timeout=120)
+    assert len(built) == 1 and built[0].calls == [["warm up"]]
+    first = functions.default_embedder()
+    assert len(built) == 1  # the first caller gets the warmed model, not a new one
+    assert first.embed(["a question"])[0] == embedder.embed(["a question"])[0]

@@ -76,8 +76,9 @@ async def _pool_timeout(request: Request, exc: Exception) -> Response:
 
 def create_edge_app(db_url: str, config: EdgeConfig, embedder_factory: Callable[[], Embedder],
                     *, cors_origins: list[str] | None = None,
-                    pool_size: int = POOL_SIZE) -> Starlette:
-    """The edge functions over their own pool of connections to db_url."""
+                    pool_size: int = POOL_SIZE, warm_model: bool = False) -> Starlette:
+    """The edge functions over their own pool of connections to db_url; with warm_model,
+    the model loads in the background at start-up instead of on the first call."""
     pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
         db_url, min_size=1, max_size=pool_size, open=False, timeout=POOL_ACQUIRE_TIMEOUT,
         check=ConnectionPool.check_connection,
@@ -87,6 +88,8 @@ def create_edge_app(db_url: str, config: EdgeConfig, embedder_factory: Callable[
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         pool.open(wait=True, timeout=30)
+        if warm_model:
+            functions.warm()
         try:
             yield
         finally:

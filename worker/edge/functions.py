@@ -23,6 +23,7 @@ devtools.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -46,6 +47,8 @@ from worker.jobs.wakeups import WAKE_SECRET_HEADER, wake_secret_ok
 from worker.models.base import Embedder
 from worker.models.cache import DEFAULT_ENTRIES, CachedEmbedder
 from worker.spaces import get_space, space_embedder
+
+log = logging.getLogger("suparag.edge")
 
 #: The channels `suparag worker` listens on, one per queue (worker.jobs.queue).
 WAKE_CHANNELS = tuple(queue.channel for queue in QUEUES)
@@ -235,6 +238,19 @@ class EdgeFunctions:
                 self._embedders[self._default_key] = CachedEmbedder(
                     embedder, max_entries=self.config.cache_entries)
             return self._embedders[self._default_key]
+
+    def warm(self) -> threading.Thread:
+        """Load the configured model in the background, so the first caller does not wait
+        for it (a model takes seconds to load; `suparag search` gives the API 5 s)."""
+        def load() -> None:
+            try:
+                self.default_embedder().embed(["warm up"])
+            except Exception as exc:  # the first call will load it again and say why
+                log.warning("could not load the embedding model ahead of the first call: %s",
+                            exc)
+        thread = threading.Thread(target=load, name="suparag-model-warm-up", daemon=True)
+        thread.start()
+        return thread
 
     def embedder_for(self, pool: Pool, space: str | None, *,
                      corpus_model: bool) -> CachedEmbedder:

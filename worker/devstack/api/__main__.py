@@ -26,7 +26,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=54321)
     args = parser.parse_args()
     keys = load_or_create(args.home)
-    functions = functions_routes(keys, lambda: embedder_from_settings(get_settings()))
+    # `suparag search` asks this API to embed its query: have the model ready for it.
+    functions = functions_routes(keys, lambda: embedder_from_settings(get_settings()),
+                                 warm_model=True)
     app = create_app(args.db_url, keys,
                      routes=[*realtime_routes(args.db_url, keys), *functions])
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")

@@ -19,10 +19,14 @@ from worker.models.base import Embedder
 __all__ = ["WAKE_CHANNELS", "functions_routes"]
 
 
-def functions_routes(keys: ProjectKeys,
-                     embedder_factory: Callable[[], Embedder]) -> list[Route]:
+def functions_routes(keys: ProjectKeys, embedder_factory: Callable[[], Embedder], *,
+                     warm_model: bool = False) -> list[Route]:
     """The `/functions/v1` routes (and `/health`, `/metrics`), for
-    `create_app(..., routes=...)`."""
+    `create_app(..., routes=...)`; with warm_model, the model starts loading now, in
+    the background, instead of on the first call."""
     gateway = Gateway(api_keys=frozenset({keys.anon_key, keys.service_role_key}),
                       jwt_secret=keys.jwt_secret)
-    return EdgeFunctions(EdgeConfig(gateway=gateway), embedder_factory).routes()
+    functions = EdgeFunctions(EdgeConfig(gateway=gateway), embedder_factory)
+    if warm_model:
+        functions.warm()
+    return functions.routes()
