@@ -37,6 +37,16 @@ log = logging.getLogger("suparag.embedding")
 #: The width of document_chunks.embedding.
 COLUMN_DIMENSIONS = 384
 
+#: A document's chunks in one statement: the parameters are the document, the
+#: model and one array per column, in chunk order.
+_INSERT_CHUNKS = (
+    "insert into public.document_chunks (document_id, chunk_index, content, embedding,"
+    " embedding_model, content_hash, page)"
+    " select %s, c.chunk_index, c.content, c.embedding, %s, c.content_hash, c.page"
+    " from unnest(%s::integer[], %s::text[], %s::extensions.vector[], %s::text[],"
+    "  %s::integer[]) as c (chunk_index, content, embedding, content_hash, page)"
+)
+
 
 @dataclass
 class BatchResult(Counts):
@@ -321,13 +331,17 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
                 return self._superseded(job, in_transaction=True)
             conn.execute("delete from public.document_chunks where document_id = %s",
                          (job["document_id"],))
-            with conn.cursor().copy(
-                "copy public.document_chunks (document_id, chunk_index, content, embedding,"
-                " embedding_model, content_hash, page) from stdin"
-            ) as copy:
-                for chunk, digest in zip(plan.chunks, plan.hashes, strict=True):
-                    copy.write_row((job["document_id"], chunk.index, chunk.content,
-                                    plan.vector(chunk, digest), model, digest, chunk.page))
+            # One INSERT of arrays, not COPY: PostgreSQL refuses COPY FROM under RLS,
+            # which applies to the suparag_worker role (issue 17).
+            conn.execute(_INSERT_CHUNKS, (
+                job["document_id"], model,
+                [chunk.index for chunk in plan.chunks],
+                [chunk.content for chunk in plan.chunks],
+                [plan.vector(chunk, digest)
+                 for chunk, digest in zip(plan.chunks, plan.hashes, strict=True)],
+                plan.hashes,
+                [chunk.page for chunk in plan.chunks],
+            ))
             self.spaces.write(conn, job["document_id"], plan.chunks, plan.space_vectors)
             conn.execute(
                 "update public.documents set embedding_status = 'ready', embedding_model = %s,"
