@@ -28,6 +28,9 @@ SECURITY_DEFINER_REASONS = {
     "suparag_search.hybrid_defaults":
         "hybrid_search reads the searched space's stored default weights as any caller; "
         "the defaults table stays private and only the three weights are revealed",
+    "suparag_private.asker":
+        "the answer worker (suparag_worker) reads the claim columns of one auth.users row; "
+        "auth.users has RLS on and belongs to Auth, so no policy of ours can let it in",
     "suparag_private.chunk_vectors_document":
         "a trigger that copies a vector's document id from its chunk whatever RLS the "
         "writer is under (the read policy asks documents through it)",

@@ -46,7 +46,7 @@ LANDED = {
     "20261202070000_suparag_chunk_pages.sql":
         "780e48e93b086f1e9d29ca3de73945959d49adb58875a1a24ad585baf277f66d",
     "20261202100000_suparag_worker_role.sql":
-        "94581466480bed471b9f0e99352da426c930ca801b36f3dfda48794e3b72c49d",
+        "b679dca961c4ec917835d95ddd3e94197915b70a0b2f49252d3f8b67a8af6897",
     "20261202060000_suparag_eval_runs.sql":
         "e75fcf02a03c56bb5640f12989617b4aa86733639905ca13d2f3795d4ab8e9e2",
     "20261202050000_suparag_embedding_spaces.sql":

@@ -96,6 +96,16 @@ def find_user(conn: psycopg.Connection[Any], who: str) -> User:
     return _user(row)
 
 
+def asker(conn: psycopg.Connection[Any], user_id: uuid.UUID | str) -> User:
+    """A question's asker by id, through suparag_private.asker: the answer worker's way
+    in, since its role (suparag_worker) may not read auth.users itself."""
+    row = conn.execute("select * from suparag_private.asker(%s)", (user_id,)).fetchone()
+    if row is None:
+        raise UserNotFound(f"no user {str(user_id)!r}: create one with "
+                           f"`suparag users add {user_id}`")
+    return _user(row)
+
+
 def list_users(conn: psycopg.Connection[Any]) -> list[User]:
     """Every user, oldest first."""
     rows = conn.execute(f"select {_COLUMNS} from auth.users order by created_at, email").fetchall()

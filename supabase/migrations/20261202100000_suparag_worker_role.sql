@@ -12,32 +12,25 @@
 --   `set local role authenticated` with the asker's claims, as PostgREST's
 --   `authenticator` does, so retrieval stays under the users' policies;
 -- - read the columns of auth.users that make a user's JWT claims (id, email,
---   app and user metadata), never passwords, tokens or anything else of Auth's.
+--   app and user metadata) through suparag_private.asker, never passwords,
+--   tokens or anything else of Auth's.
 --
--- It is `bypassrls`, because the chunk write-back is a COPY and PostgreSQL
--- refuses COPY FROM into a table whose RLS applies to the copier; bypassrls
--- holds only for the role itself: once it `set role authenticated` for an
--- asker, the asker's policies apply. Its reach is the grants below (narrower
--- than service_role's `grant all`), and a policy `to suparag_worker` names
--- each thing it may do where RLS is on, so the grants read as the whole list
--- and a role created without bypassrls still reads and writes. It is `nologin`: an operator gives it a login and password
--- (docs/deploy.md), so no secret is in a migration. Roles are per cluster, so
--- it is created only when missing (a branch or a second database reuses it).
+-- It is not `bypassrls` (on hosted Supabase's PostgreSQL 15 only a superuser
+-- may grant that, and nobody has superuser there), so it is created the same on
+-- every PostgreSQL: RLS applies to it, and a policy `to suparag_worker` names
+-- each thing it may do where RLS is on, beside the grants that bound its reach
+-- (narrower than service_role's `grant all`). The chunk write-back is a plain
+-- INSERT for this reason: PostgreSQL refuses COPY FROM into a table whose RLS
+-- applies to the copier. Once it `set role authenticated` for an asker, the
+-- asker's policies apply. It is `nologin`: an operator gives it a login and
+-- password (docs/deploy.md), so no secret is in a migration. Roles are per
+-- cluster, so it is created only when missing (a branch or a second database
+-- reuses it).
 
 do $$
 begin
   if not exists (select 1 from pg_catalog.pg_roles where rolname = 'suparag_worker') then
-    begin
-      create role suparag_worker nologin noinherit bypassrls;
-    exception when insufficient_privilege then
-      -- PostgreSQL 15 lets only a superuser grant bypassrls (16+: a role that has it).
-      -- The policies below then still let the worker read and write, but the chunk
-      -- write-back's COPY needs it: ask for `alter role suparag_worker bypassrls`.
-      create role suparag_worker nologin noinherit;
-      raise warning 'suparag_worker was created without bypassrls (this role may not grant '
-        'it); the worker''s chunk write-back (COPY) needs it: run as a superuser '
-        '`alter role suparag_worker bypassrls`';
-    end;
+    create role suparag_worker nologin noinherit;
   end if;
 end
 $$;
@@ -51,10 +44,26 @@ grant authenticated to suparag_worker;
 
 grant usage on schema suparag_private, suparag_search, extensions to suparag_worker;
 
--- auth.users: only the columns that make the claims (worker/users.py).
-grant usage on schema auth to suparag_worker;
-grant select (id, email, raw_app_meta_data, raw_user_meta_data, created_at)
-  on auth.users to suparag_worker;
+-- auth.users: only the columns that make an asker's claims, one user at a time
+-- (worker/users.py asker). A function that runs as its owner, because auth.users
+-- has RLS on and belongs to Auth's admin role, so no policy of ours may name the
+-- worker there; execute is the worker's (and service_role's) only.
+create function suparag_private.asker(p_user_id uuid)
+returns table (id uuid, email text, app_metadata jsonb, user_metadata jsonb)
+language sql
+stable
+security definer
+set search_path = ''
+as $$
+  select u.id, u.email::text, u.raw_app_meta_data, u.raw_user_meta_data
+  from auth.users u
+  where u.id = p_user_id
+$$;
+comment on function suparag_private.asker(uuid) is
+  'The columns of one auth.users row that make its JWT claims, for the answer worker '
+  '(suparag_worker has no other access to auth.users).';
+revoke execute on function suparag_private.asker(uuid) from public;
+grant execute on function suparag_private.asker(uuid) to suparag_worker, service_role;
 
 -- Documents: read them; set only the status columns.
 grant select, update (embedding_status, embedding_model, embedded_at, embedding_error)

@@ -37,7 +37,7 @@ from worker.models.base import LLM, Embedder, Message, Usage
 from worker.models.cache import CachedEmbedder
 from worker.search import retrieve
 from worker.spaces import get_space, space_embedder
-from worker.users import find_user
+from worker.users import asker as find_asker
 
 log = logging.getLogger("suparag.answering")
 
@@ -205,7 +205,7 @@ class AnswerWorker(QueueWorker[AnswerResult]):
                 " from public.questions where id = %s", (job["question_id"],)).fetchone()
             if question is None:
                 return AnswerResult(gone=1)  # deleted with its job; nothing to release
-            asker = find_user(conn, str(question["asker_id"]))
+            asker = find_asker(conn, question["asker_id"])
         claims = asker.claims()
         passages = self._retrieve(question, claims)
         history = self._history(question, claims) if self.llm is not None else []

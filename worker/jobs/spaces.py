@@ -132,9 +132,11 @@ class SpaceFiller:
                 if chunk.embed_text in by_text]
         with conn.cursor() as cur:
             cur.executemany(
+                # The chunks are new (the write-back just replaced them), so a plain
+                # insert: no upsert, which would need UPDATE, a right suparag_worker
+                # has not (migration 20261202100000).
                 "insert into suparag_search.chunk_vectors (space_id, chunk_id, embedding)"
-                " values (%s, %s, %s) on conflict (space_id, chunk_id)"
-                " do update set embedding = excluded.embedding, written_at = now()", rows)
+                " values (%s, %s, %s)", rows)
 
     def backfill(self, conn: psycopg.Connection[Any],
                  chunk: Callable[[str, str], list[Chunk]], *, limit: int | None = None) -> int:
