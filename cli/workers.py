@@ -16,7 +16,6 @@ from rich.logging import RichHandler
 
 from cli._common import DbUrlOption, JsonOption, err_console, print_json, resolve_db_url
 from worker.jobs.batching import DEFAULT_TOKEN_BUDGET
-from worker.jobs.embedding import overlap_pays
 from worker.jobs.queue import WorkerConfig
 from worker.jobs.service import Service, ServiceConfig
 from worker.logs import JsonFormatter
@@ -62,13 +61,6 @@ def worker(
                           "sorted by length, each padded to the call's longest); the "
                           "README has the measurement behind the default.")
     ] = DEFAULT_TOKEN_BUDGET,
-    overlap: Annotated[
-        bool | None, typer.Option("--overlap/--no-overlap", envvar="SUPARAG_WORKER_OVERLAP",
-                                  help="Claim, chunk and write back beside the model. Default: "
-                                  "only when the model is not on this machine's CPU (a local "
-                                  "model uses every core; see the README).",
-                                  show_default=False)
-    ] = None,
     sweep: Annotated[
         float, typer.Option(min=0.5, envvar="SUPARAG_WORKER_SWEEP",
                             help="Seconds between sweeps of the queue when no "
@@ -159,8 +151,7 @@ def worker(
         workers.append(EmbeddingWorker(
             url, MeteredEmbedder(embedder, url, feature="embedding.documents"),
             config=WorkerConfig(batch_size=batch_size, max_attempts=max_attempts,
-                                lease_seconds=lease), token_budget=token_budget,
-            overlap=overlap_pays(embedder) if overlap is None else overlap))
+                                lease_seconds=lease), token_budget=token_budget))
     if only != Only.embeddings:
         workers.append(AnswerWorker(url, embedder, llm=llm_from_settings(settings),
                                     config=AnswerConfig(max_attempts=max_attempts,

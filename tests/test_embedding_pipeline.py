@@ -79,7 +79,7 @@ def test_a_version_bump_while_the_batch_waits_in_the_pipeline_is_dropped(
                 bumped.set()
 
     model = Hooked(embedder, hook)
-    worker = EmbeddingWorker(db_url, model, config=WorkerConfig(batch_size=1), overlap=True)
+    worker = EmbeddingWorker(db_url, model, config=WorkerConfig(batch_size=1))
     try:
         total = worker.drain()
     finally:
@@ -105,7 +105,7 @@ def test_stopping_mid_pipeline_finishes_what_was_claimed_and_loses_nothing(
             stop.set()  # SIGTERM while the first batch embeds and the second waits
 
     worker = EmbeddingWorker(db_url, Hooked(embedder, hook),
-                             config=WorkerConfig(batch_size=1), overlap=True)
+                             config=WorkerConfig(batch_size=1))
     try:
         total = worker.drain(should_stop=stop.is_set)
     finally:
@@ -138,7 +138,7 @@ def test_leases_are_renewed_while_a_batch_waits_behind_a_slow_model_call(
                 " where leased_by = %s and leased_until < now()",
                 (config.worker_id,)).fetchone()["n"])
 
-    worker = EmbeddingWorker(db_url, Hooked(embedder, hook), config=config, overlap=True)
+    worker = EmbeddingWorker(db_url, Hooked(embedder, hook), config=config)
     try:
         total = worker.drain()
     finally:
@@ -184,16 +184,3 @@ def test_the_worker_sizes_its_model_calls_by_tokens(conn, world, db_url, embedde
     for call in model.calls:
         cost = padded_cost([embedder.count_tokens(t) + SPECIAL_TOKENS for t in call])
         assert cost <= budget or len(call) == 1, (cost, len(call))
-
-
-def test_a_model_on_this_cpu_runs_its_stages_in_turn_and_a_remote_one_overlaps(embedder):
-    """A local model already uses every core: the database side waits its turn (on 2 cores
-    overlapping cost 0.57 of the bare model's rate against 0.90 in turn); a remote model
-    leaves the CPU free, so the database side runs beside it."""
-    from worker.jobs.embedding import overlap_pays
-    from worker.models.openai import OpenAIEmbedder
-
-    assert embedder.computes_here and not overlap_pays(embedder)
-    remote = OpenAIEmbedder(model="text-embedding-3-small", api_key="sk-test",
-                            base_url="http://127.0.0.1:9/v1")
-    assert overlap_pays(remote)

@@ -99,16 +99,6 @@ class _Batch:
 Outcomes = list[tuple[_Plan, Exception | None]]
 
 
-def overlap_pays(embedder: Embedder) -> bool:
-    """Whether the database side should run beside the model. Not for a model that
-    computes on this machine's CPU: it already uses every core (torch's and ONNX
-    Runtime's threads), and work beside it makes those threads wait on each other.
-    On 2 cores, `suparag bench worker --docs 300` ran end to end at 0.57 of the bare
-    model overlapped and 0.90 in turn (session 6). A remote model (an
-    OpenAI-compatible server, a GPU box) leaves the CPU to the database side."""
-    return not getattr(embedder, "computes_here", False)
-
-
 class EmbeddingWorker(QueueWorker[BatchResult]):
     """Drains the embedding queue of one database.
 
@@ -121,15 +111,13 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
 
     def __init__(self, db_url: str, embedder: Embedder, *,
                  config: WorkerConfig | None = None,
-                 token_budget: int = DEFAULT_TOKEN_BUDGET, overlap: bool | None = None) -> None:
+                 token_budget: int = DEFAULT_TOKEN_BUDGET) -> None:
         super().__init__(db_url, BatchResult, config=config or WorkerConfig())
         if token_budget < 1:
             raise ConfigError(f"token budget {token_budget}: give at least 1 token per call")
         self.embedder = embedder
         self.spaces = SpaceFiller()
         self.token_budget = token_budget
-        #: Whether the database side runs beside the model (worker/jobs/pipeline.py).
-        self.overlap = overlap_pays(embedder) if overlap is None else overlap
         self.estimate = DocumentEstimate(budget=token_budget, cap=self.config.batch_size)
         self._in_flight: dict[int, dict[str, Any]] = {}  # job id -> job; the db thread's
         self._tokens = 0  # tokens given to the model since the embed stage began
@@ -163,10 +151,7 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
 
     def drain(self, *, on_batch: Callable[[BatchResult], None] | None = None,
               should_stop: Callable[[], bool] | None = None) -> BatchResult:
-        """Batches until nothing is due: the database side beside the model when that
-        pays (self.overlap), else each batch's stages in turn."""
-        if not self.overlap:
-            return super().drain(on_batch=on_batch, should_stop=should_stop)
+        """Batches until nothing is due, the database side overlapping the model."""
         pipeline = Pipeline(self, tally=BatchResult, lease_seconds=self.config.lease_seconds)
         return pipeline.drain(on_batch=on_batch, should_stop=should_stop)
 

@@ -34,11 +34,6 @@ class SentenceTransformerEmbedder:
     load from the Hugging Face cache or hub.
     """
 
-    @property
-    def computes_here(self) -> bool:
-        """On this machine's CPU (see worker.jobs.embedding.overlap_pays); a GPU is not."""
-        return self.device == "cpu"
-
     def __init__(self, name: str = DEFAULT_MODEL, *, device: str = "cpu",
                  batch_size: int = 64) -> None:
         self.name = name

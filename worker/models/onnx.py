@@ -94,9 +94,6 @@ class OnnxInt8Embedder:
     batch_size at a time, so padding stays small.
     """
 
-    #: Computes on this machine's CPU (see worker.jobs.embedding.overlap_pays).
-    computes_here = True
-
     def __init__(self, name: str = DEFAULT_MODEL, *, batch_size: int = 64,
                  threads: int | None = None) -> None:
         self.model = name
