@@ -151,9 +151,18 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
 
     def drain(self, *, on_batch: Callable[[BatchResult], None] | None = None,
               should_stop: Callable[[], bool] | None = None) -> BatchResult:
-        """Batches until nothing is due, the database side overlapping the model."""
+        """Batches until nothing is due, the database side overlapping the model.
+
+        The pipeline claims batch N+1 before batch N is written back, so a job that
+        batch N scheduled for a retry (due at once with no backoff) can be missed by
+        that claim: the pipeline runs again until a pass claims nothing."""
         pipeline = Pipeline(self, tally=BatchResult, lease_seconds=self.config.lease_seconds)
-        return pipeline.drain(on_batch=on_batch, should_stop=should_stop)
+        total = BatchResult()
+        while True:
+            result = pipeline.drain(on_batch=on_batch, should_stop=should_stop)
+            total.add(result)
+            if result.claimed == 0 or (should_stop is not None and should_stop()):
+                return total
 
     # -- the stages (worker/jobs/pipeline.py says which thread runs which) ------------------
 
