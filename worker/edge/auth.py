@@ -19,23 +19,17 @@ with a `WWW-Authenticate` challenge, as the dev API's `/rest/v1` answers.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import jwt
-
 from worker.errors import ApiError, InvalidToken
+from worker.tokens import API_ROLES, TokenVerifier, jwks_url_for
 
-API_ROLES = frozenset({"anon", "authenticated", "service_role"})
-_ASYMMETRIC = ("RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA")
+__all__ = ["API_ROLES", "Gateway", "bearer_token", "jwks_url_for"]
+
 _CHALLENGE = 'Bearer error="invalid_token", error_description="{}"'
 _KEY_HINT = ("Send the project's anon key as the apikey header and the signed-in "
              "user's access token as Authorization: Bearer.")
-
-
-def jwks_url_for(supabase_url: str) -> str:
-    """Where a Supabase project publishes its signing keys."""
-    return supabase_url.rstrip("/") + "/auth/v1/.well-known/jwks.json"
 
 
 def bearer_token(headers: Mapping[str, str]) -> str | None:
@@ -46,56 +40,12 @@ def bearer_token(headers: Mapping[str, str]) -> str | None:
     return headers.get("apikey") or None
 
 
-@dataclass
-class Gateway:
-    """The project's keys and how to verify its tokens."""
+@dataclass(kw_only=True)
+class Gateway(TokenVerifier):
+    """The project's keys and how to verify its tokens (worker/tokens.py)."""
 
     #: The project's API keys (anon, service_role) accepted in the `apikey` header.
     api_keys: frozenset[str]
-    jwt_secret: str | None = None
-    jwks_url: str | None = None
-    _jwks: Any = field(default=None, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if not self.jwt_secret and not self.jwks_url:
-            raise ValueError("the gateway needs the JWT secret or a JWKS URL")
-
-    def verify(self, token: str) -> dict[str, Any]:
-        """The claims of a valid project token, or InvalidToken saying what is wrong."""
-        try:
-            alg = jwt.get_unverified_header(token).get("alg")
-        except jwt.InvalidTokenError as exc:
-            raise InvalidToken(f"invalid JWT: {exc}") from exc
-        key: Any
-        if alg == "HS256" and self.jwt_secret:
-            key = self.jwt_secret
-        elif alg in _ASYMMETRIC and self.jwks_url:
-            key = self._signing_key(token)
-        else:
-            raise InvalidToken(f"invalid JWT: algorithm {alg!r} is not accepted here: use "
-                               "an access token this project issued")
-        try:
-            claims: dict[str, Any] = jwt.decode(
-                token, key, algorithms=[alg], options={"verify_aud": False, "require": ["exp"]})
-        except jwt.ExpiredSignatureError as exc:
-            raise InvalidToken("JWT expired: refresh the session for a fresh access token",
-                               expired=True) from exc
-        except jwt.InvalidTokenError as exc:
-            raise InvalidToken(f"invalid JWT: {exc}") from exc
-        if claims.get("role") not in API_ROLES:
-            raise InvalidToken(f"JWT role {claims.get('role')!r} is not an API role")
-        return claims
-
-    def _signing_key(self, token: str) -> Any:
-        if self._jwks is None:
-            # Keys cached for 10 minutes; an unknown kid refetches (a rotated key).
-            self._jwks = jwt.PyJWKClient(self.jwks_url or "", cache_keys=True, lifespan=600,
-                                         timeout=5)
-        try:
-            return self._jwks.get_signing_key_from_jwt(token).key
-        except jwt.PyJWKClientError as exc:
-            raise InvalidToken(f"invalid JWT: no signing key for it at {self.jwks_url}: "
-                               f"{exc}") from exc
 
     def claims(self, headers: Mapping[str, str], *, verify_jwt: bool = True
                ) -> dict[str, Any] | None:
