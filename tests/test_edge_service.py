@@ -362,6 +362,32 @@ def test_metrics_count_what_was_served_and_the_cache_hits(corpus_db, embedder):
     assert ("suparag_queue_depth", (("queue", "answers"),)) in seen
 
 
+def test_a_search_is_bounded_by_the_callers_role_statement_timeout(service):
+    """As PostgREST does, the role's own `statement_timeout` applies to a search made for
+    it: a search stuck behind a lock ends at authenticated's limit, not never."""
+    with connect(service.db_url) as conn:
+        database = conn.execute("select current_database() as d").fetchone()["d"]
+        conn.execute(f'alter role authenticated in database "{database}"'
+                     " set statement_timeout = '300ms'")
+        conn.commit()
+        try:
+            conn.execute("lock table public.documents in access exclusive mode")
+            stuck = service.post("search", {"query": "raft"}, token=service.token("alice"))
+            conn.rollback()
+            assert stuck.status_code == 503, stuck.text
+            assert stuck.json()["code"] == "57014"
+            assert "statement timeout" in stuck.json()["message"]
+            # With the lock gone the same search answers; the setting did not outlive
+            # the request that applied it.
+            assert service.titles(service.post("search", {"query": "raft"},
+                                               token=service.token("alice")))
+        finally:
+            conn.rollback()
+            conn.execute(f'alter role authenticated in database "{database}"'
+                         " reset statement_timeout")
+            conn.commit()
+
+
 def test_health_says_whether_the_database_answers(service):
     response = httpx.get(f"{service.url}/health")
     assert response.status_code == 200 and response.json() == {"status": "ok"}

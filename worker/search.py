@@ -166,6 +166,7 @@ def retrieve(
     hybrid_text: str | None = None,
     weights: HybridWeights | None = None,
     space: str | None = None,
+    role_settings: bool = False,
 ) -> list[dict[str, Any]]:
     """The rows `match_documents` (or, given hybrid_text, `hybrid_search`) returns to
     the caller (claims; None = anon), run as the caller in its own transaction.
@@ -174,7 +175,9 @@ def retrieve(
     Only vectors stored under `model` are compared, in the embedding space
     `space` (None: the active one; see worker/spaces.py). `weights`: hybrid_search's
     fusion setting (None: its defaults). Search, the answer worker and `suparag eval`
-    read through here.
+    read through here. `role_settings`: apply the caller's role's own settings (its
+    `statement_timeout`) as PostgREST does per request; for searches made on a
+    caller's behalf over HTTP (the edge functions).
     """
     params: dict[str, Any] = {
         "query": hybrid_text,
@@ -191,7 +194,7 @@ def retrieve(
     statement = _MATCH if hybrid_text is None else _HYBRID.replace(
         "{weights}", _WEIGHTS if weights is not None else "")
     ensure_vector_types(conn)
-    with as_request(conn, claims):
+    with as_request(conn, claims, role_settings=role_settings):
         return conn.execute(statement, params).fetchall()
 
 

@@ -8,6 +8,8 @@
   `{"results": [...], "model"}`: `match_documents` (or `hybrid_search`) run inside
   `worker.db.as_request` with the caller's verified claims, i.e. `set local role` to the
   JWT's role and `request.jwt.claims`, as PostgREST does: RLS decides what comes back.
+  The role's own settings apply too (`statement_timeout`: Supabase gives anon 3 s and
+  authenticated 8 s); a search that runs out answers 503 with code `57014`.
 - `POST /functions/v1/wake`: `pg_notify` on every worker queue's channel (where
   `suparag_private.settings.worker_url` may point); needs the wake secret when one is
   set (SUPARAG_WAKE_SECRET, else the Vault secret `suparag_wake_secret`), no JWT.
@@ -351,7 +353,8 @@ class EdgeFunctions:
                     rows = search_mod.retrieve(
                         conn, vector, claims=claims, model=embedder.name, k=wanted.k,
                         metadata_filter=wanted.filter, space=wanted.space,
-                        hybrid_text=wanted.query if wanted.hybrid else None)
+                        hybrid_text=wanted.query if wanted.hybrid else None,
+                        role_settings=True)
                 except psycopg.Error as exc:
                     raise _database_error(exc) from exc
                 return (embedder.name, rows, embedded - started,
