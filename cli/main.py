@@ -103,20 +103,30 @@ def init(
     directory: Annotated[
         Path, typer.Argument(help="Project folder; its supabase/ folder is created if missing.")
     ] = Path("."),
+    edge_function: Annotated[
+        bool, typer.Option(help="Also write supabase/functions/embed/index.ts: query "
+                           "embeddings with Supabase's built-in gte-small, for a space whose "
+                           "model is gte-small (docs/edge-functions.md).")
+    ] = True,
 ) -> None:
-    """Write suparag's migrations (and a config.toml if none) into a Supabase project.
+    """Write suparag's migrations (and a config.toml if none) into a Supabase project,
+    and the `embed` Edge Function (gte-small) unless --no-edge-function.
 
-    Then `supabase db push` deploys them to your project.
+    Then `supabase db push` deploys the migrations to your project, and
+    `supabase functions deploy embed` the function. Nothing already there is
+    overwritten.
     """
     from cli._common import console
     from worker.project import init_project
 
-    result = init_project(directory)
+    result = init_project(directory, edge_functions=edge_function)
     for path in result.written:
         console.print(f"wrote [green]{path}[/green]")
     for path in result.unchanged:
         console.print(f"kept  {path}")
-    console.print("Next: `supabase link` to your project, then `supabase db push`.")
+    console.print("Next: `supabase link` to your project, then `supabase db push`"
+                  + (" (and `supabase functions deploy embed` for gte-small query "
+                     "embeddings)." if edge_function else "."))
 
 
 def main() -> None:

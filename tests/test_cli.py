@@ -16,7 +16,7 @@ import pytest
 from conftest import free_port, port_taken
 
 from worker.devstack.postgres import _bin
-from worker.schema import migrations_dir
+from worker.schema import edge_functions_dir, migrations_dir
 
 SUPARAG = str(Path(sys.executable).parent / "suparag")
 MIGRATIONS = len(list(migrations_dir().glob("*.sql")))
@@ -169,8 +169,16 @@ def test_init_writes_a_supabase_project(cli, tmp_path):
     written = sorted(p.name for p in (target / "supabase" / "migrations").iterdir())
     assert written == sorted(p.name for p in migrations_dir().iterdir())
     assert (target / "supabase" / "config.toml").exists()
+    function = target / "supabase" / "functions" / "embed" / "index.ts"
+    assert function.read_text() == (edge_functions_dir() / "embed" / "index.ts").read_text()
     assert "wrote" in out
+    # A second run keeps everything, the function the project edited included.
+    function.write_text(function.read_text() + "\n// the project's own edit\n")
     assert "kept" in cli("init", str(target)).stdout
+    assert function.read_text().endswith("// the project's own edit\n")
+    bare = tmp_path / "bare"
+    cli("init", str(bare), "--no-edge-function")
+    assert not (bare / "supabase" / "functions").exists()
     # A landed migration that differs is never overwritten.
     first = target / "supabase" / "migrations" / written[0]
     first.write_text(first.read_text() + "\n-- local edit\n")

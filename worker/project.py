@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker.errors import ConfigError
-from worker.schema import discover, supabase_config
+from worker.schema import discover, edge_functions_dir, supabase_config
 
 
 @dataclass
@@ -19,11 +19,14 @@ class InitResult:
     unchanged: list[Path] = field(default_factory=list)
 
 
-def init_project(directory: Path) -> InitResult:
-    """Write the migrations (and a config.toml if there is none) under directory/supabase.
+def init_project(directory: Path, *, edge_functions: bool = True) -> InitResult:
+    """Write the migrations (and a config.toml if there is none) under directory/supabase,
+    and with edge_functions the Supabase Edge Function `embed` (gte-small, for queries
+    without a Python service: docs/edge-functions.md) under supabase/functions.
 
     Never overwrites: a migration file with the same name but other content is
-    an error, since landed migrations must not change.
+    an error, since landed migrations must not change; a function file that is
+    already there is kept as it is (it is the project's code to edit).
     """
     target = directory / "supabase"
     migrations = target / "migrations"
@@ -47,4 +50,14 @@ def init_project(directory: Path) -> InitResult:
     else:
         shutil.copyfile(supabase_config(), config)
         result.written.append(config)
+    if edge_functions:
+        source = edge_functions_dir()
+        for path in sorted(p for p in source.rglob("*") if p.is_file()):
+            dest = target / "functions" / path.relative_to(source)
+            if dest.exists():
+                result.unchanged.append(dest)
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, dest)
+            result.written.append(dest)
     return result

@@ -50,6 +50,11 @@ def supabase_config() -> Path:
     return _pick(_PACKAGE / "_data" / "config.toml", _CHECKOUT / "supabase" / "config.toml")
 
 
+def edge_functions_dir() -> Path:
+    """The Supabase Edge Functions `suparag init` writes (embed with gte-small)."""
+    return _pick(_PACKAGE / "_data" / "functions", _CHECKOUT / "supabase" / "functions")
+
+
 def standin_sql() -> Path:
     """The local-only SQL that makes plain PostgreSQL look like a Supabase database."""
     return _pick(_PACKAGE / "_data" / "sql", _CHECKOUT / "sql") / "supabase_standin.sql"
