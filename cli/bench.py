@@ -321,6 +321,8 @@ def spaces(
         "switch.")] = 5.0,
     batch_size: Annotated[int, typer.Option(min=1, max=1024, help="Chunks per model call, "
                                             "for the bare model and the worker.")] = 64,
+    bare_sample: Annotated[int, typer.Option(min=1, help="Chunks the bare model is timed on "
+                                             "(a random sample of the loaded ones).")] = 2_000,
     db_url: BenchDbUrl = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -331,5 +333,6 @@ def spaces(
     from bench._common import emit
 
     result = bench_spaces.run(chunks=chunks, rate=rate, phase_seconds=phase_seconds,
-                              batch_size=batch_size, db_url=db_url)
+                              batch_size=batch_size, bare_sample=bare_sample,
+                              db_url=db_url)
     emit(result, json_out, bench_spaces.print_report)
