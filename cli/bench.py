@@ -256,7 +256,9 @@ def search_api(
     db_url: BenchDbUrl = None,
     json_out: JsonOption = False,
 ) -> None:
-    """POST /functions/v1/search on the real `suparag serve`: p50/p95 end to end and the
+    """Search over HTTP as signed-in users: p95 cold and warm. Goals: 50 / 15 ms.
+
+    POST /functions/v1/search on the real `suparag serve`: p50/p95 end to end and the
     model's share, query-vector cache cold then warm. Goals: p95 <= 50 ms cold, <= 15 warm."""
     from bench import search_api as bench_search_api
     from bench._common import emit
@@ -272,8 +274,10 @@ def ingest_pdf(
                                         "are reported.")] = 3,
     json_out: JsonOption = False,
 ) -> None:
-    """PDF ingest speed in pages per second: `suparag ingest`'s reading of a text PDF
-    (PDFium's per-page text, page markers, clean-up), without the upsert or embedding."""
+    """PDF ingest speed in pages per second.
+
+    `suparag ingest`'s reading of a text PDF (PDFium's per-page text, page markers,
+    clean-up), without the upsert or embedding."""
     from bench import ingest_pdf as bench_pdf
     from bench._common import emit
 
@@ -326,7 +330,9 @@ def spaces(
     db_url: BenchDbUrl = None,
     json_out: JsonOption = False,
 ) -> None:
-    """A model change under load: search p50/p95 before, during and after filling a second
+    """A model change under load: searches during a backfill and across activate.
+
+    Search p50/p95 before, during and after filling a second
     embedding space and across `activate`; failed searches (goal 0); backfill rate vs the
     bare model (goal >= 0.85); time from activate to the first answer from the new space."""
     from bench import spaces as bench_spaces
