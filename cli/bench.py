@@ -83,7 +83,7 @@ def freshness(
     db_url: BenchDbUrl = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Commit-to-embedded latency of single inserts at a steady rate. Goal: p95 <= 500 ms.
+    """Commit-to-embedded latency of single inserts at a steady rate. Goal: p95 <= 100 ms.
 
     Measured by the client (commit return to the first 5 ms poll that sees
     the document ready) and by the database's own clock (embedded_at -

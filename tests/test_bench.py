@@ -83,7 +83,7 @@ def test_bench_freshness(db_url):
     for key in ("commit_to_ready_ms", "db_created_to_embedded_ms", "model_alone_ms"):
         assert_summary(r[key])
     assert set(r["pipeline_ms"]) == {"p50", "p95", "max", "mean"}
-    assert r["goal_p95_ms"] == 500 and r["pass"] == (r["commit_to_ready_ms"]["p95"] <= 500)
+    assert r["goal_p95_ms"] == 100 and r["pass"] == (r["commit_to_ready_ms"]["p95"] <= 100)
     assert leftovers(db_url) == {"users": 0, "docs": 0, "chunks": 0, "jobs": 0}
 
 
