@@ -342,3 +342,19 @@ def spaces(
                               batch_size=batch_size, bare_sample=bare_sample,
                               db_url=db_url)
     emit(result, json_out, bench_spaces.print_report)
+
+
+@app.command("cli")
+def cli_speed(
+    runs: Annotated[int, typer.Option(min=1, max=1000, help="Timed runs of each command.")] = 10,
+    docs: Annotated[int, typer.Option(min=1, max=1_000_000, help="Documents to search "
+                                      "(random vectors under the configured model).")] = 1000,
+    db_url: BenchDbUrl = None,
+    json_out: JsonOption = False,
+) -> None:
+    """`suparag --help` and `suparag search` as new processes, with the local stack running
+    (started by the bench). Goals: search under 1 s wall, --help under 0.5 s (issue 16)."""
+    from bench import cli_speed as bench_cli
+    from bench._common import emit
+
+    emit(bench_cli.run(runs=runs, docs=docs, db_url=db_url), json_out, bench_cli.print_report)

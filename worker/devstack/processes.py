@@ -6,6 +6,11 @@ CLI), with its pid in SUPARAG_HOME/api.pid and its output in SUPARAG_HOME/logs/a
 The worker runs the same way, with SUPARAG_HOME/worker.pid and
 SUPARAG_HOME/logs/worker.log; the caller says how to start it (the CLI passes its
 own `suparag worker`), so this supervisor never names a layer above it.
+
+Reading a process's status needs no HTTP client: httpx (a tenth of a second to
+import, with httpcore and h2) is imported only where a health check is made,
+because every CLI command that finds the local stack imports this module and
+`suparag search` must start fast (issue 16).
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 
 from worker.devstack.postgres import check_port_free, free_port
@@ -143,6 +147,8 @@ class LocalApi(_Detached):
             [sys.executable, "-m", MODULE, "--db-url", db_url, "--home", str(self.home),
              "--port", str(self.port)],
             port=self.port, db_url=db_url)
+        import httpx  # here, not at the top: see the module docstring
+
         deadline = time.monotonic() + self.READY_SECONDS
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -174,6 +180,8 @@ class WorkerStatus:
 
     def health(self) -> dict[str, Any] | None:
         """What the worker reports on GET /health, or None if it does not answer."""
+        import httpx  # here, not at the top: see the module docstring
+
         if self.http_port is None:
             return None
         try:

@@ -3,6 +3,9 @@
 Like `supabase start`: one HS256 secret per project, an anon key and a
 service_role key that are JWTs with a `role` claim. The secret is generated
 once and kept in SUPARAG_HOME/keys.json (mode 0600).
+
+PyJWT (with cryptography, a tenth of a second to import) is imported where a
+token is signed or verified: `suparag search` only reads the anon key (issue 16).
 """
 
 from __future__ import annotations
@@ -14,8 +17,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import jwt
 
 from worker.errors import InvalidToken
 from worker.users import User
@@ -36,6 +37,8 @@ class ProjectKeys:
 
     def sign(self, claims: dict[str, Any]) -> str:
         """A token for claims, signed with the project secret."""
+        import jwt
+
         return jwt.encode(claims, self.jwt_secret, algorithm=ALGORITHM)
 
     def access_token(self, user: User, *, lifetime: int = ACCESS_TOKEN_LIFETIME,
@@ -50,6 +53,8 @@ class ProjectKeys:
 
     def verify(self, token: str) -> dict[str, Any]:
         """The claims of a valid token, or InvalidToken saying what is wrong."""
+        import jwt
+
         try:
             claims: dict[str, Any] = jwt.decode(
                 token, self.jwt_secret, algorithms=[ALGORITHM],
@@ -66,6 +71,8 @@ class ProjectKeys:
 
 def generate() -> ProjectKeys:
     """A fresh secret and the anon and service_role keys signed with it."""
+    import jwt
+
     secret = secrets.token_urlsafe(48)
     now = int(time.time())
 
