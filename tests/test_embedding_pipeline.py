@@ -184,3 +184,60 @@ def test_the_worker_sizes_its_model_calls_by_tokens(conn, world, db_url, embedde
     for call in model.calls:
         cost = padded_cost([embedder.count_tokens(t) + SPECIAL_TOKENS for t in call])
         assert cost <= budget or len(call) == 1, (cost, len(call))
+
+
+def test_a_claim_takes_several_budgets_and_sorts_their_texts_together(
+        conn, world, db_url, embedder):
+    conn.execute("delete from suparag_private.embedding_jobs")
+    conn.commit()
+    sentence = "The quick brown fox jumps over the lazy dog near the river bank. "
+    contents = ["\n\n".join(f"Note {d}.{p}: " + sentence * (2 + p % 5) for p in range(n))
+                for d, n in enumerate((1, 3, 8, 2, 5, 1, 12, 4))]  # no two chunks alike
+    ids = insert_docs(conn, world, contents)
+    model = Hooked(embedder, lambda call, texts: None)
+    worker = EmbeddingWorker(db_url, model, config=WorkerConfig(batch_size=64),
+                             token_budget=600, claim_budgets=8)
+    try:
+        worker.drain()
+    finally:
+        worker.close()
+    assert set(status(conn, ids).values()) == {"ready"}
+    assert len(model.calls) > 2
+    # One claim of all eight documents: every call's texts follow the last call's in
+    # length, across documents (a claim of one budget restarts the order per claim).
+    lengths = [embedder.count_tokens(t) for call in model.calls for t in call]
+    assert lengths == sorted(lengths)
+
+
+def test_an_edit_committed_during_a_big_bulk_claim_is_embedded_between_its_calls(
+        conn, world, db_url, embedder):
+    conn.execute("delete from suparag_private.embedding_jobs")
+    conn.commit()
+    paragraph = "Every nightly backup of the primary replica is checked by the team. " * 5
+    bulk = [r["id"] for r in conn.execute(
+        "insert into public.documents (owner_id, title, content)"
+        " select %s, 'bulk ' || i, repeat(%s, 3) from generate_series(1, 16) i returning id",
+        (world.users["alice"].id, paragraph + "\n\n")).fetchall()]  # one statement: bulk
+    conn.commit()
+    urgent: list[object] = []
+
+    def hook(call, texts):
+        time.sleep(0.2)  # a model call long enough for the database thread's question
+        if call == 1:
+            time.sleep(1.0)  # the claim behind this batch (nothing is left) has run
+            urgent.extend(insert_docs(conn, world, ["an urgent single edit"]))
+
+    model = Hooked(embedder, hook)
+    worker = EmbeddingWorker(db_url, model, config=WorkerConfig(batch_size=64),
+                             token_budget=600, claim_budgets=32)
+    try:
+        total = worker.drain()
+    finally:
+        worker.close()
+    assert total.embedded == len(bulk) + 1
+    assert set(status(conn, [*bulk, *urgent]).values()) == {"ready"}
+    edit = next(i for i, call in enumerate(model.calls) if any("urgent" in t for t in call))
+    bulk_calls = [i for i, call in enumerate(model.calls)
+                  if any("nightly backup" in t for t in call)]
+    assert len(bulk_calls) >= 4  # the bulk documents were one claim of many calls...
+    assert bulk_calls[0] < edit < bulk_calls[-1]  # ...and the edit did not wait for it

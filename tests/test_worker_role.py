@@ -61,13 +61,14 @@ def test_embed_and_answer_paths_as_the_worker_role(conn, worker_url, embedder) -
                 "insert into public.documents (owner_id, title, content, visibility)"
                 " values (%s, %s, %s, %s) returning id",
                 (user.id, title, text, visibility)).fetchone()["id"])
-    embedding = EmbeddingWorker(worker_url, MeteredEmbedder(embedder, worker_url,
-                                                            feature="embedding.documents"))
+    metered = MeteredEmbedder(embedder, worker_url, feature="embedding.documents")
+    embedding = EmbeddingWorker(worker_url, metered)
     try:
         totals = embedding.drain()
         assert embedding.seconds_until_due() is None
     finally:
         embedding.close()
+        metered.close()
     assert totals.embedded == 2 and totals.failed == totals.retrying == 0
     row = conn.execute("select count(*) filter (where embedding_status = 'ready') as ready,"
                        " (select count(*) from suparag_private.usage) as usage"

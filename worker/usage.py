@@ -9,6 +9,7 @@ closed to the API roles.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -106,13 +107,22 @@ def count_training_examples(conn: psycopg.Connection[Any], *, min_feedback: int 
 
 
 class MeteredEmbedder:
-    """An Embedder that records each embed call (tokens, latency) as `feature` usage."""
+    """An Embedder that records each embed call (tokens, latency) as `feature` usage.
+
+    The rows go through one connection kept open (not a new one per call: a
+    connection costs a PostgreSQL backend's start, on the model's thread, for
+    every model call; issue 16), committed asynchronously (a usage row lost
+    in a database crash is a row of metering, not of data). Calls from
+    several threads take turns on it.
+    """
 
     def __init__(self, inner: Embedder, db_url: str, *, feature: str) -> None:
         self.inner = inner
         self.db_url = db_url
         self.feature = feature
         self.name = inner.name
+        self._conn: psycopg.Connection[Any] | None = None
+        self._lock = threading.Lock()
 
     @property
     def dimensions(self) -> int:
@@ -135,9 +145,27 @@ class MeteredEmbedder:
         started = time.monotonic()
         vectors = self.inner.embed(texts)
         if texts:
+            tokens = sum(self.inner.count_tokens(t) for t in texts)
+            with self._lock:
+                try:
+                    record(self._connection(), feature=self.feature, model=self.name,
+                           started=started, input_tokens=tokens)
+                except psycopg.OperationalError:
+                    self.close()  # the next call connects again
+                    raise
+        return vectors
+
+    def close(self) -> None:
+        """Close the metering connection (the next call opens another)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
             from worker.db import connect
 
-            with connect(self.db_url) as conn:
-                record(conn, feature=self.feature, model=self.name, started=started,
-                       input_tokens=sum(self.inner.count_tokens(t) for t in texts))
-        return vectors
+            self._conn = connect(self.db_url)
+            self._conn.execute("set synchronous_commit = off")
+            self._conn.commit()
+        return self._conn

@@ -15,13 +15,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-#: Padded tokens per model call when none is configured. A batch is about one
-#: budget, and an edit committed during a bulk backlog waits for two to three
-#: batches in the pipeline (the one embedding, the one claimed behind it, its
-#: own), so the budget also bounds that wait: 2,048 tokens is about 12 chunks,
+#: Padded tokens per model call when none is configured. An edit committed
+#: during a bulk backlog is taken between two model calls of the bulk batch
+#: (worker/jobs/pipeline.py), so it waits for one or two calls and its own:
+#: the budget bounds that wait. 2,048 tokens is about 12 chunks,
 #: ~0.5 s of all-MiniLM-L6-v2 fp32 on this 2-core CPU when quiet. The README
 #: ("Issue 16 figures") has the throughput against the budget.
 DEFAULT_TOKEN_BUDGET = 2048
+
+#: Token budgets of documents one claim takes when none is configured. The
+#: claim's texts are sorted by length together, so the more budgets, the less
+#: each call pads and the fewer calls are a short tail; an edit committed
+#: meanwhile does not wait for the claim (worker/jobs/pipeline.py).
+DEFAULT_CLAIM_BUDGETS = 4
 
 #: Tokens a model adds to every input ([CLS] and [SEP] for BERT-like models).
 SPECIAL_TOKENS = 2
@@ -58,7 +64,7 @@ def model_calls(texts: Sequence[str], count_tokens: Callable[[str], int], *,
 
 
 class DocumentEstimate:
-    """How many documents to claim so that a batch holds about one budget of work.
+    """How many documents to claim so that a batch holds about budget tokens of work.
 
     Documents' sizes are unknown until they are read, so the worker keeps a
     running mean of tokens per claimed document and claims budget / mean of
@@ -70,8 +76,10 @@ class DocumentEstimate:
         self.cap = cap
         self.tokens_per_document = first_guess
 
-    def documents(self) -> int:
-        return max(1, min(self.cap, round(self.budget / max(self.tokens_per_document, 1.0))))
+    def documents(self, budget: int | None = None) -> int:
+        """Documents holding about budget tokens (default: the estimate's own budget)."""
+        wanted = self.budget if budget is None else budget
+        return max(1, min(self.cap, round(wanted / max(self.tokens_per_document, 1.0))))
 
     def observe(self, documents: int, tokens: int) -> None:
         """A claimed batch's size: documents read and the tokens their new chunks hold."""

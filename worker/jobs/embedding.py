@@ -24,7 +24,12 @@ from pgvector import Vector
 
 from worker.db import to_vector
 from worker.errors import ConfigError, EmbeddingJobError, EmbeddingServiceUnavailable
-from worker.jobs.batching import DEFAULT_TOKEN_BUDGET, DocumentEstimate, model_calls
+from worker.jobs.batching import (
+    DEFAULT_CLAIM_BUDGETS,
+    DEFAULT_TOKEN_BUDGET,
+    DocumentEstimate,
+    model_calls,
+)
 from worker.jobs.chunking import Chunk, chunk_document
 from worker.jobs.pipeline import Pipeline
 from worker.jobs.queue import EMBEDDINGS, Counts, QueueWorker, WorkerConfig
@@ -94,6 +99,7 @@ class _Batch:
     ready: list[_Plan]  # to embed
     early: BatchResult  # superseded or failed before the model saw them
     spaces: list[Space]  # the table spaces, read when the batch was claimed
+    bulk: bool = False  # holds bulk jobs, so an interactive one may be waiting behind it
 
 
 Outcomes = list[tuple[_Plan, Exception | None]]
@@ -103,22 +109,29 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
     """Drains the embedding queue of one database.
 
     config.batch_size caps the documents one claim takes; how many it takes
-    is chosen so that a batch holds about token_budget tokens of new chunks,
-    and each model call holds at most token_budget padded tokens.
+    is chosen so that a batch holds about claim_budgets x token_budget tokens
+    of new chunks, and each model call holds at most token_budget padded
+    tokens. Interactive jobs that fall due meanwhile are claimed about one
+    budget at a time between the batch's model calls (worker/jobs/pipeline.py).
     """
 
     queue = EMBEDDINGS
 
     def __init__(self, db_url: str, embedder: Embedder, *,
                  config: WorkerConfig | None = None,
-                 token_budget: int = DEFAULT_TOKEN_BUDGET) -> None:
+                 token_budget: int = DEFAULT_TOKEN_BUDGET,
+                 claim_budgets: int = DEFAULT_CLAIM_BUDGETS) -> None:
         super().__init__(db_url, BatchResult, config=config or WorkerConfig())
         if token_budget < 1:
             raise ConfigError(f"token budget {token_budget}: give at least 1 token per call")
+        if claim_budgets < 1:
+            raise ConfigError(f"claim budgets {claim_budgets}: a claim takes at least 1 budget")
         self.embedder = embedder
         self.spaces = SpaceFiller()
         self.token_budget = token_budget
-        self.estimate = DocumentEstimate(budget=token_budget, cap=self.config.batch_size)
+        self.claim_budgets = claim_budgets
+        self.estimate = DocumentEstimate(budget=token_budget * claim_budgets,
+                                         cap=self.config.batch_size)
         self._in_flight: dict[int, dict[str, Any]] = {}  # job id -> job; the db thread's
         self._tokens = 0  # tokens given to the model since the embed stage began
 
@@ -168,18 +181,39 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
 
     def prepare(self) -> _Batch | None:
         """Claim the next batch, read and chunk its documents; None when nothing is due."""
+        return self._prepare(self.estimate.documents())
+
+    def prepare_urgent(self) -> _Batch | None:
+        """Claim the interactive jobs due (about one budget of them), if any; else None."""
+        with self.conn.transaction():
+            row = self.conn.execute(
+                "select count(*) as n from (select 1 from suparag_private.embedding_jobs"
+                " where priority = 0 and status = 'queued' and run_after <= now()"
+                " and (leased_until is null or leased_until < now()) limit %s) due",
+                (self.estimate.documents(self.token_budget),)).fetchone()
+        due = int(row["n"]) if row else 0
+        # The claim takes interactive jobs first, so it takes these (or ones as urgent).
+        return self._prepare(due) if due else None
+
+    def _prepare(self, documents: int) -> _Batch | None:
         conn = self.conn
         started = time.perf_counter()
         with conn.transaction():
             jobs = conn.execute(
                 "select * from suparag_private.claim_embedding_jobs(%s, %s, %s)",
-                (self.config.worker_id, self.estimate.documents(), self.config.lease_seconds),
+                (self.config.worker_id, documents, self.config.lease_seconds),
             ).fetchall()
         self.last_claim_seconds = time.perf_counter() - started
         if not jobs:
             return None
         self._in_flight.update((job["job_id"], job) for job in jobs)
-        batch = _Batch(jobs=jobs, ready=[], early=BatchResult(), spaces=[])
+        with conn.transaction():
+            row = conn.execute(
+                "select exists (select 1 from suparag_private.embedding_jobs"
+                " where id = any(%s) and priority > 0) as bulk",
+                ([job["job_id"] for job in jobs],)).fetchone()
+        batch = _Batch(jobs=jobs, ready=[], early=BatchResult(), spaces=[],
+                       bulk=bool(row and row["bulk"]))
         try:
             plans = self._plan(jobs)
         except Exception as exc:
@@ -199,11 +233,20 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
                 batch.spaces = self.spaces.table_spaces(conn)
         return batch
 
-    def embed(self, batch: _Batch) -> Outcomes:
-        """The model's part: every plan's missing chunks, in every space (no database)."""
-        self._tokens = 0
-        outcomes = self._embed_spaces(self._embed_plans(batch.ready), batch.spaces)
-        self.estimate.observe(len(batch.ready), self._tokens)
+    def embed(self, batch: _Batch, between: Callable[[], None] | None = None) -> Outcomes:
+        """The model's part: every plan's missing chunks, in every space (no database).
+
+        between runs before each model call of the column space but the first, if the
+        batch holds bulk jobs (the pipeline takes interactive work there; behind a batch
+        of interactive jobs, a newer one waits its turn)."""
+        between = between if batch.bulk else None
+        outer, self._tokens = self._tokens, 0  # between may embed another batch inside
+        try:
+            outcomes = self._embed_spaces(self._embed_plans(batch.ready, between),
+                                          batch.spaces)
+            self.estimate.observe(len(batch.ready), self._tokens)
+        finally:
+            self._tokens = outer
         return outcomes
 
     def finish(self, batch: _Batch, outcomes: Outcomes) -> BatchResult:
@@ -280,7 +323,8 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
             )
         return plans
 
-    def _embed_plans(self, plans: list[_Plan]) -> Outcomes:
+    def _embed_plans(self, plans: list[_Plan],
+                     between: Callable[[], None] | None = None) -> Outcomes:
         """Embed every chunk the plans need in one model call (texts deduplicated).
 
         If that call fails, each document is embedded alone, so a poison
@@ -288,14 +332,14 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
         """
         texts = list(dict.fromkeys(t for p in plans for t in p.missing_texts()))
         try:
-            vectors = dict(zip(texts, self._embed(texts), strict=True))
+            vectors = dict(zip(texts, self._embed(texts, between), strict=True))
         except Exception as exc:
             if len(plans) == 1 or isinstance(exc, ConfigError | EmbeddingServiceUnavailable):
                 # Nothing document-specific to isolate: every document shares the failure.
                 return [(plan, exc) for plan in plans]
             outcomes: Outcomes = []
             for plan in plans:
-                outcomes.extend(self._embed_plans([plan]))
+                outcomes.extend(self._embed_plans([plan], between))
             return outcomes
         for plan in plans:
             plan.vectors = {t: vectors[t] for t in plan.missing_texts()}
@@ -383,12 +427,15 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
             split_tokens=self.embedder.split_tokens,
         )
 
-    def _embed(self, texts: list[str]) -> list[list[float]]:
+    def _embed(self, texts: list[str],
+               between: Callable[[], None] | None = None) -> list[list[float]]:
         """texts' vectors, in model calls of at most token_budget padded tokens."""
         if not texts:
             return []
         vectors: list[list[float]] = [[] for _ in texts]
-        for call in model_calls(texts, self._count, budget=self.token_budget):
+        for n, call in enumerate(model_calls(texts, self._count, budget=self.token_budget)):
+            if n and between is not None:
+                between()
             for i, vector in zip(call, self.embedder.embed([texts[i] for i in call]),
                                  strict=True):
                 vectors[i] = vector

@@ -9,8 +9,17 @@ thread writes batch N-1 back and then claims and prepares batch N+1:
     db thread:  finish N-1, prepare N+1 | finish N, prepare N+2 | ...
     caller:     embed N                 | embed N+1             | ...
 
+A bulk batch is claimed several token budgets at a time (its texts sorted by
+length across the whole claim, so its model calls pad little), which would
+hold back an edit committed after the claim. So between two model calls of a
+batch holding bulk jobs the embed stage asks the database thread, once per call, whether an
+interactive job is due (`prepare_urgent`); if one is, it is claimed, embedded
+at once between the bulk batch's calls and written back by the database
+thread, and the bulk batch carries on. An edit then waits for about one or
+two model calls, not for the batches ahead of it.
+
 So at most three batches are in flight (one written, one embedded, one
-waiting), and every guarantee stays where it was: the write-back checks the
+waiting) besides the urgent ones, and every guarantee stays where it was: the write-back checks the
 version under `for update` (a batch that waited is dropped if its document
 changed), a poison document is isolated inside the embed stage, and the
 leases of every batch in flight are renewed every third of the lease by a
@@ -42,8 +51,14 @@ class Stages(Protocol[BatchT, EmbeddedT, TallyT_co]):
         """Claim, read and chunk the next batch (database thread); None: nothing due."""
         ...
 
-    def embed(self, batch: BatchT) -> EmbeddedT:
-        """Run the model over a prepared batch (calling thread); never touches the database."""
+    def prepare_urgent(self) -> BatchT | None:
+        """Claim interactive jobs only, if any are due (database thread); None: none due."""
+        ...
+
+    def embed(self, batch: BatchT, between: Callable[[], None] | None = None) -> EmbeddedT:
+        """Run the model over a prepared batch (calling thread); never touches the database.
+
+        between, if given, is called before each model call but the first."""
         ...
 
     def finish(self, batch: BatchT, embedded: EmbeddedT) -> TallyT_co:
@@ -85,6 +100,7 @@ class Pipeline(Generic[BatchT, EmbeddedT, TallyT]):
         with ThreadPoolExecutor(1, thread_name_prefix="suparag-embedding-db") as db:
             beat = _Heartbeat(db, self.stages.renew, self.heartbeat_seconds)
             writing: Future[TallyT] | None = None
+            urgent = _Urgent(self.stages, db, stopping)
             try:
                 waiting = None if stopping() else db.submit(self.stages.prepare)
                 while waiting is not None:
@@ -94,6 +110,8 @@ class Pipeline(Generic[BatchT, EmbeddedT, TallyT]):
                         if writing is not None:
                             done(writing.result())
                             writing = None
+                        for tally in urgent.written(wait=True):
+                            done(tally)
                         step = self.stages.idle() if not stopping() else self.tally()
                         if step.claimed == 0:
                             break
@@ -102,18 +120,61 @@ class Pipeline(Generic[BatchT, EmbeddedT, TallyT]):
                         continue
                     # Claim the next batch now: it is read and chunked while this one embeds.
                     waiting = None if stopping() else db.submit(self.stages.prepare)
-                    embedded = self.stages.embed(batch)
+                    embedded = self.stages.embed(batch, urgent.between)
                     if writing is not None:
                         done(writing.result())
+                    for tally in urgent.written(wait=False):
+                        done(tally)
                     writing = db.submit(self.stages.finish, batch, embedded)
                 if writing is not None:
                     done(writing.result())
                     writing = None
+                for tally in urgent.written(wait=True):
+                    done(tally)
             finally:
                 beat.stop()
                 if waiting is not None and not waiting.done():
                     waiting.cancel()
+                urgent.close()
         return total
+
+
+class _Urgent(Generic[BatchT, EmbeddedT, TallyT]):
+    """Interactive work taken between a batch's model calls (the module docstring)."""
+
+    def __init__(self, stages: Stages[BatchT, EmbeddedT, TallyT], db: ThreadPoolExecutor,
+                 stopping: Callable[[], bool]) -> None:
+        self._stages, self._db, self._stopping = stages, db, stopping
+        self._asking: Future[BatchT | None] | None = None
+        self._writing: list[Future[TallyT]] = []
+
+    def between(self) -> None:
+        """Embed what the last question found, and ask again (the calling thread)."""
+        if self._asking is not None and self._asking.done():
+            batch, self._asking = self._asking.result(), None
+            if batch is not None:
+                embedded = self._stages.embed(batch)  # no nesting: its calls poll nothing
+                self._writing.append(self._db.submit(self._stages.finish, batch, embedded))
+        if self._asking is None and not self._stopping():
+            self._asking = self._db.submit(self._stages.prepare_urgent)
+
+    def written(self, *, wait: bool) -> list[TallyT]:
+        """The tallies of urgent batches written back (all of them, if wait)."""
+        if wait and self._asking is not None:
+            # A question still out may have claimed jobs: embed and write them too.
+            batch, self._asking = self._asking.result(), None
+            if batch is not None:
+                self._writing.append(
+                    self._db.submit(self._stages.finish, batch, self._stages.embed(batch)))
+        done = [f for f in self._writing if wait or f.done()]
+        self._writing = [f for f in self._writing if f not in done]
+        return [f.result() for f in done]
+
+    def close(self) -> None:
+        """After an error: wait for the question out, so nothing it claimed is left leased
+        without a batch (its lease runs out and another worker takes it)."""
+        if self._asking is not None and not self._asking.cancel():
+            self._asking.exception()
 
 
 class _Heartbeat:
