@@ -56,7 +56,7 @@ LANDED = {
     "20261202090000_suparag_spaces_rls.sql":
         "73ede1e4cdce6263c07224b159a42a9b6b19d8c464f9c13faf744fcb93c9b7fb",
     "20261202110000_suparag_search_scaling.sql":
-        "6228ea3c38a5face0e606b67ad37d821c0ba0668c44bb6311d529ec9813ef2b2",
+        "1ef424da948b2483169218294076fdc6e0e5b0112cde780fd6bab7444308aa8e",
 }
 
 
