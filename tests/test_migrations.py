@@ -56,7 +56,7 @@ LANDED = {
     "20261202090000_suparag_spaces_rls.sql":
         "73ede1e4cdce6263c07224b159a42a9b6b19d8c464f9c13faf744fcb93c9b7fb",
     "20261202110000_suparag_search_scaling.sql":
-        "1ef424da948b2483169218294076fdc6e0e5b0112cde780fd6bab7444308aa8e",
+        "734f2ee9a239de2448ed5b4fb700a5ad4919e6c2e43cf81a57101f957bb5d2f4",
 }
 
 
