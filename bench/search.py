@@ -1,7 +1,8 @@
 """Search latency and recall under RLS, for a broad reader and a 1% reader.
 
     python -m bench.search --chunks 100000 [--queries 200] [--clients 8] [--table-space]
-                           [--maintenance-work-mem 2GB] [--db-url URL] [--json]
+                           [--maintenance-work-mem 2GB] [--compare-sql FILE]
+                           [--db-url URL] [--json]
 
 Loads N chunks (384-dim clustered unit vectors, 10 per document, words from a
 small vocabulary for full text) into a fresh database: 99% are team documents
@@ -19,6 +20,12 @@ and ratios from this one run.
 (suparag_search.chunk_vectors with its own partial HNSW index, issue 10) and
 times match_documents in it (`space => 'bench-table'`) beside the column
 space, same callers and queries: what the table spaces' RLS costs.
+
+--compare-sql FILE then runs FILE's SQL (say, an earlier `create or replace
+function public.match_documents`) in the same database and measures again,
+same callers and queries: a before/after of a search function on one build
+(a million chunks take a quarter of an hour to load). It changes the
+database's functions, so give it a throwaway database.
 """
 
 from __future__ import annotations
@@ -30,9 +37,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psycopg
 
 from bench._common import (
     bench_database,
@@ -255,13 +264,34 @@ def sql_literal(value: str | None) -> str:
     return "null" if value is None else "'" + value.replace("'", "''") + "'"
 
 
+#: The most SQL --compare-sql reads (a few function definitions).
+COMPARE_SQL_MAX_BYTES = 1_000_000
+
+
+def read_compare_sql(path: Path) -> str:
+    """--compare-sql's file: readable, not empty, at most COMPARE_SQL_MAX_BYTES."""
+    try:
+        size = path.stat().st_size
+        if size > COMPARE_SQL_MAX_BYTES:
+            raise BenchError(f"--compare-sql {path}: {size} bytes, more than "
+                             f"{COMPARE_SQL_MAX_BYTES}; give it the functions to compare only")
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BenchError(f"--compare-sql {path}: cannot read it ({exc})") from exc
+    if not text.strip():
+        raise BenchError(f"--compare-sql {path} is empty")
+    return text
+
+
 def run(*, chunks: int = 100_000, queries: int = 200, clients: int = 8,
         maintenance_work_mem: str | None = None, table_space: bool = False,
-        db_url: str | None = None) -> dict[str, Any]:
-    """Load the corpus and measure once; the figures as a dict (see print_report)."""
+        compare_sql: Path | None = None, db_url: str | None = None) -> dict[str, Any]:
+    """Load the corpus and measure once (twice with compare_sql: after it ran, on the same
+    data and queries); the figures as a dict (see print_report)."""
     if chunks < PER_DOC or queries < 1 or clients < 1:
         raise BenchError(f"--chunks must be at least {PER_DOC}, --queries and --clients at "
                          "least 1")
+    compare_text = read_compare_sql(compare_sql) if compare_sql is not None else None
     rng = np.random.default_rng(11)
     mwm = maintenance_work_mem or f"{build_memory_mb(chunks)}MB"
     settings = {**SERVER_SETTINGS, "maintenance_work_mem": f"'{mwm}'"}
@@ -274,12 +304,29 @@ def run(*, chunks: int = 100_000, queries: int = 200, clients: int = 8,
             load_table_space(conn)
             spaces = (None, TABLE_SPACE)
         before = machine()
-        results = measure(conn, callers, centers, queries, rng, spaces=spaces)
-        concurrent = throughput(url, callers, centers, clients,
-                                max(1, queries // clients), rng)
+        state = rng.bit_generator.state  # the compared pass draws the same queries
+
+        def one_pass() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+            rng.bit_generator.state = state
+            results = measure(conn, callers, centers, queries, rng, spaces=spaces)
+            return results, throughput(url, callers, centers, clients,
+                                       max(1, queries // clients), rng)
+
+        results, concurrent = one_pass()
+        compared = None
+        if compare_sql is not None and compare_text is not None:
+            err_console.print(f"running {compare_sql}, then measuring again…")
+            try:
+                conn.execute(compare_text)
+                conn.commit()
+            except psycopg.Error as exc:
+                raise BenchError(f"--compare-sql {compare_sql} failed: {exc}") from exc
+            c_results, c_concurrent = one_pass()
+            compared = {"sql": str(compare_sql), "results": c_results,
+                        "concurrent": c_concurrent}
     return {"chunks": chunks, "k": K, "queries": queries, "index_build_s": build["seconds"],
             "build": build, "results": results, "concurrent": concurrent,
-            "machine_before": before, "machine_after": machine()}
+            "compared": compared, "machine_before": before, "machine_after": machine()}
 
 
 def print_report(r: dict[str, Any]) -> None:
@@ -289,12 +336,7 @@ def print_report(r: dict[str, Any]) -> None:
     print(f"HNSW build {b['seconds']:.1f} s, index {b['index_mb']:.0f} MB, maintenance_work_mem "
           f"{b['maintenance_work_mem']}, {b['parallel_workers']} parallel workers, graph "
           f"{'fit in memory' if b['graph_fit_in_memory'] else 'did NOT fit in memory'}")
-    print(f"{'caller':<16}{'space':>12}{'match p50':>11}{'p95':>11}{'hybrid p50':>13}{'p95':>11}"
-          f"{'recall@10':>11}{'rows':>6}")
-    for c in r["results"]:
-        print(f"{c['caller']:<16}{c['space']:>12}{c['match_p50_ms']:>9.2f}ms{c['match_p95_ms']:>9.2f}ms"
-              f"{c['hybrid_p50_ms']:>11.2f}ms{c['hybrid_p95_ms']:>9.2f}ms"
-              f"{c['recall_at_10']:>11.3f}{c['mean_rows_returned']:>6.1f}")
+    _print_results(r["results"])
     print("goal at 100k: match p95 <= 5 ms (all rows), <= 15 ms (1% reader), recall >= 0.95")
     wide, narrow = r["results"][:2]
     ratio = narrow["match_p95_ms"] / wide["match_p95_ms"]
@@ -302,10 +344,32 @@ def print_report(r: dict[str, Any]) -> None:
     for column, table in zip(r["results"][:2], r["results"][2:], strict=False):
         print(f"table / column space p50 ratio (match, {column['caller']}): "
               f"{table['match_p50_ms'] / column['match_p50_ms']:.2f}")
-    for c in r["concurrent"]:
+    _print_concurrent(r["concurrent"])
+    if r.get("compared"):
+        cmp = r["compared"]
+        print(f"\nthe same data and queries after running {cmp['sql']}:")
+        _print_results(cmp["results"])
+        _print_concurrent(cmp["concurrent"])
+        for now, then in zip(r["results"], cmp["results"], strict=True):
+            print(f"this checkout / {cmp['sql']} p95 ratio (match, {now['caller']}, "
+                  f"{now['space']}): {now['match_p95_ms'] / then['match_p95_ms']:.2f}, recall "
+                  f"{now['recall_at_10']:.3f} vs {then['recall_at_10']:.3f}")
+    print_load(r)
+
+
+def _print_results(results: list[dict[str, Any]]) -> None:
+    print(f"{'caller':<16}{'space':>12}{'match p50':>11}{'p95':>11}{'hybrid p50':>13}{'p95':>11}"
+          f"{'recall@10':>11}{'rows':>6}")
+    for c in results:
+        print(f"{c['caller']:<16}{c['space']:>12}{c['match_p50_ms']:>9.2f}ms{c['match_p95_ms']:>9.2f}ms"
+              f"{c['hybrid_p50_ms']:>11.2f}ms{c['hybrid_p95_ms']:>9.2f}ms"
+              f"{c['recall_at_10']:>11.3f}{c['mean_rows_returned']:>6.1f}")
+
+
+def _print_concurrent(concurrent: list[dict[str, Any]]) -> None:
+    for c in concurrent:
         print(f"{c['clients']} clients, {c['caller']}: {c['qps']:.0f} queries/s, "
               f"p50 {c['p50_ms']:.2f} ms, p95 {c['p95_ms']:.2f} ms ({c['queries']} calls)")
-    print_load(r)
 
 
 def main() -> None:
@@ -317,12 +381,15 @@ def main() -> None:
                         "from --chunks so the graph fits)")
     parser.add_argument("--table-space", action="store_true",
                         help="also time the same vectors in a table space")
+    parser.add_argument("--compare-sql", type=Path, help="then run this SQL file (e.g. an "
+                        "earlier match_documents) and measure again on the same data")
     parser.add_argument("--db-url", help="an empty database to use (default: a temporary server)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     result = run(chunks=args.chunks, queries=args.queries, clients=args.clients,
                  maintenance_work_mem=args.maintenance_work_mem,
-                 table_space=args.table_space, db_url=args.db_url)
+                 table_space=args.table_space, compare_sql=args.compare_sql,
+                 db_url=args.db_url)
     emit(result, args.json, print_report)
 
 

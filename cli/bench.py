@@ -117,6 +117,12 @@ def search(
     ] = None,
     table_space: Annotated[bool, typer.Option(
         help="Also time the same vectors in a table embedding space.")] = False,
+    compare_sql: Annotated[
+        Path | None,
+        typer.Option("--compare-sql", help="Then run this SQL file (e.g. an earlier "
+                     "match_documents) and measure again on the same data and queries.",
+                     show_default=False),
+    ] = None,
     db_url: Annotated[
         str | None,
         typer.Option("--db-url", help="An empty database to load the corpus into (it stays "
@@ -137,7 +143,8 @@ def search(
 
     result = bench_search.run(chunks=chunks, queries=queries, clients=clients,
                               maintenance_work_mem=maintenance_work_mem,
-                              table_space=table_space, db_url=db_url)
+                              table_space=table_space, compare_sql=compare_sql,
+                              db_url=db_url)
     emit(result, json_out, bench_search.print_report)
 
 

@@ -170,3 +170,30 @@ def test_bench_answers_delivery(db_url):
     # postgres_changes checks every change against every subscriber of the table.
     assert changes["authorization_queries_per_message"] >= 2
     assert leftovers(db_url) == {"users": 0, "docs": 0, "chunks": 0, "jobs": 0}
+
+
+def test_bench_search_compares_another_function_on_the_same_build(tmp_path):
+    """--compare-sql runs the file and measures again: same callers, a second set of figures.
+    The file here makes match_documents return nothing, so the second pass must show it."""
+    empty = tmp_path / "empty.sql"
+    empty.write_text("  \n")
+    result = bench("search", "--chunks", "200", "--compare-sql", str(empty), check=False)
+    assert result.returncode == 1 and "is empty" in result.stderr and result.stdout == ""
+    broken = tmp_path / "none.sql"
+    broken.write_text("create or replace function public.match_documents("
+                      "query_embedding extensions.vector, match_count integer default null,"
+                      " filter jsonb default '{}'::jsonb, match_threshold double precision"
+                      " default null, embedding_model text default null, include_embedding"
+                      " boolean default null, space text default null)"
+                      " returns table (document_id uuid, chunk_id bigint, chunk_index integer,"
+                      " title text, content text, metadata jsonb, similarity double precision,"
+                      " id bigint, embedding extensions.vector)"
+                      " language sql stable as $$ select null::uuid, null::bigint, null::int,"
+                      " null, null, null::jsonb, null::float8, null::bigint,"
+                      " null::extensions.vector where false $$;")
+    r = bench_json("search", "--chunks", "200", "--queries", "2", "--clients", "1",
+                   "--compare-sql", str(broken))
+    assert [c["mean_rows_returned"] for c in r["results"]] == [10.0, 10.0]
+    assert r["compared"]["sql"] == str(broken)
+    assert [c["caller"] for c in r["compared"]["results"]] == ["all rows (99%)", "1% reader"]
+    assert [c["mean_rows_returned"] for c in r["compared"]["results"]] == [0.0, 0.0]

@@ -176,11 +176,14 @@ def test_vector_lives_in_extensions_schema(conn):
 @pytest.mark.parametrize("role", ["anon", "authenticated", "service_role"])
 def test_search_schema_holds_only_the_search_helpers(conn, role):
     """API roles may use suparag_search (the search functions run as them) and it holds the
-    full-text helper, the space resolver and the spaces' vectors (issue 10), nothing else."""
+    full-text helper, the space resolver, the spaces' vectors (issue 10) and match_documents'
+    plan sizing (issue 17), nothing else."""
     assert sorted(f["signature"] for f in functions(conn, "suparag_search")) == [
         "suparag_search.embedding_space(text)",
         "suparag_search.full_text_matches(tsquery,integer,jsonb)",
-        "suparag_search.hybrid_defaults(text)"]
+        "suparag_search.hybrid_defaults(text)",
+        "suparag_search.row_estimate(text,text)",
+        "suparag_search.search_plan(integer,double precision,double precision)"]
     row = conn.execute(
         "select has_schema_privilege(%s, 'suparag_search', 'usage') as u,"
         " has_schema_privilege(%s, 'suparag_search', 'create') as c,"

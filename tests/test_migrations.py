@@ -55,6 +55,8 @@ LANDED = {
         "aeae69043d65f0c76d814ad14daf9ec784ba1741798f21e3dd6bd92ba2362f56",
     "20261202090000_suparag_spaces_rls.sql":
         "73ede1e4cdce6263c07224b159a42a9b6b19d8c464f9c13faf744fcb93c9b7fb",
+    "20261202110000_suparag_search_scaling.sql":
+        "734f2ee9a239de2448ed5b4fb700a5ad4919e6c2e43cf81a57101f957bb5d2f4",
 }
 
 
