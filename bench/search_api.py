@@ -151,10 +151,11 @@ def _wait_ready(base: str, server: subprocess.Popen[str], anon: str, token: str)
     raise BenchError("suparag serve did not answer within 180 s")
 
 
-def _model_ms(header: str) -> float:
+def _timing_ms(header: str, metric: str = "model") -> float:
+    """One metric's duration from a Server-Timing header (0 when absent)."""
     for part in header.split(","):
         name, _, rest = part.strip().partition(";")
-        if name == "model" and rest.startswith("dur="):
+        if name == metric and rest.startswith("dur="):
             return float(rest[4:])
     return 0.0
 
@@ -163,7 +164,9 @@ async def _phase(base: str, anon: str, tokens: list[str], queries: list[list[str
                  k: int) -> dict[str, Any]:
     latencies: list[float] = []
     model: list[float] = []
+    database: list[float] = []
     errors = 0
+    failures: dict[str, int] = {}  # what the errors were: HTTP status and code, or exception
     limits = httpx.Limits(max_connections=len(tokens) + 4)
 
     async def client(http: httpx.AsyncClient, token: str, texts: list[str]) -> None:
@@ -174,15 +177,24 @@ async def _phase(base: str, anon: str, tokens: list[str], queries: list[list[str
             try:
                 response = await http.post("/functions/v1/search",
                                            json={"query": text, "k": k}, headers=headers)
-            except httpx.HTTPError:
+            except httpx.HTTPError as exc:
                 errors += 1
+                failures[type(exc).__name__] = failures.get(type(exc).__name__, 0) + 1
                 continue
             elapsed = (time.perf_counter() - started) * 1000
             if response.status_code != 200:
                 errors += 1
+                try:
+                    code = str(response.json().get("code", ""))
+                except ValueError:
+                    code = ""
+                what = f"{response.status_code} {code}".strip()
+                failures[what] = failures.get(what, 0) + 1
                 continue
             latencies.append(elapsed)
-            model.append(_model_ms(response.headers.get("server-timing", "")))
+            timing = response.headers.get("server-timing", "")
+            model.append(_timing_ms(timing, "model"))
+            database.append(_timing_ms(timing, "db"))
 
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as http:
         started = time.perf_counter()
@@ -191,11 +203,13 @@ async def _phase(base: str, anon: str, tokens: list[str], queries: list[list[str
     if not latencies:
         raise BenchError(f"every search failed: suparag serve's output is in {_LOG}")
     stats = summary(latencies)
-    return {"n": len(latencies), "errors": errors, "p50_ms": round(stats["p50"], 2),
+    return {"n": len(latencies), "errors": errors, "error_kinds": failures,
+            "p50_ms": round(stats["p50"], 2),
             "p95_ms": round(stats["p95"], 2), "max_ms": round(stats["max"], 2),
             "mean_ms": round(stats["mean"], 2), "per_second": round(len(latencies) / seconds, 1),
             "model_share": round(sum(model) / sum(latencies), 3),
-            "model_p50_ms": round(float(np.percentile(model, 50)), 2)}
+            "model_p50_ms": round(float(np.percentile(model, 50)), 2),
+            "db_p50_ms": round(float(np.percentile(database, 50)), 2)}
 
 
 def _cleanup(url: str, users: list[User]) -> None:
@@ -211,5 +225,8 @@ def print_report(r: dict[str, Any]) -> None:
         p = r[phase]
         print(f"  {phase}: p50 {p['p50_ms']} ms, p95 {p['p95_ms']} ms (goal <= "
               f"{r['goal_p95_ms'][phase]:g}), max {p['max_ms']} ms, {p['per_second']}/s, "
-              f"model share {p['model_share']:.0%}, errors {p['errors']}")
+              f"model share {p['model_share']:.0%}, database p50 {p['db_p50_ms']} ms, "
+              f"errors {p['errors']}"
+              + (f" ({', '.join(f'{n} x {w}' for w, n in p['error_kinds'].items())})"
+                 if p["errors"] else ""))
     print_load(r)

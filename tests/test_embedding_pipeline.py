@@ -193,7 +193,12 @@ def test_a_claim_takes_several_budgets_and_sorts_their_texts_together(
     sentence = "The quick brown fox jumps over the lazy dog near the river bank. "
     contents = ["\n\n".join(f"Note {d}.{p}: " + sentence * (2 + p % 5) for p in range(n))
                 for d, n in enumerate((1, 3, 8, 2, 5, 1, 12, 4))]  # no two chunks alike
-    ids = insert_docs(conn, world, contents)
+    # One statement: bulk jobs (interactive ones are claimed about a budget at a time).
+    ids = [r["id"] for r in conn.execute(
+        "insert into public.documents (owner_id, title, content)"
+        " select %s, 't', c from unnest(%s::text[]) c returning id",
+        (world.users["alice"].id, contents)).fetchall()]
+    conn.commit()
     model = Hooked(embedder, lambda call, texts: None)
     worker = EmbeddingWorker(db_url, model, config=WorkerConfig(batch_size=64),
                              token_budget=600, claim_budgets=8)
@@ -241,3 +246,30 @@ def test_an_edit_committed_during_a_big_bulk_claim_is_embedded_between_its_calls
                   if any("nightly backup" in t for t in call)]
     assert len(bulk_calls) >= 4  # the bulk documents were one claim of many calls...
     assert bulk_calls[0] < edit < bulk_calls[-1]  # ...and the edit did not wait for it
+
+
+def test_a_claim_made_while_edits_are_due_takes_the_edits_alone(conn, world, db_url, embedder):
+    """Filled up with bulk jobs, an edit would wait for a whole claim of bulk model calls;
+    a claim made while interactive jobs are due takes those alone, and the bulk work the
+    next time."""
+    conn.execute("delete from suparag_private.embedding_jobs")
+    conn.commit()
+    bulk = {r["id"] for r in conn.execute(
+        "insert into public.documents (owner_id, title, content)"
+        " select %s, 'bulk ' || i, 'a bulk document' from generate_series(1, 16) i"
+        " returning id", (world.users["alice"].id,)).fetchall()}  # one statement: bulk
+    conn.commit()
+    edits = set(insert_docs(conn, world, ["an edit", "another edit"]))
+    worker = EmbeddingWorker(db_url, embedder, config=WorkerConfig(batch_size=64))
+    try:
+        first = worker.prepare()
+        assert first is not None and worker.urgent(first)
+        assert {job["document_id"] for job in first.jobs} == edits
+        second = worker.prepare()
+        assert second is not None and not worker.urgent(second)
+        assert {job["document_id"] for job in second.jobs} == bulk
+        for batch in (first, second):
+            worker.finish(batch, worker.embed(batch))
+    finally:
+        worker.close()
+    assert set(status(conn, [*bulk, *edits]).values()) == {"ready"}

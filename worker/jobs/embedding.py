@@ -180,8 +180,15 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
     # -- the stages (worker/jobs/pipeline.py says which thread runs which) ------------------
 
     def prepare(self) -> _Batch | None:
-        """Claim the next batch, read and chunk its documents; None when nothing is due."""
-        return self._prepare(self.estimate.documents())
+        """Claim the next batch, read and chunk its documents; None when nothing is due.
+
+        When interactive jobs are due the batch is those alone (about one budget): filled
+        up with bulk jobs, an edit would wait for a whole claim of bulk calls."""
+        return self.prepare_urgent() or self._prepare(self.estimate.documents())
+
+    def urgent(self, batch: _Batch) -> bool:
+        """Whether batch holds interactive jobs only (see Pipeline: it may go first)."""
+        return not batch.bulk
 
     def prepare_urgent(self) -> _Batch | None:
         """Claim the interactive jobs due (about one budget of them), if any; else None."""

@@ -11,12 +11,14 @@ thread writes batch N-1 back and then claims and prepares batch N+1:
 
 A bulk batch is claimed several token budgets at a time (its texts sorted by
 length across the whole claim, so its model calls pad little), which would
-hold back an edit committed after the claim. So between two model calls of a
-batch holding bulk jobs the embed stage asks the database thread, once per call, whether an
-interactive job is due (`prepare_urgent`); if one is, it is claimed, embedded
-at once between the bulk batch's calls and written back by the database
-thread, and the bulk batch carries on. An edit then waits for about one or
-two model calls, not for the batches ahead of it.
+hold back an edit committed after the claim. So a claim made while interactive
+jobs are due takes those alone, and between two model calls of a batch
+holding bulk jobs the embed stage asks the database thread, once per call,
+whether an interactive job is due (`prepare_urgent`); if one is, it is
+claimed, embedded at once between the bulk batch's calls and written back by
+the database thread, and the bulk batch carries on. An interactive batch
+already claimed as the next one goes ahead the same way. An edit then waits
+for about one or two model calls, not for the batches ahead of it.
 
 So at most three batches are in flight (one written, one embedded, one
 waiting) besides the urgent ones, and every guarantee stays where it was: the write-back checks the
@@ -53,6 +55,10 @@ class Stages(Protocol[BatchT, EmbeddedT, TallyT_co]):
 
     def prepare_urgent(self) -> BatchT | None:
         """Claim interactive jobs only, if any are due (database thread); None: none due."""
+        ...
+
+    def urgent(self, batch: BatchT) -> bool:
+        """Whether a prepared batch holds interactive jobs only."""
         ...
 
     def embed(self, batch: BatchT, between: Callable[[], None] | None = None) -> EmbeddedT:
@@ -120,7 +126,20 @@ class Pipeline(Generic[BatchT, EmbeddedT, TallyT]):
                         continue
                     # Claim the next batch now: it is read and chunked while this one embeds.
                     waiting = None if stopping() else db.submit(self.stages.prepare)
-                    embedded = self.stages.embed(batch, urgent.between)
+
+                    def between() -> None:
+                        # An interactive batch claimed ahead goes before the rest of a bulk
+                        # one; then the question: did an interactive job fall due?
+                        nonlocal waiting
+                        if waiting is not None and waiting.done():
+                            ahead = waiting.result()
+                            if ahead is not None and self.stages.urgent(ahead):
+                                urgent.take(ahead)
+                                waiting = None if stopping() else db.submit(
+                                    self.stages.prepare)
+                        urgent.between()
+
+                    embedded = self.stages.embed(batch, between)
                     if writing is not None:
                         done(writing.result())
                     for tally in urgent.written(wait=False):
@@ -153,10 +172,14 @@ class _Urgent(Generic[BatchT, EmbeddedT, TallyT]):
         if self._asking is not None and self._asking.done():
             batch, self._asking = self._asking.result(), None
             if batch is not None:
-                embedded = self._stages.embed(batch)  # no nesting: its calls poll nothing
-                self._writing.append(self._db.submit(self._stages.finish, batch, embedded))
+                self.take(batch)
         if self._asking is None and not self._stopping():
             self._asking = self._db.submit(self._stages.prepare_urgent)
+
+    def take(self, batch: BatchT) -> None:
+        """Embed an interactive batch now and have it written back (the calling thread)."""
+        embedded = self._stages.embed(batch)  # no nesting: its calls poll nothing
+        self._writing.append(self._db.submit(self._stages.finish, batch, embedded))
 
     def written(self, *, wait: bool) -> list[TallyT]:
         """The tallies of urgent batches written back (all of them, if wait)."""
