@@ -33,7 +33,7 @@ from worker import schema
 from worker.db import as_request, connect
 from worker.devstack.postgres import LocalPostgres, free_port
 from worker.errors import BenchError
-from worker.jobs.batching import DEFAULT_TOKEN_BUDGET
+from worker.jobs.batching import DEFAULT_CLAIM_BUDGETS, DEFAULT_TOKEN_BUDGET
 from worker.jobs.chunking import chunk_document
 from worker.jobs.embedding import EmbeddingWorker
 from worker.jobs.queue import WorkerConfig
@@ -247,10 +247,11 @@ class RunningWorker:
     """
 
     def __init__(self, db_url: str, embedder: Embedder, *, batch_size: int,
-                 in_process: bool, token_budget: int = DEFAULT_TOKEN_BUDGET) -> None:
+                 in_process: bool, token_budget: int = DEFAULT_TOKEN_BUDGET,
+                 claim_budgets: int = DEFAULT_CLAIM_BUDGETS) -> None:
         self.db_url, self.embedder = db_url, embedder
         self.batch_size, self.in_process = batch_size, in_process
-        self.token_budget = token_budget
+        self.token_budget, self.claim_budgets = token_budget, claim_budgets
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
         self._service: Service | None = None
@@ -260,16 +261,17 @@ class RunningWorker:
     def description(self) -> str:
         if self.in_process:
             return (f"Service on a thread of this process, batch size {self.batch_size}, "
-                    f"token budget {self.token_budget}")
+                    f"token budget {self.token_budget}, claim budgets {self.claim_budgets}")
         return (f"`suparag worker --batch-size {self.batch_size} --token-budget "
-                f"{self.token_budget}` in its own process")
+                f"{self.token_budget} --claim-budgets {self.claim_budgets}` in its own process")
 
     def __enter__(self) -> RunningWorker:
         if self.in_process:
             self._service = Service(
                 [EmbeddingWorker(self.db_url, self.embedder,
                                  config=WorkerConfig(batch_size=self.batch_size),
-                                 token_budget=self.token_budget)],
+                                 token_budget=self.token_budget,
+                                 claim_budgets=self.claim_budgets)],
                 service=ServiceConfig())
             self._thread = threading.Thread(target=self._service.run, name="bench-worker",
                                             daemon=True)
@@ -283,7 +285,8 @@ class RunningWorker:
         self._log = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(
             cli_command("worker", "--batch-size", str(self.batch_size), "--token-budget",
-                        str(self.token_budget), "--db-url", self.db_url),
+                        str(self.token_budget), "--claim-budgets", str(self.claim_budgets),
+                        "--db-url", self.db_url),
             env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
         return self
 

@@ -63,6 +63,7 @@ from bench._common import (
 )
 from worker.db import as_request, connect
 from worker.errors import BenchError
+from worker.jobs.batching import DEFAULT_CLAIM_DOCUMENTS
 from worker.models.base import Embedder
 from worker.models.local import SentenceTransformerEmbedder
 from worker.users import User
@@ -76,7 +77,8 @@ POLL_SECONDS = 0.005
 TIMEOUT_SECONDS = 120.0
 
 
-def run(*, n: int = 40, rate: float = 2.0, max_paragraphs: int = 3, batch_size: int = 64,
+def run(*, n: int = 40, rate: float = 2.0, max_paragraphs: int = 3,
+        batch_size: int = DEFAULT_CLAIM_DOCUMENTS,
         in_process: bool = False, db_url: str | None = None, seed: int = 8,
         backlog: int = 0) -> dict[str, Any]:
     """Insert n documents at rate per second and time each to `ready`; the figures as a dict.
@@ -247,7 +249,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2.0, help="inserts per second")
     parser.add_argument("--max-paragraphs", type=int, default=3,
                         help="documents have 1 to this many paragraphs (3: one or two chunks)")
-    parser.add_argument("--batch-size", type=int, default=64,
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_CLAIM_DOCUMENTS,
                         help="the most documents a worker's claim takes")
     parser.add_argument("--backlog", type=int, default=0,
                         help="first insert this many documents in one statement (bulk)")

@@ -50,7 +50,12 @@ from bench._common import (
 )
 from worker.db import connect
 from worker.errors import BenchError
-from worker.jobs.batching import DEFAULT_TOKEN_BUDGET, model_calls
+from worker.jobs.batching import (
+    DEFAULT_CLAIM_BUDGETS,
+    DEFAULT_CLAIM_DOCUMENTS,
+    DEFAULT_TOKEN_BUDGET,
+    model_calls,
+)
 from worker.models.base import DEFAULT_MODEL, Embedder
 from worker.models.factory import make_embedder
 
@@ -87,9 +92,11 @@ def time_model(embedder: Embedder, groups: list[list[str]], label: str) -> float
     return elapsed
 
 
-def run(*, docs: int = 200, batch_size: int = 64, in_process: bool = False,
+def run(*, docs: int = 200, batch_size: int = DEFAULT_CLAIM_DOCUMENTS,
+        in_process: bool = False,
         db_url: str | None = None, seed: int = 7, backend: str = "torch",
-        token_budget: int = DEFAULT_TOKEN_BUDGET) -> dict[str, Any]:
+        token_budget: int = DEFAULT_TOKEN_BUDGET,
+        claim_budgets: int = DEFAULT_CLAIM_BUDGETS) -> dict[str, Any]:
     """Measure both rates once; the figures as a dict (see print_report)."""
     if docs < 1:
         raise BenchError("--docs must be at least 1")
@@ -109,7 +116,8 @@ def run(*, docs: int = 200, batch_size: int = 64, in_process: bool = False,
         warm, user = bench_user(conn, "bench-warm-up"), bench_user(conn, "bench-worker")
         try:
             with RunningWorker(url, embedder, batch_size=batch_size, in_process=in_process,
-                               token_budget=token_budget) as running:
+                               token_budget=token_budget,
+                               claim_budgets=claim_budgets) as running:
                 warm_up(conn, running, warm, docs=min(batch_size, 4))
                 ids = insert_documents(conn, user, corpus)
                 started = time.perf_counter()
@@ -147,6 +155,7 @@ def run(*, docs: int = 200, batch_size: int = 64, in_process: bool = False,
         "chunks_per_doc": {"min": min(sizes), "mean": chunks / docs, "max": max(sizes)},
         "batch_size": batch_size,
         "token_budget": token_budget,
+        "claim_budgets": claim_budgets,
         "model": embedder.name,
         "backend": backend,
         "worker": running.description,
@@ -189,10 +198,12 @@ def print_report(r: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--docs", type=int, default=200, help="documents to embed")
-    parser.add_argument("--batch-size", type=int, default=64,
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_CLAIM_DOCUMENTS,
                         help="the most documents a worker's claim takes")
     parser.add_argument("--token-budget", type=int, default=DEFAULT_TOKEN_BUDGET,
                         help="padded tokens per model call (worker and bare model)")
+    parser.add_argument("--claim-budgets", type=int, default=DEFAULT_CLAIM_BUDGETS,
+                        help="token budgets of documents one claim takes")
     parser.add_argument("--backend", default="torch", choices=["torch", "onnx-int8"])
     parser.add_argument("--in-process", action="store_true",
                         help="run the worker on a thread here instead of `suparag worker`")
@@ -200,7 +211,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     result = run(docs=args.docs, batch_size=args.batch_size, in_process=args.in_process,
-                 db_url=args.db_url, backend=args.backend, token_budget=args.token_budget)
+                 db_url=args.db_url, backend=args.backend, token_budget=args.token_budget,
+                 claim_budgets=args.claim_budgets)
     emit(result, args.json, print_report)
 
 

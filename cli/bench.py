@@ -8,7 +8,11 @@ from typing import Annotated
 import typer
 
 from cli._common import JsonOption
-from worker.jobs.batching import DEFAULT_TOKEN_BUDGET
+from worker.jobs.batching import (
+    DEFAULT_CLAIM_BUDGETS,
+    DEFAULT_CLAIM_DOCUMENTS,
+    DEFAULT_TOKEN_BUDGET,
+)
 
 app = typer.Typer(
     help="Benchmarks: figures and ratios measured in one run, never pass/fail tests. Each "
@@ -37,11 +41,15 @@ BatchSize = Annotated[
 @app.command()
 def worker(
     docs: Annotated[int, typer.Option(min=1, help="Documents to embed (1-6 chunks each).")] = 200,
-    batch_size: BatchSize = 64,
+    batch_size: BatchSize = DEFAULT_CLAIM_DOCUMENTS,
     token_budget: Annotated[
         int, typer.Option(min=64, help="Padded tokens per model call, the worker's and the "
                           "bare model's (as `suparag worker --token-budget`).")
     ] = DEFAULT_TOKEN_BUDGET,
+    claim_budgets: Annotated[
+        int, typer.Option(min=1, max=256, help="Token budgets of documents one claim takes (as "
+                          "`suparag worker --claim-budgets`).")
+    ] = DEFAULT_CLAIM_BUDGETS,
     backend: Annotated[str, typer.Option(help="The local model's backend: `torch` (fp32) or "
                                          "`onnx-int8` (as SUPARAG_EMBEDDING_BACKEND).")] = "torch",
     in_process: InProcess = False,
@@ -59,7 +67,8 @@ def worker(
     from bench._common import emit
 
     result = bench_worker.run(docs=docs, batch_size=batch_size, in_process=in_process,
-                              db_url=db_url, backend=backend, token_budget=token_budget)
+                              db_url=db_url, backend=backend, token_budget=token_budget,
+                              claim_budgets=claim_budgets)
     emit(result, json_out, bench_worker.print_report)
 
 
@@ -73,7 +82,7 @@ def freshness(
         int, typer.Option(min=1, help="Each document has 1 to this many paragraphs of 3-7 "
                           "sentences; 3 makes notes of one or two chunks, 14 up to six.")
     ] = 3,
-    batch_size: BatchSize = 64,
+    batch_size: BatchSize = DEFAULT_CLAIM_DOCUMENTS,
     backlog: Annotated[
         int, typer.Option(min=0, help="First insert this many documents (1-14 paragraphs) in "
                           "one statement, a bulk import the commits must not wait for; goal "

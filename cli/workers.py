@@ -15,7 +15,11 @@ import typer
 from rich.logging import RichHandler
 
 from cli._common import DbUrlOption, JsonOption, err_console, print_json, resolve_db_url
-from worker.jobs.batching import DEFAULT_TOKEN_BUDGET
+from worker.jobs.batching import (
+    DEFAULT_CLAIM_BUDGETS,
+    DEFAULT_CLAIM_DOCUMENTS,
+    DEFAULT_TOKEN_BUDGET,
+)
 from worker.jobs.queue import WorkerConfig
 from worker.jobs.service import Service, ServiceConfig
 from worker.logs import JsonFormatter
@@ -53,14 +57,20 @@ def worker(
     batch_size: Annotated[
         int, typer.Option(min=1, max=1024, envvar="SUPARAG_WORKER_BATCH_SIZE",
                           help="Most documents one claim takes; a claim "
-                          "takes about --token-budget tokens of them.")
-    ] = 64,
+                          "takes about --claim-budgets x --token-budget tokens of them.")
+    ] = DEFAULT_CLAIM_DOCUMENTS,
     token_budget: Annotated[
         int, typer.Option(min=64, max=1_000_000, envvar="SUPARAG_WORKER_TOKEN_BUDGET",
                           help="Padded tokens per model call (texts "
                           "sorted by length, each padded to the call's longest); the "
                           "README has the measurement behind the default.")
     ] = DEFAULT_TOKEN_BUDGET,
+    claim_budgets: Annotated[
+        int, typer.Option(min=1, max=256, envvar="SUPARAG_WORKER_CLAIM_BUDGETS",
+                          help="Token budgets of bulk work one claim takes; its texts are "
+                          "sorted by length together, so more budgets pad less (edits never "
+                          "wait for a claim: they are taken between its model calls).")
+    ] = DEFAULT_CLAIM_BUDGETS,
     sweep: Annotated[
         float, typer.Option(min=0.5, envvar="SUPARAG_WORKER_SWEEP",
                             help="Seconds between sweeps of the queue when no "
@@ -151,7 +161,8 @@ def worker(
         workers.append(EmbeddingWorker(
             url, MeteredEmbedder(embedder, url, feature="embedding.documents"),
             config=WorkerConfig(batch_size=batch_size, max_attempts=max_attempts,
-                                lease_seconds=lease), token_budget=token_budget))
+                                lease_seconds=lease), token_budget=token_budget,
+            claim_budgets=claim_budgets))
     if only != Only.embeddings:
         workers.append(AnswerWorker(url, embedder, llm=llm_from_settings(settings),
                                     config=AnswerConfig(max_attempts=max_attempts,

@@ -20,11 +20,11 @@ from worker.jobs.queue import WorkerConfig
 
 def insert_docs(conn, world, contents, *, owner="alice"):
     ids = []
-    for content in contents:  # one statement each: interactive, claimed in insert order
+    for content in contents:  # a transaction each: interactive, claimed in insert order
         ids.append(conn.execute(
             "insert into public.documents (owner_id, title, content) values (%s, 't', %s)"
             " returning id", (world.users[owner].id, content)).fetchone()["id"])
-    conn.commit()
+        conn.commit()
     return ids
 
 

@@ -57,6 +57,8 @@ LANDED = {
         "73ede1e4cdce6263c07224b159a42a9b6b19d8c464f9c13faf744fcb93c9b7fb",
     "20261202110000_suparag_search_scaling.sql":
         "734f2ee9a239de2448ed5b4fb700a5ad4919e6c2e43cf81a57101f957bb5d2f4",
+    "20261202120000_suparag_queue_priority_per_transaction.sql":
+        "b0713d695f8cce168c55d7091c405f86ba3478ddaf37e91df85b4ba3fd888d4e",
 }
 
 

@@ -127,3 +127,44 @@ def test_a_model_that_is_not_cached_stops_the_worker_before_it_claims(tmp_path, 
                        " where document_id = %s", (doc_id,)).fetchone()
     conn.commit()
     assert job == {"status": "queued", "attempts": 0}
+
+
+def test_counting_tokens_beside_a_model_call_never_breaks_it(embedder):
+    """The worker chunks the next batch (counting and cutting tokens) on its database
+    thread while the model embeds on another. With one tokenizer shared, a count (which
+    turns truncation and padding off) ran inside a model call (which turns them on), and
+    about one call in five failed with "Unable to create tensor" (this test failed within
+    its 40 calls); counts now use a copy."""
+    import threading
+
+    texts = [f"paragraph {i}: " + "a sentence about the embedding queue. " * (1 + i % 40)
+             for i in range(64)]
+    alone = embedder.embed(texts[:4])
+    stop = threading.Event()
+    counted: list[int] = []
+
+    def chunker() -> None:
+        while not stop.wait(0.001):
+            counted.extend(embedder.count_tokens(text) for text in texts[::4])
+
+    thread = threading.Thread(target=chunker, daemon=True)
+    thread.start()
+    try:
+        for call in range(40):
+            first = call * 4 % 64
+            vectors = embedder.embed(texts[first:first + 4])
+            assert len(vectors) == 4 and all(len(v) == 384 for v in vectors)
+        beside = embedder.embed(texts[:4])
+        split = embedder.split_tokens(texts[-1], 64)
+    finally:
+        stop.set()
+        thread.join()
+    assert counted, "the chunker thread never ran"
+    # Counts are the model tokenizer's (no special tokens, no truncation at 256) ...
+    longest = max(texts, key=len)
+    raw = embedder._model.tokenizer(longest, add_special_tokens=False, truncation=False,
+                                    verbose=False)["input_ids"]
+    assert embedder.count_tokens(longest) == len(raw) > 256
+    assert [embedder.count_tokens(run) <= 64 for run in split] == [True] * len(split)
+    # ... and the calls made beside them embed as calls made alone.
+    assert np.allclose(np.array(beside), np.array(alone), atol=1e-5)

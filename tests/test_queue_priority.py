@@ -1,9 +1,9 @@
-"""Interactive edits ahead of bulk work (issue 16, migration 20261202080000).
+"""Interactive edits ahead of bulk work (issue 16, migrations 20261202080000, 20261202120000).
 
-A job's priority is decided by how it was queued: a statement that queued one
-document is interactive (0); one that queued several, or a transaction with
-`suparag.bulk = on` (`suparag ingest`), is bulk (1). The claim takes
-interactive jobs first.
+A job's priority is decided by how it was queued: a transaction that queued one
+document is interactive (0); one that queued several (in one statement or in
+many), or a transaction with `suparag.bulk = on` (`suparag ingest`), is bulk
+(1). The claim takes interactive jobs first.
 """
 
 from __future__ import annotations
@@ -59,6 +59,27 @@ def test_a_users_multi_row_insert_is_bulk(conn, world):
             "insert into public.documents (title, content) values ('a', 'x'), ('b', 'y')"
             " returning id")]
     assert priorities(conn) == {d: 1 for d in ids}
+
+
+def test_a_transaction_queuing_documents_one_statement_at_a_time_is_bulk(conn, world):
+    """An import that inserts row by row (executemany, an ORM loop) is bulk, its first
+    document too; the next transaction's single edit is interactive again."""
+    conn.execute("delete from suparag_private.embedding_jobs")
+    conn.commit()
+    with conn.transaction():
+        set_request_context(conn, claims_of(world, "bob"))  # as a user, RLS on
+        with conn.cursor() as cur:
+            cur.executemany("insert into public.documents (title, content) values (%s, %s)"
+                            " returning id", [(f"t{i}", f"text {i}") for i in range(4)],
+                            returning=True)
+            ids = []
+            while True:
+                ids.append(cur.fetchone()["id"])
+                if not cur.nextset():
+                    break
+    assert priorities(conn) == {d: 1 for d in ids}
+    edit = insert_one(conn, world, "a user's own edit")
+    assert priorities(conn)[edit] == 0
 
 
 def test_an_edit_of_a_document_waiting_in_a_backlog_becomes_interactive(conn, world):

@@ -26,6 +26,7 @@ from worker.db import to_vector
 from worker.errors import ConfigError, EmbeddingJobError, EmbeddingServiceUnavailable
 from worker.jobs.batching import (
     DEFAULT_CLAIM_BUDGETS,
+    DEFAULT_CLAIM_DOCUMENTS,
     DEFAULT_TOKEN_BUDGET,
     DocumentEstimate,
     model_calls,
@@ -121,7 +122,8 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
                  config: WorkerConfig | None = None,
                  token_budget: int = DEFAULT_TOKEN_BUDGET,
                  claim_budgets: int = DEFAULT_CLAIM_BUDGETS) -> None:
-        super().__init__(db_url, BatchResult, config=config or WorkerConfig())
+        super().__init__(db_url, BatchResult,
+                         config=config or WorkerConfig(batch_size=DEFAULT_CLAIM_DOCUMENTS))
         if token_budget < 1:
             raise ConfigError(f"token budget {token_budget}: give at least 1 token per call")
         if claim_budgets < 1:

@@ -13,6 +13,7 @@ from typing import Any
 
 from worker.errors import ConfigError
 from worker.models.base import DEFAULT_MODEL
+from worker.models.tokens import FastTokenizer
 
 
 def _packaged_model_path(name: str) -> str | None:
@@ -84,12 +85,28 @@ class SentenceTransformerEmbedder:
         specials = len(self._model.tokenizer("", add_special_tokens=True)["input_ids"])
         return int(self._model.max_seq_length) - specials
 
+    @cached_property
+    def _tokens(self) -> FastTokenizer | None:
+        """A tokenizer of our own for counting and cutting, or None for a model whose
+        tokenizer is not a fast one. The model's own is not safe to share: its padding and
+        truncation are state each call sets, and the worker chunks the next batch on one
+        thread while the model embeds on another (sharing it, a model call failed with
+        "Unable to create tensor" when a count ran beside it)."""
+        backend = getattr(self._model.tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            return None
+        return FastTokenizer.copy_of(backend, max_seq_length=int(self._model.max_seq_length))
+
     def count_tokens(self, text: str) -> int:
+        if self._tokens is not None:
+            return self._tokens.count(text)
         ids = self._model.tokenizer(text, add_special_tokens=False, truncation=False,
                                     verbose=False)["input_ids"]
         return len(ids)
 
     def split_tokens(self, text: str, size: int) -> list[str]:
+        if self._tokens is not None:
+            return self._tokens.split(text, size)
         offsets = self._model.tokenizer(
             text, add_special_tokens=False, truncation=False, verbose=False,
             return_offsets_mapping=True,
@@ -109,4 +126,4 @@ class SentenceTransformerEmbedder:
             list(texts), batch_size=self.batch_size, normalize_embeddings=True,
             convert_to_numpy=True, show_progress_bar=False,
         )
-        return [list(map(float, v)) for v in vectors]
+        return [v.tolist() for v in vectors]

@@ -31,6 +31,17 @@ class FastTokenizer:
     def __init__(self, path: Path, *, max_seq_length: int) -> None:
         self.path = path
         self.max_seq_length = max_seq_length
+        self._given: Any = None
+
+    @classmethod
+    def copy_of(cls, tokenizer: Any, *, max_seq_length: int) -> FastTokenizer:
+        """An independent copy of a loaded `tokenizers.Tokenizer` (a transformers fast
+        tokenizer's `backend_tokenizer`): its padding and truncation are its own."""
+        from tokenizers import Tokenizer
+
+        copy = cls(Path("<copy>"), max_seq_length=max_seq_length)
+        copy._given = Tokenizer.from_str(tokenizer.to_str())
+        return copy
 
     @classmethod
     def of_folder(cls, folder: Path) -> FastTokenizer:
@@ -39,6 +50,10 @@ class FastTokenizer:
     @cached_property
     def raw(self) -> Any:
         """The `tokenizers.Tokenizer`, loaded on first use with no padding or truncation."""
+        if self._given is not None:
+            self._given.no_padding()
+            self._given.no_truncation()
+            return self._given
         try:
             from tokenizers import Tokenizer
         except ImportError as exc:
