@@ -71,18 +71,19 @@ def _pieces(text: str) -> list[str]:
 
 
 def _split_to_fit(piece: str, budget: int, count: Callable[[str], int],
-                  token_split: Callable[[str, int], list[str]]) -> list[str]:
-    """Pieces of at most budget tokens: by lines, then sentences, then tokens."""
-    if count(piece) <= budget:
-        return [piece]
+                  token_split: Callable[[str, int], list[str]]) -> list[tuple[str, int]]:
+    """(piece, its tokens) of at most budget tokens: by lines, then sentences, then tokens."""
+    size = count(piece)
+    if size <= budget:
+        return [(piece, size)]
     for pattern in (r"\n", _SENTENCE_END.pattern):
         parts = [p.strip() for p in re.split(pattern, piece) if p.strip()]
         if len(parts) > 1:
-            out: list[str] = []
+            out: list[tuple[str, int]] = []
             for part in parts:
                 out.extend(_split_to_fit(part, budget, count, token_split))
             return out
-    return token_split(piece, budget)
+    return [(part, count(part)) for part in token_split(piece, budget)]
 
 
 def chunk_document(
@@ -111,8 +112,8 @@ def chunk_document(
     pieces: list[tuple[str, int, int | None]] = []
     for page, text in _pages(content):
         for piece in _pieces(text):
-            for part in _split_to_fit(piece, budget, count_tokens, split_tokens):
-                pieces.append((part, count_tokens(part), page))
+            for part, size in _split_to_fit(piece, budget, count_tokens, split_tokens):
+                pieces.append((part, size, page))
 
     # The tokens of the section each heading starts (up to the next heading or page).
     sections: dict[int, int] = {}
