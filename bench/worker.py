@@ -61,7 +61,7 @@ from worker.models.factory import make_embedder
 
 GOAL_RATIO = 0.95
 #: The bench polls the documents every POLL_SECONDS until all are ready: fine enough
-#: (a few hundredths of a 30 s run) and coarse enough that the polling itself (a query
+#: (at most 0.1 s of a 30 s run) and coarse enough that the polling itself (a query
 #: every poll, on the same 2 cores as the worker) costs the run little: at 20 ms it took
 #: about 1 s of CPU in a 37 s run.
 POLL_SECONDS = 0.1

@@ -273,3 +273,57 @@ def test_a_claim_made_while_edits_are_due_takes_the_edits_alone(conn, world, db_
     finally:
         worker.close()
     assert set(status(conn, [*bulk, *edits]).values()) == {"ready"}
+
+
+def test_an_edit_is_written_while_the_database_thread_is_busy_with_bulk_work(
+        conn, world, db_url, embedder):
+    """The question "is an interactive job due?" and the edit's write-back go through a
+    second connection on a thread of their own: with one thread, they waited behind the
+    next bulk claim's read and chunking (and the last one's write-back), hundreds of
+    documents each at the default claim size. Here that read is held for 3 s."""
+    conn.execute("delete from suparag_private.embedding_jobs")
+    conn.commit()
+    paragraph = "Every nightly backup of the primary replica is checked by the team. " * 5
+    bulk = [r["id"] for r in conn.execute(
+        "insert into public.documents (owner_id, title, content)"
+        " select %s, 'bulk ' || i, repeat(%s, 3) from generate_series(1, 24) i returning id",
+        (world.users["alice"].id, paragraph + "\n\n")).fetchall()]  # one statement: bulk
+    conn.commit()
+    urgent: list[object] = []
+    slow_read: dict[str, float] = {}
+    written: dict[object, float] = {}
+
+    def hook(call, texts):
+        time.sleep(0.2)  # model calls long enough for the questions between them
+        if call == 1:
+            time.sleep(0.5)  # the next bulk claim has begun its (slow) read
+            urgent.extend(insert_docs(conn, world, ["an urgent single edit"]))
+
+    model = Hooked(embedder, hook)
+    worker = EmbeddingWorker(db_url, model, config=WorkerConfig(batch_size=64),
+                             token_budget=600, claim_budgets=4)
+    plan, write = worker._plan, worker._write
+
+    def slow_plan(jobs):
+        if "start" not in slow_read and any(j["document_id"] in bulk for j in jobs) and \
+                worker.estimate.tokens_per_document != 512.0:  # the second bulk claim
+            slow_read["start"] = time.monotonic()
+            time.sleep(3.0)
+            slow_read["end"] = time.monotonic()
+        return plan(jobs)
+
+    def timed_write(p):
+        result = write(p)
+        written[p.job["document_id"]] = time.monotonic()
+        return result
+
+    worker._plan, worker._write = slow_plan, timed_write
+    try:
+        worker.drain()
+    finally:
+        worker.close()
+    assert set(status(conn, [*bulk, *urgent]).values()) == {"ready"}
+    assert "end" in slow_read, "the second bulk claim was never read"
+    # The edit was embedded and written while the bulk claim's read still held the
+    # first connection's thread.
+    assert slow_read["start"] < written[urgent[0]] < slow_read["end"]

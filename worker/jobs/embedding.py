@@ -15,6 +15,7 @@ A batch goes through three stages, `prepare` (claim, read, chunk), `embed`
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -134,7 +135,9 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
         self.claim_budgets = claim_budgets
         self.estimate = DocumentEstimate(budget=token_budget * claim_budgets,
                                          cap=self.config.batch_size)
-        self._in_flight: dict[int, dict[str, Any]] = {}  # job id -> job; the db thread's
+        # job id -> job, of the batches in flight (both database threads: under the lock)
+        self._in_flight: dict[int, dict[str, Any]] = {}
+        self._in_flight_lock = threading.Lock()
         self._tokens = 0  # tokens given to the model since the embed stage began
 
     def load(self) -> None:
@@ -215,7 +218,8 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
         self.last_claim_seconds = time.perf_counter() - started
         if not jobs:
             return None
-        self._in_flight.update((job["job_id"], job) for job in jobs)
+        with self._in_flight_lock:
+            self._in_flight.update((job["job_id"], job) for job in jobs)
         with conn.transaction():
             row = conn.execute(
                 "select exists (select 1 from suparag_private.embedding_jobs"
@@ -274,7 +278,9 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
 
     def renew(self) -> None:
         """Extend the leases of the jobs in flight, so none expires while it waits."""
-        if not self._in_flight:
+        with self._in_flight_lock:
+            leased = list(self._in_flight)
+        if not leased:
             return
         try:
             with self.conn.transaction():
@@ -282,16 +288,17 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
                     "update suparag_private.embedding_jobs"
                     " set leased_until = now() + make_interval(secs => %s)"
                     " where id = any(%s) and leased_by = %s",
-                    (self.config.lease_seconds, list(self._in_flight), self.config.worker_id))
+                    (self.config.lease_seconds, leased, self.config.worker_id))
         except Exception as exc:  # the next heartbeat tries again; the lease has margin
-            log.warning("could not renew %d leases: %s", len(self._in_flight), exc)
+            log.warning("could not renew %d leases: %s", len(leased), exc)
 
     def idle(self) -> BatchResult:
         """Nothing due: fill a space that lacks vectors, a batch at a time (issue 10)."""
         return BatchResult(backfilled=self.spaces.backfill(self.conn, self._chunk))
 
     def _settle(self, job: dict[str, Any], result: BatchResult) -> BatchResult:
-        self._in_flight.pop(job["job_id"], None)
+        with self._in_flight_lock:
+            self._in_flight.pop(job["job_id"], None)
         return result
 
     def _plan(self, jobs: list[dict[str, Any]]) -> dict[int, _Plan | Exception | None]:

@@ -15,10 +15,13 @@ hold back an edit committed after the claim. So a claim made while interactive
 jobs are due takes those alone, and between two model calls of a batch
 holding bulk jobs the embed stage asks the database thread, once per call,
 whether an interactive job is due (`prepare_urgent`); if one is, it is
-claimed, embedded at once between the bulk batch's calls and written back by
-the database thread, and the bulk batch carries on. An interactive batch
-already claimed as the next one goes ahead the same way. An edit then waits
-for about one or two model calls, not for the batches ahead of it.
+claimed, embedded at once between the bulk batch's calls and written back,
+and the bulk batch carries on. An interactive batch already claimed as the
+next one goes ahead the same way. The question and the urgent write-back run
+on a second database thread with a connection of its own, so they never wait
+behind a bulk claim's read or write-back (hundreds of documents, about a
+second each). An edit then waits for about one or two model calls, not for
+the batches ahead of it.
 
 So at most three batches are in flight (one written, one embedded, one
 waiting) besides the urgent ones, and every guarantee stays where it was: the write-back checks the
@@ -28,8 +31,9 @@ leases of every batch in flight are renewed every third of the lease by a
 heartbeat, so a batch never loses its lease while it waits. Stopping
 (SIGTERM) claims nothing more and finishes every batch already claimed.
 
-The connection is used by one thread at a time: the database thread while
-the pipeline runs, the caller only when nothing is in flight (the idle step).
+Each connection is used by one thread at a time: the first by the database
+thread while the pipeline runs and by the caller only when nothing is in
+flight (the idle step), the second by the urgent thread.
 """
 
 from __future__ import annotations
@@ -75,6 +79,10 @@ class Stages(Protocol[BatchT, EmbeddedT, TallyT_co]):
         """Extend the leases of every job in flight (database thread)."""
         ...
 
+    def use_second_connection(self) -> None:
+        """Called once on the urgent thread: its stages use a connection of their own."""
+        ...
+
     def idle(self) -> TallyT_co:
         """One step of lower-priority work when nothing is due (calling thread, nothing in
         flight), e.g. a space's backfill; zero claimed means done."""
@@ -103,10 +111,12 @@ class Pipeline(Generic[BatchT, EmbeddedT, TallyT]):
             if on_batch is not None:
                 on_batch(batch)
 
-        with ThreadPoolExecutor(1, thread_name_prefix="suparag-embedding-db") as db:
+        with ThreadPoolExecutor(1, thread_name_prefix="suparag-embedding-db") as db, \
+                ThreadPoolExecutor(1, thread_name_prefix="suparag-embedding-urgent",
+                                   initializer=self.stages.use_second_connection) as lane:
             beat = _Heartbeat(db, self.stages.renew, self.heartbeat_seconds)
             writing: Future[TallyT] | None = None
-            urgent = _Urgent(self.stages, db, stopping)
+            urgent = _Urgent(self.stages, lane, stopping)
             try:
                 waiting = None if stopping() else db.submit(self.stages.prepare)
                 while waiting is not None:
@@ -161,9 +171,10 @@ class Pipeline(Generic[BatchT, EmbeddedT, TallyT]):
 class _Urgent(Generic[BatchT, EmbeddedT, TallyT]):
     """Interactive work taken between a batch's model calls (the module docstring)."""
 
-    def __init__(self, stages: Stages[BatchT, EmbeddedT, TallyT], db: ThreadPoolExecutor,
+    def __init__(self, stages: Stages[BatchT, EmbeddedT, TallyT], lane: ThreadPoolExecutor,
                  stopping: Callable[[], bool]) -> None:
-        self._stages, self._db, self._stopping = stages, db, stopping
+        # lane: the urgent thread, on the second connection.
+        self._stages, self._db, self._stopping = stages, lane, stopping
         self._asking: Future[BatchT | None] | None = None
         self._writing: list[Future[TallyT]] = []
 

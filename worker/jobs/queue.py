@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -106,21 +107,39 @@ class QueueWorker(Generic[TallyT]):
         self.config = config
         self._tally = tally
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
+        self._lane_conn: psycopg.Connection[dict[str, Any]] | None = None
+        self._lane = threading.local()
         #: How long the last claim took (set by run_batch), for the batch's log line.
         self.last_claim_seconds: float | None = None
 
     @property
     def conn(self) -> psycopg.Connection[dict[str, Any]]:
+        """The worker's connection; on a thread that called use_second_connection, its
+        second one (one thread at a time uses each)."""
+        if getattr(self._lane, "second", False):
+            if self._lane_conn is None or self._lane_conn.closed:
+                self._lane_conn = self._connect()
+            return self._lane_conn
         if self._conn is None or self._conn.closed:
-            self._conn = connect(self.db_url)
-            if self.queue.asynchronous_commit:
-                self._conn.execute("set synchronous_commit = off")
-                self._conn.commit()
+            self._conn = self._connect()
         return self._conn
 
+    def use_second_connection(self) -> None:
+        """Have this thread use the worker's second connection (opened on first use), so
+        its work never waits behind the first one's (worker/jobs/pipeline.py)."""
+        self._lane.second = True
+
+    def _connect(self) -> psycopg.Connection[dict[str, Any]]:
+        conn = connect(self.db_url)
+        if self.queue.asynchronous_commit:
+            conn.execute("set synchronous_commit = off")
+            conn.commit()
+        return conn
+
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
+        for conn in (self._conn, self._lane_conn):
+            if conn is not None:
+                conn.close()
 
     def load(self) -> None:
         """Load what the worker needs (a model) before it claims anything."""

@@ -101,8 +101,11 @@ class SpaceFiller:
 
     def record_failures(self, conn: psycopg.Connection[Any]) -> None:
         """Count the standby spaces' model failures that embed_in saw (it has no database)."""
-        while self._failed:
-            space, exc = self._failed.pop(0)
+        while True:
+            try:  # both database threads of the pipeline may flush (worker/jobs/pipeline.py)
+                space, exc = self._failed.pop(0)
+            except IndexError:
+                return
             try:
                 self.record_failure(conn, space, exc)
             except psycopg.Error as error:  # a count for `spaces status`, never a job's failure
