@@ -20,8 +20,9 @@ and the bulk batch carries on. An interactive batch already claimed as the
 next one goes ahead the same way. The question and the urgent write-back run
 on a second database thread with a connection of its own, so they never wait
 behind a bulk claim's read or write-back (hundreds of documents, about a
-second each). An edit then waits for about one or two model calls, not for
-the batches ahead of it.
+second each), and a boundary waits for the answer (about a millisecond) rather
+than taking it at the next one. An edit then waits for about one model call,
+not for the batches ahead of it.
 
 So at most three batches are in flight (one written, one embedded, one
 waiting) besides the urgent ones, and every guarantee stays where it was: the write-back checks the
@@ -168,6 +169,11 @@ class Pipeline(Generic[BatchT, EmbeddedT, TallyT]):
         return total
 
 
+#: Seconds a boundary between two model calls waits for the answer to "is an interactive
+#: job due?" (_Urgent.between).
+PATIENCE = 0.05
+
+
 class _Urgent(Generic[BatchT, EmbeddedT, TallyT]):
     """Interactive work taken between a batch's model calls (the module docstring)."""
 
@@ -179,13 +185,24 @@ class _Urgent(Generic[BatchT, EmbeddedT, TallyT]):
         self._writing: list[Future[TallyT]] = []
 
     def between(self) -> None:
-        """Embed what the last question found, and ask again (the calling thread)."""
-        if self._asking is not None and self._asking.done():
-            batch, self._asking = self._asking.result(), None
-            if batch is not None:
-                self.take(batch)
+        """Ask whether interactive jobs are due and embed them now (the calling thread).
+
+        The answer is awaited for at most PATIENCE: on its own connection the question
+        takes about a millisecond, so an edit committed during the model call just ended
+        goes before the next one (asked without waiting, it went after it). A question
+        still unanswered then (a slow database, an urgent write-back ahead of it on the
+        thread) is taken at the next boundary."""
         if self._asking is None and not self._stopping():
             self._asking = self._db.submit(self._stages.prepare_urgent)
+        if self._asking is None:
+            return
+        try:
+            batch = self._asking.result(timeout=PATIENCE)
+        except TimeoutError:
+            return
+        self._asking = None
+        if batch is not None:
+            self.take(batch)
 
     def take(self, batch: BatchT) -> None:
         """Embed an interactive batch now and have it written back (the calling thread)."""
