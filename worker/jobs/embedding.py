@@ -249,7 +249,7 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
     def embed(self, batch: _Batch, between: Callable[[], None] | None = None) -> Outcomes:
         """The model's part: every plan's missing chunks, in every space (no database).
 
-        between runs before each model call of the column space but the first, if the
+        between runs before each model call of the column space, if the
         batch holds bulk jobs (the pipeline takes interactive work there; behind a batch
         of interactive jobs, a newer one waits its turn)."""
         between = between if batch.bulk else None
@@ -449,8 +449,8 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
         if not texts:
             return []
         vectors: list[list[float]] = [[] for _ in texts]
-        for n, call in enumerate(model_calls(texts, self._count, budget=self.token_budget)):
-            if n and between is not None:
+        for call in model_calls(texts, self._count, budget=self.token_budget):
+            if between is not None:
                 between()
             for i, vector in zip(call, self.embedder.embed([texts[i] for i in call]),
                                  strict=True):

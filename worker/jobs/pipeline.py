@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Generic, Protocol, TypeVar
 
 from worker.jobs.queue import Tally, TallyT
@@ -69,7 +69,7 @@ class Stages(Protocol[BatchT, EmbeddedT, TallyT_co]):
     def embed(self, batch: BatchT, between: Callable[[], None] | None = None) -> EmbeddedT:
         """Run the model over a prepared batch (calling thread); never touches the database.
 
-        between, if given, is called before each model call but the first."""
+        between, if given, is called before each model call."""
         ...
 
     def finish(self, batch: BatchT, embedded: EmbeddedT) -> TallyT_co:
@@ -121,6 +121,11 @@ class Pipeline(Generic[BatchT, EmbeddedT, TallyT]):
             try:
                 waiting = None if stopping() else db.submit(self.stages.prepare)
                 while waiting is not None:
+                    # Waiting for the next batch (a big claim's read and chunking): the
+                    # model is free, so interactive work goes meanwhile.
+                    while not waiting.done():
+                        urgent.between()
+                        wait([waiting], timeout=PATIENCE)
                     batch = waiting.result()
                     if batch is None:
                         # Nothing due: let the last write land, then the idle work.
