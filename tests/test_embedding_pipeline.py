@@ -330,3 +330,66 @@ def test_an_edit_is_written_while_the_database_thread_is_busy_with_bulk_work(
     # The edit was embedded and written while the bulk claim's read still held the
     # first connection's thread.
     assert slow_read["start"] < written[urgent[0]] < slow_read["end"]
+
+
+def test_an_edit_goes_between_the_calls_of_a_second_space_too(conn, world, db_url, embedder):
+    """While a second space is live, a bulk batch is embedded in it after the first; those
+    calls take interactive work between them as well (at 16 budgets a claim, they are
+    seconds of model time)."""
+    from worker.jobs.spaces import SpaceFiller
+    from worker.spaces import add_space
+
+    conn.execute("delete from suparag_private.embedding_jobs")
+    conn.commit()
+    paragraph = "Every nightly backup of the primary replica is checked by the team. " * 5
+    bulk = [r["id"] for r in conn.execute(
+        "insert into public.documents (owner_id, title, content)"
+        " select %s, 'bulk ' || i, repeat(%s, 3) from generate_series(1, 16) i returning id",
+        (world.users["alice"].id, paragraph + "\n\n")).fetchall()]  # one statement: bulk
+    conn.commit()
+    with connect(db_url, autocommit=True) as admin:
+        second = add_space(admin, "all-MiniLM-L6-v2", dimensions=384, name="minilm-second")
+    urgent: list[object] = []
+    in_second: list[int] = []  # model calls made in the second space
+
+    def hook(call, texts):
+        time.sleep(0.2)
+        if in_second:
+            in_second.append(call)
+            if len(in_second) == 2 and not urgent:
+                urgent.extend(insert_docs(conn, world, ["an urgent single edit"]))
+
+    model = Hooked(embedder, hook)
+    worker = EmbeddingWorker(db_url, model, config=WorkerConfig(batch_size=64),
+                             token_budget=600, claim_budgets=32)
+    worker.spaces = SpaceFiller(make=lambda space: model)
+    embed_in = worker.spaces.embed_in
+
+    def marked(spaces, texts, **kwargs):
+        bulk_phase = any("nightly backup" in t for t in texts)
+        if bulk_phase:
+            in_second.append(0)  # the hook counts calls from here
+        try:
+            return embed_in(spaces, texts, **kwargs)
+        finally:
+            if bulk_phase and not urgent:
+                in_second.clear()
+
+    worker.spaces.embed_in = marked
+    try:
+        worker.drain()
+    finally:
+        worker.close()
+    assert urgent, "the second space's calls never ran"
+    assert set(status(conn, [*bulk, *urgent]).values()) == {"ready"}
+    edit = next(i for i, call in enumerate(model.calls) if any("urgent" in t for t in call))
+    bulk_calls = [i for i, call in enumerate(model.calls)
+                  if any("nightly backup" in t for t in call)]
+    # The edit went before the bulk batch's last call in the second space ...
+    assert edit < bulk_calls[-1]
+    # ... and ended in both spaces.
+    assert conn.execute(
+        "select count(*) as n from suparag_search.chunk_vectors v"
+        " join public.document_chunks c on c.id = v.chunk_id"
+        " where v.space_id = %s and c.document_id = %s",
+        (second.id, urgent[0])).fetchone()["n"] == 1

@@ -255,7 +255,7 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
         between = between if batch.bulk else None
         outer, self._tokens = self._tokens, 0  # between may embed another batch inside
         try:
-            outcomes = self._embed_spaces(self._embed_plans(batch.ready, between),
+            outcomes = self._embed_spaces(self._embed_plans(batch.ready, between), between,
                                           batch.spaces)
             self.estimate.observe(len(batch.ready), self._tokens)
         finally:
@@ -361,13 +361,16 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
             plan.vectors = {t: vectors[t] for t in plan.missing_texts()}
         return [(plan, None) for plan in plans]
 
-    def _embed_spaces(self, outcomes: Outcomes, spaces: list[Space]) -> Outcomes:
-        """The embedded plans' chunks in every table space too (worker/jobs/spaces.py)."""
+    def _embed_spaces(self, outcomes: Outcomes, between: Callable[[], None] | None,
+                      spaces: list[Space]) -> Outcomes:
+        """The embedded plans' chunks in every table space too (worker/jobs/spaces.py);
+        between before each model call, as in the column space."""
         embedded = [plan for plan, error in outcomes if error is None]
         if not embedded or not spaces:
             return outcomes
         vectors, failure = self.spaces.embed_in(
-            spaces, [c.embed_text for plan in embedded for c in plan.chunks])
+            spaces, [c.embed_text for plan in embedded for c in plan.chunks],
+            between=between, budget=self.token_budget)
         for plan in embedded:
             plan.space_vectors = vectors
         return [(plan, error or failure) for plan, error in outcomes]

@@ -26,6 +26,7 @@ import psycopg
 
 from worker.db import to_vector
 from worker.errors import EmbeddingJobError
+from worker.jobs.batching import model_calls
 from worker.jobs.chunking import Chunk
 from worker.models.base import Embedder
 from worker.spaces import Space, space_embedder
@@ -69,12 +70,24 @@ class SpaceFiller:
             self._embedders[key] = embedder
         return self._embedders[key]
 
-    def embed(self, space: Space, texts: Sequence[str]) -> dict[str, list[float]]:
-        """texts' vectors in space, checked against its width."""
+    def embed(self, space: Space, texts: Sequence[str], *,
+              between: Callable[[], None] | None = None,
+              budget: int | None = None) -> dict[str, list[float]]:
+        """texts' vectors in space, checked against its width. Given between and a token
+        budget, in model calls of that budget (sorted by length), between before each."""
         texts = list(dict.fromkeys(texts))
         if not texts:
             return {}
-        vectors = self.embedder(space).embed(texts)
+        embedder = self.embedder(space)
+        if between is None or budget is None:
+            vectors = embedder.embed(texts)
+        else:
+            vectors = [[] for _ in texts]
+            for call in model_calls(texts, embedder.count_tokens, budget=budget):
+                between()
+                for i, vector in zip(call, embedder.embed([texts[i] for i in call]),
+                                     strict=True):
+                    vectors[i] = vector
         if vectors and len(vectors[0]) != space.dimensions:
             raise EmbeddingJobError(
                 f"model {space.model} made {len(vectors[0])}-dimensional vectors; space "
@@ -83,14 +96,17 @@ class SpaceFiller:
             )
         return dict(zip(texts, vectors, strict=True))
 
-    def embed_in(self, spaces: Sequence[Space], texts: Sequence[str]
+    def embed_in(self, spaces: Sequence[Space], texts: Sequence[str], *,
+                 between: Callable[[], None] | None = None, budget: int | None = None
                  ) -> tuple[SpaceVectors, Exception | None]:
         """texts in every table space (table_spaces(): active first); the error, if the
-        active one failed. No database: the worker reads the spaces when it claims a batch."""
+        active one failed. No database: the worker reads the spaces when it claims a batch.
+        between and budget as for embed: the pipeline takes interactive work between the
+        calls of a bulk batch in every space, not only the first."""
         found: SpaceVectors = {}
         for space in spaces:
             try:
-                found[space.id] = self.embed(space, texts)
+                found[space.id] = self.embed(space, texts, between=between, budget=budget)
             except Exception as exc:
                 if space.active:
                     return {}, exc
