@@ -16,8 +16,9 @@ as PostgREST runs it, under RLS):
 
 Reports search p50/p95 per phase, failed searches, the backfill rate against
 the bare model's rate on the same chunk texts (a random sample of
---bare-sample of them, 2,000 by default; same batch size, this
-process, before the loop starts; goal >= 0.85), and the time from the
+--bare-sample of them, 2,000 by default, sorted by length into calls of the
+token budget: the model's best case, as in `bench worker`; this process,
+before the loop starts; goal >= 0.85), and the time from the
 activate commit to the first search answered from the new space (a search
 whose top chunk is the new space's top chunk for that query, not the old
 one's). Issue 10's goals: p95 during the backfill within 1.5x of before,
@@ -48,6 +49,7 @@ from bench._common import (
 )
 from worker.db import connect, ensure_vector_types
 from worker.errors import BenchError
+from worker.jobs.batching import DEFAULT_CLAIM_DOCUMENTS, DEFAULT_TOKEN_BUDGET, model_calls
 from worker.jobs.chunking import Chunk, chunk_document
 from worker.models.base import DEFAULT_MODEL, Embedder
 from worker.models.factory import make_embedder
@@ -115,16 +117,19 @@ def _hash(chunk: Chunk) -> str:
     return chunk.content_hash(DEFAULT_MODEL)
 
 
-def bare_rate(embedder: Embedder, texts: list[str], batch: int, *, sample: int,
+def bare_rate(embedder: Embedder, texts: list[str], token_budget: int, *, sample: int,
               rng: np.random.Generator) -> float:
-    """Chunks per second of embedder.embed over texts, batch at a time: over a random
-    sample of `sample` of them when there are more (their order kept), since timing the
-    model on every chunk of a large run would take as long as the backfill itself."""
+    """Chunks per second of embedder.embed over texts sorted by length, in calls of
+    token_budget padded tokens (the model's best case): over a random sample of `sample`
+    of them when there are more, since timing the model on every chunk of a large run
+    would take as long as the backfill itself."""
     if len(texts) > sample:
-        texts = [texts[i] for i in sorted(rng.choice(len(texts), sample, replace=False))]
+        texts = [texts[i] for i in rng.choice(len(texts), sample, replace=False)]
+    calls = [[texts[i] for i in call]
+             for call in model_calls(texts, embedder.count_tokens, budget=token_budget)]
     started = time.perf_counter()
-    for i in range(0, len(texts), batch):
-        embedder.embed(texts[i:i + batch])
+    for call in calls:
+        embedder.embed(call)
     return len(texts) / (time.perf_counter() - started)
 
 
@@ -190,7 +195,7 @@ def _phase(searches: list[Search]) -> dict[str, Any]:
 
 
 def run(*, chunks: int = 20_000, rate: float = 10.0, phase_seconds: float = 5.0,
-        batch_size: int = 64, bare_sample: int = 2_000, timeout: float = 3600.0,
+        token_budget: int = DEFAULT_TOKEN_BUDGET, bare_sample: int = 2_000, timeout: float = 3600.0,
         db_url: str | None = None) -> dict[str, Any]:
     """Measure once; the figures as a dict (see print_report)."""
     if chunks < 1 or rate <= 0 or phase_seconds <= 0 or bare_sample < 1:
@@ -207,9 +212,10 @@ def run(*, chunks: int = 20_000, rate: float = 10.0, phase_seconds: float = 5.0,
         claims, texts = load(conn, embedder, chunks, rng)
         err_console.print(f"loaded {len(texts)} chunks; timing the bare model on "
                           f"{min(len(texts), bare_sample)} of them…")
-        bare = bare_rate(embedder, texts, batch_size, sample=bare_sample, rng=rng)
+        bare = bare_rate(embedder, texts, token_budget, sample=bare_sample, rng=rng)
         old_tops = tops(conn, claims, queries, None)
-        with RunningWorker(url, embedder, batch_size=batch_size, in_process=False) as worker, \
+        with RunningWorker(url, embedder, batch_size=DEFAULT_CLAIM_DOCUMENTS,
+                           token_budget=token_budget, in_process=False) as worker, \
                 SearchLoop(url, claims, queries, rate) as loop:
             t_before = time.monotonic()
             time.sleep(phase_seconds)
@@ -252,7 +258,7 @@ def run(*, chunks: int = 20_000, rate: float = 10.0, phase_seconds: float = 5.0,
     before_p95, during_p95 = phases["before"]["p95_ms"], phases["during"]["p95_ms"]
     return {
         "bench": "spaces", "chunks": len(texts), "rate_per_s": rate,
-        "phase_seconds": phase_seconds, "batch_size": batch_size,
+        "phase_seconds": phase_seconds, "token_budget": token_budget,
         "bare_sample": min(len(texts), bare_sample), "active_after": active,
         "phases": phases,
         "failed_searches": sum(p["failed"] for p in phases.values()),
@@ -296,14 +302,14 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=20_000)
     parser.add_argument("--rate", type=float, default=10.0)
     parser.add_argument("--phase-seconds", type=float, default=5.0)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--token-budget", type=int, default=DEFAULT_TOKEN_BUDGET)
     parser.add_argument("--bare-sample", type=int, default=2_000,
                         help="chunks the bare model is timed on (a random sample)")
     parser.add_argument("--db-url", help="an empty database to use (default: a temporary server)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     result = run(chunks=args.chunks, rate=args.rate, phase_seconds=args.phase_seconds,
-                 batch_size=args.batch_size, bare_sample=args.bare_sample,
+                 token_budget=args.token_budget, bare_sample=args.bare_sample,
                    db_url=args.db_url)
     emit(result, args.json, print_report)
 

@@ -339,8 +339,9 @@ def spaces(
     phase_seconds: Annotated[float, typer.Option(
         min=0.1, help="Seconds of searching before the backfill, after it, and after the "
         "switch.")] = 5.0,
-    batch_size: Annotated[int, typer.Option(min=1, max=1024, help="Chunks per model call, "
-                                            "for the bare model and the worker.")] = 64,
+    token_budget: Annotated[int, typer.Option(
+        min=64, max=65536, help="Padded tokens per model call, for the bare model and the "
+        "worker.")] = DEFAULT_TOKEN_BUDGET,
     bare_sample: Annotated[int, typer.Option(min=1, help="Chunks the bare model is timed on "
                                              "(a random sample of the loaded ones).")] = 2_000,
     db_url: BenchDbUrl = None,
@@ -355,7 +356,7 @@ def spaces(
     from bench._common import emit
 
     result = bench_spaces.run(chunks=chunks, rate=rate, phase_seconds=phase_seconds,
-                              batch_size=batch_size, bare_sample=bare_sample,
+                              token_budget=token_budget, bare_sample=bare_sample,
                               db_url=db_url)
     emit(result, json_out, bench_spaces.print_report)
 

@@ -393,3 +393,80 @@ def test_an_edit_goes_between_the_calls_of_a_second_space_too(conn, world, db_ur
         " join public.document_chunks c on c.id = v.chunk_id"
         " where v.space_id = %s and c.document_id = %s",
         (second.id, urgent[0])).fetchone()["n"] == 1
+
+
+def test_a_backfill_runs_through_the_pipeline_and_lets_an_edit_between_its_calls(
+        conn, world, db_url, embedder):
+    """A space's backfill (issue 10) is a bulk batch of the pipeline: its chunks sorted by
+    length into calls of the token budget, the next fill claimed while the model embeds
+    this one, and an edit committed during a fill embedded between that fill's calls."""
+    from worker.jobs.spaces import SpaceFiller
+    from worker.spaces import add_space
+
+    conn.execute("delete from suparag_private.embedding_jobs")
+    conn.commit()
+    with conn.transaction():  # one transaction: bulk
+        for i in range(24):
+            conn.execute(
+                "insert into public.documents (owner_id, title, content) values (%s, %s, %s)",
+                (world.users["alice"].id, f"fill {i}",
+                 f"Fill document {i}. " + "The replica is checked nightly. " * (i % 6 + 1)))
+    conn.commit()
+    filling = {"on": False}
+    spans: list[tuple[float, float, list[str]]] = []  # the fill's model calls
+    urgent: list[object] = []
+
+    def hook(call, texts):
+        if filling["on"]:
+            time.sleep(0.15)
+            if not urgent:
+                urgent.extend(insert_docs(conn, world, ["an urgent single edit"]))
+
+    model = Hooked(embedder, hook)
+    worker = EmbeddingWorker(db_url, model, config=WorkerConfig(), token_budget=200)
+    worker.spaces = SpaceFiller(make=lambda space: model, batch=12)
+    try:
+        worker.drain()  # the column space
+        with connect(db_url, autocommit=True) as admin:
+            second = add_space(admin, "all-MiniLM-L6-v2", dimensions=384, name="minilm-fill")
+        fills: list[tuple[float, set[str]]] = []  # when each fill was claimed, its texts
+        claim, embed = worker.spaces.claim, model.embed
+
+        def claimed(*args, **kwargs):
+            started = time.monotonic()
+            fill = claim(*args, **kwargs)
+            if fill is not None:
+                fills.append((started, set(fill.texts.values())))
+            return fill
+
+        def timed(texts):
+            started = time.monotonic()
+            try:
+                return embed(texts)
+            finally:
+                if filling["on"]:
+                    spans.append((started, time.monotonic(), list(texts)))
+
+        worker.spaces.claim, model.embed = claimed, timed
+        filling["on"] = True
+        worker.drain()
+    finally:
+        worker.close()
+    assert urgent and len(fills) >= 2
+    assert set(status(conn, urgent).values()) == {"ready"}
+    assert conn.execute(
+        "select count(*) filter (where v.chunk_id is null) as missing"
+        " from public.document_chunks c left join suparag_search.chunk_vectors v"
+        " on v.chunk_id = c.id and v.space_id = %s", (second.id,)).fetchone() == {
+        "missing": 0}
+    fill_calls = [s for s in spans if not any("urgent" in t for t in s[2])]
+    # Calls of the token budget, each sorted by length, not one call per fill ...
+    for _, _, texts in fill_calls:
+        lengths = [model.count_tokens(t) + SPECIAL_TOKENS for t in texts]
+        assert len(texts) == 1 or padded_cost(lengths) <= 200
+    # ... the next fill claimed while the model embedded the one before ...
+    assert any(start < at < end for at, _ in fills[1:] for start, end, _ in fill_calls)
+    # ... and the edit went between two calls of the first fill.
+    first = [i for i, s in enumerate(spans) if set(s[2]) <= fills[0][1]]
+    edit = next(i for i, s in enumerate(spans) if any("urgent" in t for t in s[2]))
+    assert first[0] < edit < first[-1]

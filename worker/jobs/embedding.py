@@ -35,7 +35,7 @@ from worker.jobs.batching import (
 from worker.jobs.chunking import Chunk, chunk_document
 from worker.jobs.pipeline import Pipeline
 from worker.jobs.queue import EMBEDDINGS, Counts, QueueWorker, WorkerConfig
-from worker.jobs.spaces import SpaceFiller, SpaceVectors
+from worker.jobs.spaces import Fill, SpaceFiller, SpaceVectors
 from worker.models.base import Embedder
 from worker.spaces import Space
 
@@ -102,6 +102,7 @@ class _Batch:
     early: BatchResult  # superseded or failed before the model saw them
     spaces: list[Space]  # the table spaces, read when the batch was claimed
     bulk: bool = False  # holds bulk jobs, so an interactive one may be waiting behind it
+    fill: Fill | None = None  # a space's backfill instead of jobs (issue 10)
 
 
 Outcomes = list[tuple[_Plan, Exception | None]]
@@ -162,9 +163,10 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
         call, not one per document. Each document is still written back (or
         failed) on its own.
         """
+        self.spaces.rest()
         batch = self.prepare()
         if batch is None:
-            return self.idle()
+            return BatchResult()
         return self.finish(batch, self.embed(batch))
 
     def drain(self, *, on_batch: Callable[[BatchResult], None] | None = None,
@@ -175,6 +177,7 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
         batch N scheduled for a retry (due at once with no backoff) can be missed by
         that claim: the pipeline runs again until a pass claims nothing."""
         pipeline = Pipeline(self, tally=BatchResult, lease_seconds=self.config.lease_seconds)
+        self.spaces.rest()
         total = BatchResult()
         while True:
             result = pipeline.drain(on_batch=on_batch, should_stop=should_stop)
@@ -188,8 +191,17 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
         """Claim the next batch, read and chunk its documents; None when nothing is due.
 
         When interactive jobs are due the batch is those alone (about one budget): filled
-        up with bulk jobs, an edit would wait for a whole claim of bulk calls."""
-        return self.prepare_urgent() or self._prepare(self.estimate.documents())
+        up with bulk jobs, an edit would wait for a whole claim of bulk calls. When no job
+        is due, a fill of a space that lacks vectors (issue 10), which the stages treat as
+        a bulk batch."""
+        return (self.prepare_urgent() or self._prepare(self.estimate.documents())
+                or self._prepare_fill())
+
+    def _prepare_fill(self) -> _Batch | None:
+        fill = self.spaces.claim(self.conn, self._chunk)
+        if fill is None:
+            return None
+        return _Batch(jobs=[], ready=[], early=BatchResult(), spaces=[], bulk=True, fill=fill)
 
     def urgent(self, batch: _Batch) -> bool:
         """Whether batch holds interactive jobs only (see Pipeline: it may go first)."""
@@ -253,6 +265,9 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
         batch holds bulk jobs (the pipeline takes interactive work there; behind a batch
         of interactive jobs, a newer one waits its turn)."""
         between = between if batch.bulk else None
+        if batch.fill is not None:
+            self.spaces.embed_fill(batch.fill, between=between, budget=self.token_budget)
+            return []
         outer, self._tokens = self._tokens, 0  # between may embed another batch inside
         try:
             outcomes = self._embed_spaces(self._embed_plans(batch.ready, between), between,
@@ -265,6 +280,8 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
     def finish(self, batch: _Batch, outcomes: Outcomes) -> BatchResult:
         """Write each embedded document back, or record its failure."""
         self.spaces.record_failures(self.conn)
+        if batch.fill is not None:
+            return BatchResult(backfilled=self.spaces.write_fill(self.conn, batch.fill))
         result = batch.early
         for plan, error in outcomes:
             try:
@@ -291,10 +308,6 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
                     (self.config.lease_seconds, leased, self.config.worker_id))
         except Exception as exc:  # the next heartbeat tries again; the lease has margin
             log.warning("could not renew %d leases: %s", len(leased), exc)
-
-    def idle(self) -> BatchResult:
-        """Nothing due: fill a space that lacks vectors, a batch at a time (issue 10)."""
-        return BatchResult(backfilled=self.spaces.backfill(self.conn, self._chunk))
 
     def _settle(self, job: dict[str, Any], result: BatchResult) -> BatchResult:
         with self._in_flight_lock:

@@ -32,9 +32,11 @@ leases of every batch in flight are renewed every third of the lease by a
 heartbeat, so a batch never loses its lease while it waits. Stopping
 (SIGTERM) claims nothing more and finishes every batch already claimed.
 
+Lower-priority work that is not a job (a space's backfill, issue 10) is a
+batch like the others: `prepare` returns it when no job is due.
+
 Each connection is used by one thread at a time: the first by the database
-thread while the pipeline runs and by the caller only when nothing is in
-flight (the idle step), the second by the urgent thread.
+thread while the pipeline runs, the second by the urgent thread.
 """
 
 from __future__ import annotations
@@ -84,11 +86,6 @@ class Stages(Protocol[BatchT, EmbeddedT, TallyT_co]):
         """Called once on the urgent thread: its stages use a connection of their own."""
         ...
 
-    def idle(self) -> TallyT_co:
-        """One step of lower-priority work when nothing is due (calling thread, nothing in
-        flight), e.g. a space's backfill; zero claimed means done."""
-        ...
-
 
 class Pipeline(Generic[BatchT, EmbeddedT, TallyT]):
     """Drains a queue through stages, overlapping the database with the model."""
@@ -128,18 +125,7 @@ class Pipeline(Generic[BatchT, EmbeddedT, TallyT]):
                         wait([waiting], timeout=PATIENCE)
                     batch = waiting.result()
                     if batch is None:
-                        # Nothing due: let the last write land, then the idle work.
-                        if writing is not None:
-                            done(writing.result())
-                            writing = None
-                        for tally in urgent.written(wait=True):
-                            done(tally)
-                        step = self.stages.idle() if not stopping() else self.tally()
-                        if step.claimed == 0:
-                            break
-                        done(step)
-                        waiting = None if stopping() else db.submit(self.stages.prepare)
-                        continue
+                        break  # nothing due
                     # Claim the next batch now: it is read and chunked while this one embeds.
                     waiting = None if stopping() else db.submit(self.stages.prepare)
 

@@ -9,17 +9,22 @@ batch, as before. Every other space (storage "table") is handled here:
   once. A failure of the active space's model fails the job; a failure of
   a standby space's model is logged and left to the backfill, so a broken
   standby never holds up the live corpus.
-* backfill: chunks that have no vector in a space yet are embedded a batch
+* backfill: chunks that have no vector in a space yet are embedded a fill
   at a time, only when no job is due (the worker claims jobs first), so it
-  never starves edits. Their embedded text is rebuilt by chunking the
-  document again with the worker's own chunker; a chunk whose document has
-  changed since is skipped (its job rewrites it, with vectors in every space).
+  never starves edits. A fill goes through the worker's pipeline like a bulk
+  batch (worker/jobs/pipeline.py): claimed and read while the model embeds
+  the last one, its texts sorted by length into calls of the token budget,
+  interactive work taken between those calls, written back while the model
+  embeds the next. Their embedded text is rebuilt by chunking the document
+  again with the worker's own chunker; a chunk whose document has changed
+  since is skipped (its job rewrites it, with vectors in every space).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -41,14 +46,20 @@ class SpaceFiller:
     """Keeps the table spaces of one database current for an embedding worker."""
 
     def __init__(self, *, make: Callable[[Space], Embedder] = space_embedder,
-                 batch: int = 64) -> None:
+                 batch: int = 256) -> None:
         self._make = make
-        #: Chunks per backfill step (one model call).
+        #: Chunks per fill: sorted by length together into calls of the worker's token
+        #: budget, like a bulk claim (worker/jobs/batching.py).
         self.batch = batch
         self._embedders: dict[tuple[int, str, int], Embedder] = {}
         # Per space: the last chunk id the backfill looked at, so chunks it has to
         # skip (document changed, job pending) do not hold it up.
         self._after: dict[int, int] = {}
+        # Per space: chunk ids claimed for a fill not yet written (the pipeline embeds one
+        # fill while it claims the next).
+        self._pending: dict[int, set[int]] = {}
+        # Spaces whose last fill failed: left alone until the next wake-up (rest()).
+        self._resting: set[int] = set()
         # Standby spaces' model failures seen by embed_in (the model's thread), counted
         # on the database's thread by record_failures.
         self._failed: list[tuple[Space, Exception]] = []
@@ -157,27 +168,47 @@ class SpaceFiller:
                 "insert into suparag_search.chunk_vectors (space_id, chunk_id, embedding)"
                 " values (%s, %s, %s)", rows)
 
-    def backfill(self, conn: psycopg.Connection[Any],
-                 chunk: Callable[[str, str], list[Chunk]], *, limit: int | None = None) -> int:
-        """Embed up to limit chunks that a table space lacks (the first space with any);
-        the number of vectors written."""
+    def rest(self) -> None:
+        """A new wake-up: spaces whose backfill failed are tried again."""
+        self._resting.clear()
+
+    def claim(self, conn: psycopg.Connection[Any], chunk: Callable[[str, str], list[Chunk]],
+              *, limit: int | None = None) -> Fill | None:
+        """Up to limit chunks that a table space lacks (the first space with any), their
+        embedded text rebuilt; None when no space lacks any (the database side).
+
+        Chunks already in a fill that is not yet written are left out, so the pipeline
+        can claim the next fill while the model embeds this one."""
         limit = limit or self.batch
         with conn.transaction():
             spaces = self.table_spaces(conn)
         for space in spaces:
+            if space.id in self._resting:
+                continue
+            fill = self._claim_in(conn, space, chunk, limit)
+            if fill is None and self._after.pop(space.id, None) is not None:
+                fill = self._claim_in(conn, space, chunk, limit)  # wrap around once
+            if fill is not None:
+                self._pending.setdefault(space.id, set()).update(fill.texts)
+                return fill
+        return None
+
+    def _claim_in(self, conn: psycopg.Connection[Any], space: Space,
+                  chunk: Callable[[str, str], list[Chunk]], limit: int) -> Fill | None:
+        while True:
             with conn.transaction():
                 missing = conn.execute(
                     "select c.id, c.document_id, c.chunk_index, c.content"
                     " from public.document_chunks c"
-                    " where c.id > %s and not exists (select 1 from suparag_search.chunk_vectors v"
+                    " where c.id > %s and c.id <> all(%s)"
+                    " and not exists (select 1 from suparag_search.chunk_vectors v"
                     "   where v.space_id = %s and v.chunk_id = c.id)"
                     " order by c.id limit %s",
-                    (self._after.get(space.id, 0), space.id, limit),
+                    (self._after.get(space.id, 0), list(self._pending.get(space.id, ())),
+                     space.id, limit),
                 ).fetchall()
                 if not missing:
-                    if self._after.pop(space.id, None) is not None:
-                        return self.backfill(conn, chunk, limit=limit)  # wrap around once
-                    continue
+                    return None
                 docs = {row["id"]: row for row in conn.execute(
                     "select id, title, content from public.documents where id = any(%s)",
                     (list({m["document_id"] for m in missing}),))}
@@ -197,30 +228,66 @@ class SpaceFiller:
                 again = rechunked[doc["id"]].get(row["chunk_index"])
                 if again is not None and again.content == row["content"]:
                     texts[row["id"]] = again.embed_text
-            if not texts:
-                continue
-            try:
-                vectors = self.embed(space, list(texts.values()))
-            except Exception as exc:
-                # Counted and shown by `suparag spaces status`; these chunks are
-                # tried again at the next step (the worker backs off while idle).
-                log.warning("space %s: backfill failed: %s", space.name, exc)
-                self.record_failure(conn, space, exc)
-                self._after[space.id] = missing[0]["id"] - 1
+            if texts:
+                return Fill(space=space, texts=texts, first=missing[0]["id"])
+            # Every chunk read was stale (its document changed: its job rewrites it):
+            # read on past them.
+
+    def embed_fill(self, fill: Fill, *, between: Callable[[], None] | None = None,
+                   budget: int | None = None) -> None:
+        """The model's part of a fill (no database): its vectors, or the error."""
+        try:
+            fill.vectors = self.embed(fill.space, list(fill.texts.values()),
+                                      between=between, budget=budget)
+        except Exception as exc:
+            fill.error = exc
+
+    def write_fill(self, conn: psycopg.Connection[Any], fill: Fill) -> int:
+        """Write an embedded fill's vectors (the database side); the number written."""
+        space = fill.space
+        try:
+            if fill.error is not None:
+                # Counted and shown by `suparag spaces status`; these chunks are tried
+                # again at the worker's next wake-up (the space rests until then).
+                log.warning("space %s: backfill failed: %s", space.name, fill.error)
+                self.record_failure(conn, space, fill.error)
+                self._resting.add(space.id)
+                self._after[space.id] = fill.first - 1
                 return 0
             try:
                 with conn.transaction(), conn.cursor() as cur:
                     # Only chunks that still exist: a write-back may have replaced them.
                     cur.executemany(
-                        "insert into suparag_search.chunk_vectors (space_id, chunk_id, embedding)"
-                        " select %s, c.id, %s from public.document_chunks c where c.id = %s"
-                        " on conflict (space_id, chunk_id) do nothing",
-                        [(space.id, to_vector(vectors[text]), chunk_id)
-                         for chunk_id, text in texts.items()])
+                        "insert into suparag_search.chunk_vectors (space_id, chunk_id,"
+                        " embedding) select %s, c.id, %s from public.document_chunks c"
+                        " where c.id = %s on conflict (space_id, chunk_id) do nothing",
+                        [(space.id, to_vector(fill.vectors[text]), chunk_id)
+                         for chunk_id, text in fill.texts.items()])
             except psycopg.errors.ForeignKeyViolation:
                 # A write-back deleted one of these chunks while we embedded: its
                 # replacement came with vectors in every space. Look again next time.
                 self._after.pop(space.id, None)
                 return 0
-            return len(texts)
-        return 0
+            return len(fill.texts)
+        finally:
+            self._pending.get(space.id, set()).difference_update(fill.texts)
+
+    def backfill(self, conn: psycopg.Connection[Any],
+                 chunk: Callable[[str, str], list[Chunk]], *, limit: int | None = None) -> int:
+        """One fill through every stage in turn; the number of vectors written."""
+        fill = self.claim(conn, chunk, limit=limit)
+        if fill is None:
+            return 0
+        self.embed_fill(fill)
+        return self.write_fill(conn, fill)
+
+
+@dataclass
+class Fill:
+    """Chunks a space lacks, on their way through the backfill's stages."""
+
+    space: Space
+    texts: dict[int, str]  # chunk id -> embedded text
+    first: int  # the first chunk id read (a failed fill is read again from there)
+    vectors: dict[str, list[float]] = field(default_factory=dict)  # embedded text -> vector
+    error: Exception | None = None
