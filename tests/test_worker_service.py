@@ -79,7 +79,8 @@ def test_notify_wakes_the_worker(conn, world, db_url, embedder):
         doc_id = insert(conn, world.users["alice"].id, "Woken by a notification.")
         assert wait_for(lambda: status_of(conn, doc_id) == "ready")
         assert service.wakeups.counts["notify"] >= 1
-        assert service.totals.embedded >= 1
+        # The batch is tallied once its write-back returns, just after the commit.
+        assert wait_for(lambda: service.totals.embedded >= 1)
 
 
 def test_http_post_wakes_the_worker(conn, world, db_url, embedder):
@@ -93,6 +94,7 @@ def test_http_post_wakes_the_worker(conn, world, db_url, embedder):
         with urllib.request.urlopen(request, timeout=5) as response:
             assert response.status == 202
         assert wait_for(lambda: status_of(conn, doc_id) == "ready")
+        assert wait_for(lambda: service.totals.embedded >= 1)  # tallied after the commit
         with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=5) as response:
             health = json.load(response)
         assert health["totals"]["embedded"] >= 1 and health["wakeups"]["http"] == 1
