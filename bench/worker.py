@@ -162,6 +162,8 @@ def run(*, docs: int = 200, batch_size: int = DEFAULT_CLAIM_DOCUMENTS,
         "claim_budgets": claim_budgets,
         "model": embedder.name,
         "backend": backend,
+        # The int8 export measured: the one `suparag models quantize` made, or the packaged one.
+        "model_file": getattr(embedder, "source", None),
         "worker": running.description,
         "database": "given --db-url" if db_url else "temporary embedded PostgreSQL",
         "torch_threads": _torch_threads(),
@@ -187,6 +189,8 @@ def print_report(r: dict[str, Any]) -> None:
           f"document, mean {per['mean']:.1f}), model {r['model']}, "
           f"torch threads {r['torch_threads']}")
     print(f"worker: {r['worker']}; database: {r['database']}")
+    if r.get("model_file"):
+        print(f"model file: {r['model_file']}")
     after = r["model_chunks_per_s_odd_after"]
     print(f"bare model   {r['model_chunks_per_s']:8.1f} chunks/s  ({r['model_seconds']:.2f} s; "
           f"even batches before {r['model_chunks_per_s_even_before']:.1f}, odd after "

@@ -40,6 +40,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("cli.eval:app", "Measure retrieval quality; tune hybrid search's weights."),
     "export": ("cli.export:app", "Export data for other tools, such as fine-tuning sets."),
     "spaces": ("cli.spaces:app", "Embedding spaces: add a model, fill it, switch to it."),
+    "models": ("cli.models:app", "Make a local model's int8 export (onnx-int8 backend)."),
 }
 
 

@@ -8,7 +8,9 @@ see each other's rows and run in any order.
 from __future__ import annotations
 
 import itertools
+import os
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +26,10 @@ from worker import schema
 from worker.db import connect
 from worker.devstack.postgres import LocalPostgres, ServerStatus, free_port
 from worker.users import User, add_user
+
+# The onnx-int8 backend looks for exports made by `suparag models quantize` in the model
+# cache: the tests' own, empty unless a test makes one, never the developer's.
+os.environ["SUPARAG_MODEL_CACHE"] = tempfile.mkdtemp(prefix="suparag-test-models-")
 
 TEMPLATE = "suparag_template"
 _counter = itertools.count()

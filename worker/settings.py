@@ -52,6 +52,11 @@ class Settings(BaseSettings):
         "fp32) or `onnx-int8` (ONNX Runtime, int8 weights; vectors stored as "
         "`<model>@onnx-int8`). See the README's measurements.",
     )
+    model_cache: Path = Field(
+        default=Path("~/.cache/suparag/models"),
+        description="Where `suparag models quantize` keeps the int8 exports the `onnx-int8` "
+        "backend uses.",
+    )
     embedding_max_tokens: int | None = Field(
         default=None, ge=1,
         description="Tokens one input of the openai provider may hold (the model's window). "

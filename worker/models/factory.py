@@ -34,11 +34,12 @@ def make_embedder(provider: str, model: str | None = None, *,
     """
     kind = provider.strip().lower()
     if kind == "sentence-transformers":
-        chosen = (backend or (settings or Settings()).embedding_backend).strip().lower()
+        settings = settings or Settings()
+        chosen = (backend or settings.embedding_backend).strip().lower()
         if chosen == TORCH:
             return SentenceTransformerEmbedder(model or DEFAULT_MODEL)
         if chosen == ONNX_INT8:
-            return OnnxInt8Embedder(model or DEFAULT_MODEL)
+            return OnnxInt8Embedder(model or DEFAULT_MODEL, cache=settings.model_cache)
         raise ConfigError(
             f"unknown embedding backend {chosen!r}: set SUPARAG_EMBEDDING_BACKEND to "
             + " or ".join(repr(b) for b in BACKENDS)

