@@ -28,11 +28,13 @@ sentence-transformers settings, and `suparag-int8.json` saying how it was made.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -130,9 +132,14 @@ def quantize(model: str = DEFAULT_MODEL, *, cache: Path, force: bool = False) ->
             optimized.save_model_to_file(str(work / "fused.onnx"))
             raw.unlink()
             raw = work / "fused.onnx"
-        quantize_dynamic(str(raw), str(work / QUANTIZED_FILE), weight_type=QuantType.QInt8,
-                         per_channel=True, reduce_range=True,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        root = logging.getLogger()
+        level, root.level = root.level, logging.ERROR  # its advice to pre-process: noise
+        try:
+            quantize_dynamic(str(raw), str(work / QUANTIZED_FILE),
+                             weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        finally:
+            root.level = level
         raw.unlink()
         for name in _COPIED:
             if (source / name).is_file():
@@ -178,7 +185,9 @@ def _export(torch: Any, transformer: Any, tokenizer: Any, path: Path) -> None:
     if "token_type_ids" not in sample:
         sample["token_type_ids"] = torch.zeros_like(sample["input_ids"])
     dynamic = {name: {0: "batch", 1: "tokens"} for name in [*names, "last_hidden_state"]}
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # The tracer's notes on Python-side shape checks: the export is checked below.
+        warnings.simplefilter("ignore")
         torch.onnx.export(TokenEmbeddings(transformer), tuple(sample[n] for n in names),
                           str(path), input_names=names, output_names=["last_hidden_state"],
                           dynamic_axes=dynamic, opset_version=17, dynamo=False)
