@@ -117,6 +117,13 @@ def run(*, docs: int = 200, batch_size: int = DEFAULT_CLAIM_DOCUMENTS,
         embedder.embed(groups[0])  # warm-up: first-call allocations, not the model's speed
         # The database is up and idle meanwhile, as it is for the worker between batches.
         even = time_model(embedder, groups[0::2], "bare model, even batches")
+        # Another backend is measured against fp32 torch on the same calls, in this run.
+        fp32 = None if backend == "torch" else make_embedder(
+            "sentence-transformers", DEFAULT_MODEL, backend="torch")
+        torch_even = torch_odd = 0.0
+        if fp32 is not None:
+            fp32.embed(groups[0])
+            torch_even = time_model(fp32, groups[0::2], "fp32 torch, even batches")
         warm, user = bench_user(conn, "bench-warm-up"), bench_user(conn, "bench-worker")
         try:
             with RunningWorker(url, embedder, batch_size=batch_size, in_process=in_process,
@@ -145,6 +152,8 @@ def run(*, docs: int = 200, batch_size: int = DEFAULT_CLAIM_DOCUMENTS,
                 raise BenchError(f"the worker stored {stored} chunks where the bare run embedded "
                                  f"{chunks}: the two did not embed the same texts")
             odd = time_model(embedder, groups[1::2], "bare model, odd batches")
+            if fp32 is not None:
+                torch_odd = time_model(fp32, groups[1::2], "fp32 torch, odd batches")
         finally:
             if db_url is not None:
                 remove_users(conn, [warm, user])
@@ -171,6 +180,11 @@ def run(*, docs: int = 200, batch_size: int = DEFAULT_CLAIM_DOCUMENTS,
         "model_chunks_per_s": model_rate,
         "model_chunks_per_s_even_before": sum(map(len, groups[0::2])) / even,
         "model_chunks_per_s_odd_after": sum(map(len, groups[1::2])) / odd if odd else None,
+        # --backend other than torch: fp32 torch's bare rate on the same calls, and ours over it.
+        "torch_model_chunks_per_s": chunks / (torch_even + torch_odd) if fp32 else None,
+        "model_over_torch": (torch_even + torch_odd) / bare_seconds if fp32 else None,
+        "end_to_end_over_torch_model": ((torch_even + torch_odd) / e2e_seconds
+                                        if fp32 else None),
         "end_to_end_seconds": e2e_seconds,
         "end_to_end_chunks_per_s": e2e_rate,
         "poll_ms": POLL_SECONDS * 1000,
@@ -198,6 +212,10 @@ def print_report(r: dict[str, Any]) -> None:
     print(f"end to end   {r['end_to_end_chunks_per_s']:8.1f} chunks/s  "
           f"({r['end_to_end_seconds']:.2f} s, commit to all ready, polled every "
           f"{r['poll_ms']:.0f} ms)")
+    if r.get("torch_model_chunks_per_s"):
+        print(f"fp32 torch   {r['torch_model_chunks_per_s']:8.1f} chunks/s  (bare, same calls): "
+              f"{r['backend']} bare {r['model_over_torch']:.2f}x, end to end "
+              f"{r['end_to_end_over_torch_model']:.2f}x torch's bare rate")
     verdict = "PASS" if r["pass"] else "MISS"
     print(f"ratio        {r['ratio']:8.3f}  (goal >= {r['goal_ratio']}: {verdict})")
     print_load(r)

@@ -70,7 +70,20 @@ def test_bench_worker(db_url):
     assert r["ratio"] == pytest.approx(r["end_to_end_chunks_per_s"] / r["model_chunks_per_s"])
     assert r["goal_ratio"] == 0.95 and r["pass"] == (r["ratio"] >= 0.95)
     assert r["torch_threads"] >= 1 and r["machine_after"]["cpus"] >= 1
+    assert r["torch_model_chunks_per_s"] is None and r["model_file"] is None
     # A given database is left as it was: the bench users, documents and chunks are gone.
+    assert leftovers(db_url) == {"users": 0, "docs": 0, "chunks": 0, "jobs": 0}
+
+
+def test_bench_worker_times_int8_beside_fp32_torch(db_url):
+    r = bench_json("worker", "--docs", "2", "--backend", "onnx-int8", "--token-budget", "256",
+                   "--db-url", db_url)
+    assert r["backend"] == "onnx-int8" and r["model"].endswith("@onnx-int8")
+    assert r["model_file"].endswith(".onnx")
+    torch_seconds = r["chunks"] / r["torch_model_chunks_per_s"]
+    assert r["model_over_torch"] == pytest.approx(torch_seconds / r["model_seconds"])
+    assert r["end_to_end_over_torch_model"] == pytest.approx(
+        torch_seconds / r["end_to_end_seconds"])
     assert leftovers(db_url) == {"users": 0, "docs": 0, "chunks": 0, "jobs": 0}
 
 
