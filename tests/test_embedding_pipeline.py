@@ -28,6 +28,20 @@ def insert_docs(conn, world, contents, *, owner="alice"):
     return ids
 
 
+def bulk_docs(conn, world, n):
+    """n documents of three paragraphs about backups, in one statement (bulk), on an empty
+    queue."""
+    conn.execute("delete from suparag_private.embedding_jobs")
+    conn.commit()
+    paragraph = "Every nightly backup of the primary replica is checked by the team. " * 5
+    ids = [r["id"] for r in conn.execute(
+        "insert into public.documents (owner_id, title, content)"
+        " select %s, 'bulk ' || i, repeat(%s, 3) from generate_series(1, %s) i returning id",
+        (world.users["alice"].id, paragraph + "\n\n", n)).fetchall()]
+    conn.commit()
+    return ids
+
+
 class Hooked:
     """The real model, with a hook run at the start of each call (the call's number, texts)."""
 
@@ -216,14 +230,7 @@ def test_a_claim_takes_several_budgets_and_sorts_their_texts_together(
 
 def test_an_edit_committed_during_a_big_bulk_claim_is_embedded_between_its_calls(
         conn, world, db_url, embedder):
-    conn.execute("delete from suparag_private.embedding_jobs")
-    conn.commit()
-    paragraph = "Every nightly backup of the primary replica is checked by the team. " * 5
-    bulk = [r["id"] for r in conn.execute(
-        "insert into public.documents (owner_id, title, content)"
-        " select %s, 'bulk ' || i, repeat(%s, 3) from generate_series(1, 16) i returning id",
-        (world.users["alice"].id, paragraph + "\n\n")).fetchall()]  # one statement: bulk
-    conn.commit()
+    bulk = bulk_docs(conn, world, 16)
     urgent: list[object] = []
 
     def hook(call, texts):
@@ -281,14 +288,7 @@ def test_an_edit_is_written_while_the_database_thread_is_busy_with_bulk_work(
     second connection on a thread of their own: with one thread, they waited behind the
     next bulk claim's read and chunking (and the last one's write-back), hundreds of
     documents each at the default claim size. Here that read is held for 3 s."""
-    conn.execute("delete from suparag_private.embedding_jobs")
-    conn.commit()
-    paragraph = "Every nightly backup of the primary replica is checked by the team. " * 5
-    bulk = [r["id"] for r in conn.execute(
-        "insert into public.documents (owner_id, title, content)"
-        " select %s, 'bulk ' || i, repeat(%s, 3) from generate_series(1, 24) i returning id",
-        (world.users["alice"].id, paragraph + "\n\n")).fetchall()]  # one statement: bulk
-    conn.commit()
+    bulk = bulk_docs(conn, world, 24)
     urgent: list[object] = []
     slow_read: dict[str, float] = {}
     written: dict[object, float] = {}
@@ -339,14 +339,7 @@ def test_an_edit_goes_between_the_calls_of_a_second_space_too(conn, world, db_ur
     from worker.jobs.spaces import SpaceFiller
     from worker.spaces import add_space
 
-    conn.execute("delete from suparag_private.embedding_jobs")
-    conn.commit()
-    paragraph = "Every nightly backup of the primary replica is checked by the team. " * 5
-    bulk = [r["id"] for r in conn.execute(
-        "insert into public.documents (owner_id, title, content)"
-        " select %s, 'bulk ' || i, repeat(%s, 3) from generate_series(1, 16) i returning id",
-        (world.users["alice"].id, paragraph + "\n\n")).fetchall()]  # one statement: bulk
-    conn.commit()
+    bulk = bulk_docs(conn, world, 16)
     with connect(db_url, autocommit=True) as admin:
         second = add_space(admin, "all-MiniLM-L6-v2", dimensions=384, name="minilm-second")
     urgent: list[object] = []
