@@ -272,15 +272,6 @@ class SpaceFiller:
         finally:
             self._pending.get(space.id, set()).difference_update(fill.texts)
 
-    def backfill(self, conn: psycopg.Connection[Any],
-                 chunk: Callable[[str, str], list[Chunk]], *, limit: int | None = None) -> int:
-        """One fill through every stage in turn; the number of vectors written."""
-        fill = self.claim(conn, chunk, limit=limit)
-        if fill is None:
-            return 0
-        self.embed_fill(fill)
-        return self.write_fill(conn, fill)
-
 
 @dataclass
 class Fill:

@@ -69,8 +69,8 @@ class _Files:
 def _locate(name: str, cache: Path | None = None) -> _Files:
     """The int8 ONNX file and tokenizer of model name; ConfigError says how to get them.
 
-    In order: name as a folder holding an export; the export `suparag models quantize`
-    made under cache; for the default model, the packaged export."""
+    In order: the export `suparag models quantize` made under cache; for the default
+    model, the packaged export; name as a folder holding an export."""
     from worker.models.local import _packaged_model_path
     from worker.models.quantize import QUANTIZED_FILE, cached_export
 
