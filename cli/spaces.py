@@ -26,10 +26,16 @@ def _row(cover: spaces_mod.Coverage) -> dict[str, Any]:
             "dimensions": space.dimensions, "state": space.state, "storage": space.storage,
             "chunks": cover.chunks, "vectors": cover.vectors, "missing": cover.missing,
             "coverage": round(cover.percent, 2),
-            "index": f"hnsw {space.index_type}" if cover.index_ready else "building or invalid",
+            "index": _index(cover),
             "rate_per_s": round(cover.rate, 2),
             "eta_s": None if cover.eta_s is None else round(cover.eta_s, 1),
             "failures": cover.failures, "last_error": cover.last_error}
+
+
+def _index(cover: spaces_mod.Coverage) -> str:
+    if cover.space.state == "dropped":
+        return "dropped"
+    return f"hnsw {cover.space.index_type}" if cover.index_ready else "building or invalid"
 
 
 def _eta(cover: spaces_mod.Coverage) -> str:
@@ -42,6 +48,10 @@ def _eta(cover: spaces_mod.Coverage) -> str:
 
 
 def _line(cover: spaces_mod.Coverage) -> str:
+    if cover.space.state == "dropped":
+        left = f", {cover.vectors} vectors still to null" if cover.vectors else ""
+        return (f"{escape(cover.space.name)}: dropped{left} (its row is kept so the column "
+                "is never reused)")
     failed = ""
     if cover.failures:
         failed = f", {cover.failures} failures (last: {escape(cover.last_error or '-')})"
@@ -162,10 +172,28 @@ def activate(
 
 @app.command()
 def drop(name: NameArgument, db_url: DbUrlOption = None, json_out: JsonOption = False) -> None:
-    """Remove a space that is not active: its index and its vectors."""
+    """Remove a space that is not active: its index and its vectors.
+
+    The first space (document_chunks.embedding) is emptied 1,000 chunks a
+    transaction, with a progress bar; its row stays, as `dropped`. If that is
+    cut short, run the same command again to finish it.
+    """
     with connect(resolve_db_url(db_url), autocommit=True) as conn:
-        space = spaces_mod.drop_space(conn, name)
+        if json_out or not console.is_terminal:
+            space = spaces_mod.drop_space(conn, name)
+        else:
+            with Progress(TextColumn("Nulling the column's vectors"), BarColumn(),
+                          TaskProgressColumn(), TextColumn("{task.completed}/{task.total}"),
+                          console=console, transient=True) as bar:
+                task = bar.add_task("null", total=None)
+                space = spaces_mod.drop_space(
+                    conn, name, progress=lambda done, total: bar.update(
+                        task, completed=done, total=total))
     if json_out:
-        print_json({"dropped": space.name})
+        print_json({"dropped": space.name, "storage": space.storage})
+        return
+    if space.storage == "column":
+        console.print(f"Dropped space {escape(space.name)}: its index and its vectors in "
+                      "document_chunks.embedding; the row stays, marked dropped.")
         return
     console.print(f"Dropped space {escape(space.name)}, its vectors and its index.")

@@ -306,14 +306,14 @@ def test_an_edit_is_written_while_the_database_thread_is_busy_with_bulk_work(
 
     bulk_reads: list[int] = []
 
-    def slow_plan(jobs):
+    def slow_plan(jobs, **kwargs):
         if any(j["document_id"] in bulk for j in jobs):
             bulk_reads.append(len(jobs))
         if len(bulk_reads) == 2 and "start" not in slow_read:  # the second bulk claim
             slow_read["start"] = time.monotonic()
             time.sleep(3.0)
             slow_read["end"] = time.monotonic()
-        return plan(jobs)
+        return plan(jobs, **kwargs)
 
     def timed_write(p):
         result = write(p)

@@ -59,6 +59,8 @@ LANDED = {
         "734f2ee9a239de2448ed5b4fb700a5ad4919e6c2e43cf81a57101f957bb5d2f4",
     "20261202120000_suparag_queue_priority_per_transaction.sql":
         "b0713d695f8cce168c55d7091c405f86ba3478ddaf37e91df85b4ba3fd888d4e",
+    "20261203000000_suparag_drop_column_space.sql":
+        "d68d11ee9ea1c331d6f6640d21a664f3e45617cd7b92599584857e97e4a53211",
 }
 
 

@@ -67,6 +67,7 @@ class FakeOpenAI:
     honour_dimensions: bool = True
     script: list[tuple[int, dict[str, str]]] = field(default_factory=list)  # served first
     always: int | None = None  # then this status for every request, if set
+    refuse: str | None = None  # HTTP 400 for any request with an input holding this text
     requests: list[Recorded] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -75,11 +76,14 @@ class FakeOpenAI:
             canned = self.script.pop(0) if self.script else None
         if canned is None and self.always is not None:
             canned = (self.always, {})
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        if canned is None and self.refuse is not None and any(
+                self.refuse in text for text in inputs):
+            canned = (400, {})
         if canned is not None:
             status, headers = canned
             return status, headers, {"error": {
                 "message": f"canned failure {status}", "type": "server_error", "code": None}}
-        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         dims = body.get("dimensions") if self.honour_dimensions else None
         data = [{"object": "embedding", "index": i,
                  "embedding": word_vector(text, dims or self.native_dims)}

@@ -340,7 +340,7 @@ def test_cli_add_list_activate_refused_and_drop(tmp_path, db_url, world):
     assert "covers 0.0% of chunks (5 missing): wait for the backfill" in refused.stderr
     assert cli("spaces", "drop", "all-MiniLM-L6-v2", check=False).returncode == 1
     assert cli.json("spaces", "drop", "text-embedding-3-small-768") == {
-        "dropped": "text-embedding-3-small-768"}
+        "dropped": "text-embedding-3-small-768", "storage": "table"}
     assert [s["name"] for s in cli.json("spaces", "list")] == ["all-MiniLM-L6-v2"]
 
 
@@ -463,3 +463,149 @@ def test_status_shows_rate_eta_and_failures(tmp_path, conn, db_url, corpus, embe
         assert (row["missing"], row["eta_s"], row["coverage"]) == (0, 0.0, 100.0)
     finally:
         worker.close()
+
+
+def column_vectors(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("select count(*) as n from public.document_chunks"
+                       " where embedding is not null").fetchone()
+    conn.commit()
+    return row["n"]
+
+
+def test_the_first_space_is_dropped_after_a_switch(tmp_path, conn, db_url, corpus, embedder,
+                                                   server):
+    """Switch to a table space, then drop the column: the drop waits for a write-back in
+    flight, nulls every column vector, and the worker then embeds into table spaces only."""
+    column_model = "all-MiniLM-L6-v2"  # the first space's name
+    held, release = threading.Event(), threading.Event()
+
+    class Counting:
+        """The worker's own model (it still cuts the chunks), counting its embed calls."""
+
+        calls = 0
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(embedder, name)
+
+        def embed(self, texts: list[str]) -> list[list[float]]:
+            Counting.calls += 1
+            return embedder.embed(texts)
+
+    worker = worker_for(db_url, Counting(), server)
+    worker.drain()
+    space = add(db_url)
+    worker.drain()  # the backfill
+    activate(conn, space.name)
+    conn.commit()
+    assert column_vectors(conn) == sum(chunk_counts(conn).values()) > 0
+
+    # A write-back in flight (prepared while the column was live) holds the drop up.
+    write = worker.spaces.write
+
+    def held_write(*args: Any, **kwargs: Any) -> None:
+        held.set()
+        assert release.wait(30)
+        write(*args, **kwargs)
+
+    worker.spaces.write = held_write  # type: ignore[method-assign]
+    conn.execute("update public.documents set content = %s where id = %s",
+                 ("Refunds now take ten working days to reach the card.",
+                  corpus["ids"]["refunds"]))
+    conn.commit()
+    edited = threading.Thread(target=worker.run_batch)
+    edited.start()
+    assert held.wait(30)
+    progress: list[tuple[int, int]] = []
+    dropped: list[Space] = []
+
+    def drop() -> None:
+        with connect(db_url, autocommit=True) as admin:
+            try:
+                dropped.append(drop_space(admin, column_model, batch=2,
+                                          progress=lambda *p: progress.append(p)))
+            except Exception as exc:
+                dropped.append(exc)  # type: ignore[arg-type]
+
+    dropping = threading.Thread(target=drop)
+    dropping.start()
+    time.sleep(0.5)
+    assert dropping.is_alive() and not progress, dropped  # waiting for the write-back
+    release.set()
+    edited.join(30)
+    dropping.join(60)
+    worker.spaces.write = write  # type: ignore[method-assign]
+    assert [s.state for s in dropped] == ["dropped"]
+    assert progress[-1][0] == progress[-1][1] == sum(chunk_counts(conn).values())
+    assert len(progress) > 2  # two chunks a transaction
+    assert column_vectors(conn) == 0
+    assert conn.execute("select to_regclass('public.document_chunks_embedding_idx') as i"
+                        ).fetchone() == {"i": None}
+    assert [(s.name, s.state) for s in list_spaces(conn)] == [
+        (space.name, "active"), (column_model, "dropped")]
+    conn.commit()
+
+    # Searches: the active space as before; the dropped one by name is a clear error.
+    alice = corpus["alice"].claims()
+    assert search_as(conn, word_vector("ten working days", 768), alice)[0] == "refunds"
+    with pytest.raises(psycopg.errors.InvalidParameterValue,
+                       match=f"the embedding space {column_model} was dropped"):
+        search_as(conn, embedder.embed(["refunds"])[0], alice, space=column_model)
+    conn.rollback()
+    with pytest.raises(SpaceNotReady, match="was dropped and its vectors are gone"):
+        activate(conn, column_model)
+    conn.rollback()
+    with pytest.raises(ConfigError, match="names the first space, dropped"):
+        add(db_url, name=column_model)
+
+    # An edit now: the worker's model makes no vector; the active space's does.
+    Counting.calls = 0
+    server.requests.clear()
+    conn.execute("update public.documents set content = %s where id = %s",
+                 ("Parcels now ship twice a day, morning and evening.",
+                  corpus["ids"]["shipping"]))
+    conn.commit()
+    done = worker.drain()
+    assert (done.embedded, done.failed, done.retrying) == (1, 0, 0)
+    assert done.chunks_embedded >= 1
+    assert Counting.calls == 0 and len(server.requests) >= 1
+    assert column_vectors(conn) == 0
+    assert vectors_in(conn, space) == chunk_counts(conn)
+    row = conn.execute("select embedding_model from public.documents where id = %s",
+                       (corpus["ids"]["shipping"],)).fetchone()
+    conn.commit()
+    assert row == {"embedding_model": MODEL}
+    assert search_as(conn, word_vector("twice a day morning and evening", 768),
+                     alice)[0] == "shipping"
+
+    # Again: nothing left to do, and the CLI says what it did.
+    cli = DbCli(tmp_path, db_url)
+    assert cli.json("spaces", "drop", column_model) == {"dropped": column_model,
+                                                        "storage": "column"}
+    listed = {s["name"]: s for s in cli.json("spaces", "list")}
+    assert (listed[column_model]["state"], listed[column_model]["index"]) == ("dropped",
+                                                                             "dropped")
+    assert "dropped" in cli("spaces", "status", "--once").stdout
+    worker.close()
+
+
+def test_a_poison_document_fails_alone_in_an_active_table_space(conn, db_url, corpus,
+                                                               embedder, server):
+    """With a table space active, its model failing on one document fails that one only."""
+    worker = worker_for(db_url, embedder, server)
+    worker.drain()
+    space = add(db_url)
+    worker.drain()
+    activate(conn, space.name)
+    conn.commit()
+    for title in DOCS:
+        conn.execute("update public.documents set content = content || %s where id = %s",
+                     (" Poisoned." if title == "holidays" else " Updated.",
+                      corpus["ids"][title]))
+    conn.commit()
+    server.refuse = "Poisoned."  # the active space's model rejects that document's text
+    done = worker.run_batch()
+    assert (done.embedded, done.retrying, done.failed) == (2, 1, 0)
+    rows = conn.execute("select title, embedding_status from public.documents").fetchall()
+    conn.commit()
+    assert {r["title"]: r["embedding_status"] for r in rows} == {
+        "refunds": "ready", "shipping": "ready", "holidays": "pending"}

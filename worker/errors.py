@@ -133,7 +133,8 @@ class EmbeddingJobError(SuparagError):
 
 
 class SpaceNotReady(SuparagError):
-    """An embedding space cannot be activated yet: vectors missing or no valid index."""
+    """An embedding space cannot be activated (vectors missing, no valid index, dropped), or
+    dropping the first one cannot finish (an old worker still writes its vectors)."""
 
 
 class AnswerFailed(SuparagError):

@@ -13,8 +13,8 @@ background; `activate` is one transaction. See docs/spaces.md.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
@@ -45,7 +45,7 @@ class Space:
     model: str
     dimensions: int
     storage: str  # "column" (document_chunks.embedding) or "table" (chunk_vectors)
-    state: str  # "active" or "live"
+    state: str  # "active", "live", or "dropped" (the column space only: its row is kept)
     options: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -79,6 +79,9 @@ class Coverage:
 
     @property
     def missing(self) -> int:
+        """Chunks still to embed (none for a dropped space)."""
+        if self.space.state == "dropped":
+            return 0
         return max(self.chunks - self.vectors, 0)
 
     @property
@@ -96,6 +99,12 @@ class Coverage:
     @property
     def percent(self) -> float:
         return 100.0 if self.chunks == 0 else 100.0 * min(self.vectors, self.chunks) / self.chunks
+
+
+#: Chunks whose column vector one transaction nulls when the column space is dropped.
+COLUMN_NULL_BATCH = 1000
+#: Passes over the chunks before vectors still arriving are blamed on an old worker.
+COLUMN_NULL_PASSES = 3
 
 
 #: The window `spaces status` measures the rate over.
@@ -167,8 +176,12 @@ def add_space(conn: psycopg.Connection[Any], model: str, *, dimensions: int | No
         raise ConfigError(f"{dimensions} dimensions: pgvector indexes at most "
                           f"{HALFVEC_INDEX_MAX} (halfvec); ask the model for fewer "
                           "with --dimensions")
-    if conn.execute("select 1 from suparag_private.embedding_spaces where name = %s",
-                    (name,)).fetchone():
+    taken = conn.execute("select state from suparag_private.embedding_spaces where name = %s",
+                         (name,)).fetchone()
+    if taken and taken["state"] == "dropped":
+        raise ConfigError(f"{name!r} names the first space, dropped (its row is kept): "
+                          "choose another --name")
+    if taken:
         raise ConfigError(f"an embedding space named {name!r} exists: choose another --name, "
                           f"or `suparag spaces drop {name}` first")
     row = conn.execute(
@@ -255,6 +268,9 @@ def activate(conn: psycopg.Connection[Any], name: str, *, force: bool = False) -
         space = get_space(conn, name)
         if space.active:
             return space
+        if space.state == "dropped":
+            raise SpaceNotReady(f"space {name} was dropped and its vectors are gone: add a "
+                                "space for its model (`suparag spaces add`) to use it again")
         (cover,) = coverage(conn, [space])
         if not cover.index_ready:
             raise SpaceNotReady(f"space {name} has no valid index: drop it and add it again")
@@ -272,16 +288,24 @@ def activate(conn: psycopg.Connection[Any], name: str, *, force: bool = False) -
         return get_space(conn, name)
 
 
-def drop_space(conn: psycopg.Connection[Any], name: str) -> Space:
-    """Remove a space that is not active: its index (concurrently), then its vectors."""
+def drop_space(conn: psycopg.Connection[Any], name: str, *,
+               progress: Callable[[int, int], None] | None = None,
+               batch: int = COLUMN_NULL_BATCH) -> Space:
+    """Remove a space that is not active: its index (concurrently), then its vectors.
+
+    A table space's row is deleted and its vectors go with it. The first space
+    (document_chunks.embedding) keeps its row as state 'dropped', so the column
+    is never taken again, and is emptied in steps (drop_column_space); running
+    this again on a dropped column space finishes what an interrupted run left.
+    progress(nulled, total) reports the column's vectors as they are nulled.
+    """
     if not conn.autocommit:
         raise ConfigError("drop_space needs an autocommit connection (DROP INDEX CONCURRENTLY)")
     space = get_space(conn, name)
     if space.active:
         raise ConfigError(f"space {name} is active: activate another space first")
     if space.storage == "column":
-        raise ConfigError(f"space {name} lives in document_chunks.embedding and cannot be "
-                          "dropped yet: keep it as the fallback")
+        return drop_column_space(conn, space, progress=progress, batch=batch)
     conn.execute(sql.SQL("drop index concurrently if exists suparag_search.{}").format(
         sql.Identifier(space.index_name)))
     with conn.transaction():
@@ -292,3 +316,62 @@ def drop_space(conn: psycopg.Connection[Any], name: str) -> Space:
                               "activate another space, then drop it again")
         conn.execute("delete from suparag_private.embedding_spaces where id = %s", (space.id,))
     return space
+
+
+def drop_column_space(conn: psycopg.Connection[Any], space: Space, *,
+                      progress: Callable[[int, int], None] | None = None,
+                      batch: int = COLUMN_NULL_BATCH) -> Space:
+    """Retire document_chunks.embedding (migration 20261203000000), in three steps.
+
+    1. The row becomes 'dropped', taken FOR UPDATE: this waits for the embedding
+       write-backs in flight (each holds the row FOR KEY SHARE while it writes), and
+       every later write-back reads 'dropped' and writes chunks with no column
+       vector. Searches that name the space are told it was dropped.
+    2. Its HNSW index is dropped concurrently (reads and writes go on).
+    3. Its vectors are nulled `batch` chunks a transaction: one update of every
+       chunk would lock them all against the write-backs and double the table
+       until vacuum.
+    Each step is safe to repeat, so a run cut short is finished by running it again.
+    """
+    if space.state != "dropped":
+        with conn.transaction():
+            conn.execute(
+                "lock table suparag_private.embedding_spaces in share row exclusive mode")
+            row = conn.execute(
+                "select state from suparag_private.embedding_spaces where id = %s for update",
+                (space.id,)).fetchone()
+            if row is None or row["state"] == "active":
+                raise ConfigError(f"space {space.name} was activated meanwhile and is not "
+                                  "dropped: activate another space, then drop it again")
+            conn.execute("update suparag_private.embedding_spaces set state = 'dropped'"
+                         " where id = %s", (space.id,))
+    conn.execute(sql.SQL("drop index concurrently if exists public.{}").format(
+        sql.Identifier(space.index_name)))
+    row = conn.execute("select count(*) as n from public.document_chunks"
+                       " where embedding is not null").fetchone()
+    total, nulled = (row["n"] if row else 0), 0
+    if progress is not None:
+        progress(0, total)
+    for _ in range(COLUMN_NULL_PASSES):
+        after = 0
+        while True:  # along the primary key, so no step scans the chunks already done
+            ids = [r["id"] for r in conn.execute(
+                "select id from public.document_chunks where id > %s order by id limit %s",
+                (after, batch))]
+            if not ids:
+                break
+            after = ids[-1]
+            nulled += conn.execute(
+                "update public.document_chunks set embedding = null"
+                " where id = any(%s) and embedding is not null", (ids,)).rowcount
+            if progress is not None:
+                progress(min(nulled, total), total)
+        # Write-backs after step 1 write no column vector, so none should be left.
+        left = conn.execute("select exists (select 1 from public.document_chunks"
+                            " where embedding is not null) as any").fetchone()
+        if not (left and left["any"]):
+            return replace(space, state="dropped")
+    raise SpaceNotReady(
+        f"space {space.name} is dropped but vectors keep arriving in "
+        "document_chunks.embedding: an embedding worker older than this suparag is "
+        "still running; upgrade or stop it, then run `suparag spaces drop` again")

@@ -92,6 +92,20 @@ def models_in_use(conn: psycopg.Connection[Any]) -> list[ModelUsage]:
     return [ModelUsage(**row) for row in rows]
 
 
+def models_stored(conn: psycopg.Connection[Any]) -> list[ModelUsage]:
+    """models_in_use, and the models of the table spaces (issue 10) not among them: what
+    `suparag status` lists, so a corpus whose first space was dropped still shows its."""
+    found = models_in_use(conn)
+    with conn.transaction():
+        rows = conn.execute(
+            "select s.model, count(*) as chunks, count(distinct v.document_id) as documents"
+            " from suparag_search.chunk_vectors v"
+            " join suparag_private.embedding_spaces s on s.id = v.space_id"
+            " group by s.model order by count(*) desc, s.model").fetchall()
+    known = {usage.model for usage in found}
+    return found + [ModelUsage(**row) for row in rows if row["model"] not in known]
+
+
 def pipeline_status(conn: psycopg.Connection[Any]) -> PipelineStatus:
     """Documents by embedding status, the queue, and the models in use."""
     with conn.transaction():
@@ -120,7 +134,7 @@ def pipeline_status(conn: psycopg.Connection[Any]) -> PipelineStatus:
     documents = dict.fromkeys(EMBEDDING_STATUSES, 0)
     documents.update({row["status"]: row["n"] for row in counted})
     return PipelineStatus(documents=documents, queue=QueueStatus(**queue),
-                          models=models_in_use(conn))
+                          models=models_stored(conn))
 
 
 def failed_jobs(conn: psycopg.Connection[Any]) -> list[FailedJob]:

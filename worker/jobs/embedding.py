@@ -82,12 +82,18 @@ class _Plan:
     reusable: dict[str, Vector]  # content_hash -> stored vector
     vectors: dict[str, list[float]] = field(default_factory=dict)  # embed_text -> new vector
     space_vectors: SpaceVectors = field(default_factory=dict)  # the table spaces' (issue 10)
+    column: bool = True  # the column space is live (not dropped): it needs vectors
 
     def missing_texts(self) -> list[str]:
+        """The texts the worker's own model embeds (for the column space)."""
+        if not self.column:
+            return []
         return [c.embed_text for c, h in zip(self.chunks, self.hashes, strict=True)
                 if h not in self.reusable]
 
-    def vector(self, chunk: Chunk, digest: str) -> Vector:
+    def vector(self, chunk: Chunk, digest: str) -> Vector | None:
+        if not self.column:
+            return None
         if digest in self.reusable:
             return self.reusable[digest]
         return to_vector(self.vectors[chunk.embed_text])
@@ -103,6 +109,7 @@ class _Batch:
     spaces: list[Space]  # the table spaces, read when the batch was claimed
     bulk: bool = False  # holds bulk jobs, so an interactive one may be waiting behind it
     fill: Fill | None = None  # a space's backfill instead of jobs (issue 10)
+    column: bool = True  # the column space is live; once dropped, table spaces only
 
 
 Outcomes = list[tuple[_Plan, Exception | None]]
@@ -237,10 +244,12 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
                 "select exists (select 1 from suparag_private.embedding_jobs"
                 " where id = any(%s) and priority > 0) as bulk",
                 ([job["job_id"] for job in jobs],)).fetchone()
-        batch = _Batch(jobs=jobs, ready=[], early=BatchResult(), spaces=[],
-                       bulk=bool(row and row["bulk"]))
+            column = self.spaces.column_live(conn)
+            spaces = self.spaces.table_spaces(conn)
+        batch = _Batch(jobs=jobs, ready=[], early=BatchResult(), spaces=spaces,
+                       bulk=bool(row and row["bulk"]), column=column)
         try:
-            plans = self._plan(jobs)
+            plans = self._plan(jobs, column=column)
         except Exception as exc:
             for job in jobs:
                 batch.early.add(self._settle(job, self._fail(job, exc)))
@@ -253,9 +262,6 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
                 batch.early.add(self._settle(job, self._fail(job, plan)))
             else:
                 batch.ready.append(plan)
-        if batch.ready:
-            with conn.transaction():
-                batch.spaces = self.spaces.table_spaces(conn)
         return batch
 
     def embed(self, batch: _Batch, between: Callable[[], None] | None = None) -> Outcomes:
@@ -272,6 +278,9 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
         try:
             outcomes = self._embed_spaces(self._embed_plans(batch.ready, between), between,
                                           batch.spaces)
+            if not batch.column:  # the worker's model embedded nothing: count the chunks
+                self._tokens = sum(self.embedder.count_tokens(c.embed_text)
+                                   for plan in batch.ready for c in plan.chunks)
             self.estimate.observe(len(batch.ready), self._tokens)
         finally:
             self._tokens = outer
@@ -314,8 +323,11 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
             self._in_flight.pop(job["job_id"], None)
         return result
 
-    def _plan(self, jobs: list[dict[str, Any]]) -> dict[int, _Plan | Exception | None]:
-        """Read the claimed documents and chunk them; None marks a superseded job."""
+    def _plan(self, jobs: list[dict[str, Any]], *, column: bool = True
+              ) -> dict[int, _Plan | Exception | None]:
+        """Read the claimed documents and chunk them; None marks a superseded job.
+
+        column: whether the column space is live (its unchanged vectors are reused)."""
         conn = self.conn
         model = self.embedder.name
         ids = [job["document_id"] for job in jobs]
@@ -329,9 +341,9 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
             for row in conn.execute(
                 "select document_id, content_hash, embedding"
                 " from public.document_chunks"
-                " where document_id = any(%s) and embedding_model = %s"
+                " where %s and document_id = any(%s) and embedding_model = %s"
                 " and embedding is not null",
-                (ids, model),
+                (column, ids, model),
             ):
                 reusable.setdefault(row["document_id"], {})[row["content_hash"]] = \
                     row["embedding"]
@@ -348,7 +360,7 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
                 continue
             plans[job["job_id"]] = _Plan(
                 job=job, chunks=chunks, hashes=[c.content_hash(model) for c in chunks],
-                reusable=reusable.get(job["document_id"], {}),
+                reusable=reusable.get(job["document_id"], {}), column=column,
             )
         return plans
 
@@ -384,6 +396,16 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
         vectors, failure = self.spaces.embed_in(
             spaces, [c.embed_text for plan in embedded for c in plan.chunks],
             between=between, budget=self.token_budget)
+        if failure is not None and len(embedded) > 1 and not isinstance(
+                failure, ConfigError | EmbeddingServiceUnavailable):
+            # The active space's model failed on one of the documents, perhaps: each
+            # alone, so a poison document fails by itself (as in the column space).
+            failed = {id(plan): error for plan, error in outcomes if error is not None}
+            alone: dict[int, Exception | None] = {}
+            for plan in embedded:
+                ((_, alone[id(plan)]),) = self._embed_spaces([(plan, None)], between, spaces)
+            return [(plan, failed.get(id(plan)) or alone.get(id(plan)))
+                    for plan, _ in outcomes]
         for plan in embedded:
             plan.space_vectors = vectors
         return [(plan, error or failure) for plan, error in outcomes]
@@ -413,12 +435,23 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
             if current is None or current["content_version"] != job["content_version"]:
                 # Changed while we embedded: drop the result; the newer job stands.
                 return self._superseded(job, in_transaction=True)
+            # Held until commit: dropping the column space waits for this write-back,
+            # and every write-back after the drop reads 'dropped' (migration 20261203000000).
+            column = conn.execute(
+                "select s.state <> 'dropped' as live, (select a.model"
+                "  from suparag_private.embedding_spaces a where a.state = 'active') as active"
+                " from suparag_private.embedding_spaces s where s.storage = 'column'"
+                " for key share of s").fetchone()
+            live = plan.column and bool(column and column["live"])
+            if not live:  # the documents name the model of the space they are searched in
+                model = column["active"] if column and column["active"] else model
             conn.execute("delete from public.document_chunks where document_id = %s",
                          (job["document_id"],))
             with conn.cursor() as cur:
                 cur.executemany(_INSERT_CHUNK, [
                     (job["document_id"], chunk.index, chunk.content,
-                     plan.vector(chunk, digest), model, digest, chunk.page)
+                     plan.vector(chunk, digest) if live else None,
+                     model if live else None, digest, chunk.page)
                     for chunk, digest in zip(plan.chunks, plan.hashes, strict=True)])
             self.spaces.write(conn, job["document_id"], plan.chunks, plan.space_vectors)
             conn.execute(
@@ -430,7 +463,7 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
                 "delete from suparag_private.embedding_jobs where id = %s and content_version = %s",
                 (job["job_id"], job["content_version"]),
             )
-        embedded = len(plan.missing_texts())
+        embedded = len(plan.missing_texts()) if plan.column else len(plan.chunks)
         return BatchResult(embedded=1, chunks_embedded=embedded,
                            chunks_reused=len(plan.chunks) - embedded)
 

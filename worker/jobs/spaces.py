@@ -73,6 +73,14 @@ class SpaceFiller:
         ).fetchall()
         return [Space(**row) for row in rows]
 
+    @staticmethod
+    def column_live(conn: psycopg.Connection[Any]) -> bool:
+        """Whether the column space (document_chunks.embedding) still takes vectors."""
+        row = conn.execute(
+            "select exists (select 1 from suparag_private.embedding_spaces"
+            " where storage = 'column' and state <> 'dropped') as live").fetchone()
+        return bool(row and row["live"])
+
     def embedder(self, space: Space) -> Embedder:
         key = (space.id, space.model, space.dimensions)
         if key not in self._embedders:
