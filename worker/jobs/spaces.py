@@ -1,7 +1,8 @@
 """The embedding worker's part in embedding spaces (issue 10): live edits and the backfill.
 
 The column space (document_chunks.embedding) is written by the worker's own
-batch, as before. Every other space (storage "table") is handled here:
+batch, as before, until it is dropped (then the worker's model only cuts the
+chunks). Every other space (storage "table") is handled here:
 
 * live edits: the chunks of each claimed document are embedded by every
   table space's model too (the active space first) and written in the same
