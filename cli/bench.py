@@ -331,6 +331,35 @@ def queue(
         raise typer.Exit(code=1)
 
 
+@app.command("bulk-insert")
+def bulk_insert(
+    rows: Annotated[int, typer.Option(min=1, help="Documents the import sends.")] = 100_000,
+    batch: Annotated[int, typer.Option(min=1, max=10_000, help="Rows per request (and per "
+                                       "transaction).")] = 2000,
+    workers: Annotated[int, typer.Option(min=1, max=16, help="`suparag worker` processes "
+                                         "embedding through the double.")] = 2,
+    interrupt: Annotated[float, typer.Option(min=0.01, max=0.99, help="Share of the batches "
+                                             "sent before the first run is cut off.")] = 0.4,
+    json_out: JsonOption = False,
+) -> None:
+    """A bulk import through /rest/v1, cut off and run again, beside searches.
+
+    An app's script on supabase-py posts the rows in batches with ids derived
+    from their source keys and `upsert(..., ignore_duplicates=True)`, so the
+    re-run inserts only what is missing. Reports rows/s through the API, the
+    wake-ups per batch, search p95 during the import against before, and the
+    workers' time to embed it all (an embedding double: the queue is measured).
+    Exits 1 if a row is lost or doubled or a document is not written back once.
+    """
+    from bench import bulk_insert as bench_bulk
+    from bench._common import emit
+
+    result = bench_bulk.run(rows=rows, batch=batch, workers=workers, interrupt=interrupt)
+    emit(result, json_out, bench_bulk.print_report)
+    if result["violations"]:
+        raise typer.Exit(code=1)
+
+
 @app.command()
 def spaces(
     chunks: Annotated[int, typer.Option(min=1, help="Chunks in the active space (documents "

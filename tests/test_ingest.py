@@ -506,3 +506,34 @@ def test_cli_reports_json_nested_too_deep(cli_at, conn, people, tmp_path):
         "kb/log.jsonl#line=1": f"line 1: nested deeper than {MAX_JSON_DEPTH} levels of arrays "
                                "and objects: flatten it to ingest it"}
     assert set(documents(conn)) == {"kb/log.jsonl#line=2"}
+
+
+def test_an_interrupted_ingest_is_finished_by_running_it_again(conn, people, tmp_path,
+                                                               monkeypatch):
+    """Cut off during its third batch (as by Ctrl-C or a kill), then run again: the
+    committed batches are unchanged, the rest created, one job per document."""
+    from worker.ingest import write as write_mod
+
+    kb = tmp_path / "kb"
+    for n in range(230):
+        write(kb / f"{n:03}.md", f"# Doc {n}\n\nBody of document {n}.\n")
+    real, batches = write_mod._write, []
+
+    def cut_off(*args, **kwargs):
+        batches.append(len(args[1]))
+        if len(batches) == 3:
+            raise KeyboardInterrupt
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(write_mod, "_write", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        run(conn, [kb], batch_size=50)
+    conn.rollback()
+    assert len(documents(conn)) == 100 and len(jobs(conn)) == 100
+    monkeypatch.setattr(write_mod, "_write", real)
+
+    again = run(conn, [kb], batch_size=50)
+    assert (again.count("unchanged"), again.count("created"), again.queued) == (100, 130, 130)
+    assert len(documents(conn)) == 230
+    assert len({j["document_id"] for j in jobs(conn)}) == len(jobs(conn)) == 230
+    assert run(conn, [kb], batch_size=50).queued == 0
