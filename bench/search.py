@@ -6,7 +6,10 @@
 
 Loads N chunks (384-dim clustered unit vectors, 10 per document, words from a
 small vocabulary for full text) into a fresh database: 99% are team documents
-of team "wide", 1% private documents of user "narrow". Then, as each user
+of team "wide", 1% private documents of user "narrow", every 100th document,
+so they are spread through the table as a real user's are among everyone
+else's (until session 11 they were the first 1%, where a sequential scan
+finds them at once). Then, as each user
 (role authenticated + JWT claims, like PostgREST), times match_documents and
 hybrid_search and measures recall@10 of match_documents against an exact
 scan of the same rows; then --clients connections at once run match_documents
@@ -87,14 +90,14 @@ def load(conn: Any, n_chunks: int,
     wide = add_user(conn, "wide@bench.local", team="wide")
     narrow = add_user(conn, "narrow@bench.local", team="narrow")
     n_docs = n_chunks // PER_DOC
-    n_narrow = max(1, n_docs // 100)
+    narrow_every = min(100, n_docs)  # at least one narrow document
     centers = rng.normal(0, 1, (256, DIMS))
     centers /= np.linalg.norm(centers, axis=1, keepdims=True)
     ids = [uuid.uuid4() for _ in range(n_docs)]
     with conn.cursor().copy("copy public.documents (id, owner_id, team, visibility, title,"
                             " content) from stdin") as copy:
         for i, doc_id in enumerate(ids):
-            if i < n_narrow:
+            if i % narrow_every == narrow_every // 2:
                 copy.write_row((doc_id, narrow.id, "narrow", "private", f"doc {i}", "c"))
             else:
                 copy.write_row((doc_id, wide.id, "wide", "team", f"doc {i}", "c"))
@@ -316,14 +319,16 @@ def run(*, chunks: int = 100_000, queries: int = 200, clients: int = 8,
         compared = None
         if compare_sql is not None and compare_text is not None:
             err_console.print(f"running {compare_sql}, then measuring again…")
+            started = time.perf_counter()
             try:
                 conn.execute(compare_text)
                 conn.commit()
             except psycopg.Error as exc:
                 raise BenchError(f"--compare-sql {compare_sql} failed: {exc}") from exc
+            sql_seconds = time.perf_counter() - started
             c_results, c_concurrent = one_pass()
-            compared = {"sql": str(compare_sql), "results": c_results,
-                        "concurrent": c_concurrent}
+            compared = {"sql": str(compare_sql), "sql_seconds": sql_seconds,
+                        "results": c_results, "concurrent": c_concurrent}
     return {"chunks": chunks, "k": K, "queries": queries, "index_build_s": build["seconds"],
             "build": build, "results": results, "concurrent": concurrent,
             "compared": compared, "machine_before": before, "machine_after": machine()}
@@ -347,7 +352,8 @@ def print_report(r: dict[str, Any]) -> None:
     _print_concurrent(r["concurrent"])
     if r.get("compared"):
         cmp = r["compared"]
-        print(f"\nthe same data and queries after running {cmp['sql']}:")
+        print(f"\nthe same data and queries after running {cmp['sql']} "
+              f"({cmp['sql_seconds']:.1f} s):")
         _print_results(cmp["results"])
         _print_concurrent(cmp["concurrent"])
         for now, then in zip(r["results"], cmp["results"], strict=True):

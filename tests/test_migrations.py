@@ -61,6 +61,8 @@ LANDED = {
         "b0713d695f8cce168c55d7091c405f86ba3478ddaf37e91df85b4ba3fd888d4e",
     "20261203000000_suparag_drop_column_space.sql":
         "d68d11ee9ea1c331d6f6640d21a664f3e45617cd7b92599584857e97e4a53211",
+    "20261203010000_suparag_narrow_reader.sql":
+        "4eea14386d57938fe2844fd972377cd7eb5bdbf4c90e97030d16574696d856e2",
 }
 
 

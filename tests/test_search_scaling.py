@@ -158,3 +158,94 @@ def test_the_plan_switches_at_the_threshold_computed_from_the_table(conn, space)
     # the plan's ef_search and max_scan_tuples were local to the call
     assert settings == ("41", "1234")
 
+
+
+SPREAD_DOCS = 10_000
+SAMPLE = 1000  # documents match_documents samples to choose its plan (sample_rows)
+
+
+def reads_as(conn: psycopg.Connection[Any], claims: dict[str, Any] | None
+             ) -> tuple[set[str], dict[str, int], str]:
+    """The titles match_documents returns to claims (k = 50), the rows sequential scans
+    read from documents and document_chunks during the call, and enable_seqscan after it;
+    rolled back."""
+    query = "[" + ",".join(["0.05"] * DIMS) + "]"
+    scanned = ("select relname, seq_tup_read from pg_stat_xact_user_tables"
+               " where schemaname = 'public' and relname in ('documents', 'document_chunks')")
+    with conn.transaction(force_rollback=True):
+        set_request_context(conn, claims)
+        before = {r["relname"]: r["seq_tup_read"] for r in conn.execute(scanned)}
+        rows = conn.execute("select title from public.match_documents(%s::extensions.vector,"
+                            " 50)", (query,)).fetchall()
+        after = {r["relname"]: r["seq_tup_read"] for r in conn.execute(scanned)}
+        seqscan = conn.execute("select current_setting('enable_seqscan') as s").fetchone()["s"]
+    return ({r["title"] for r in rows},
+            {name: after[name] - before.get(name, 0) for name in after}, seqscan)
+
+
+def test_a_narrow_reader_is_served_from_the_indexes_not_by_reading_every_document(conn):
+    """A user who reads 20 documents spread among 10,000: the search reads their documents
+    through the policy's indexes (migration 20261203010000), not by a sequential scan of
+    the table (before it, each call read all 10,000 rows of documents three times), while a
+    broad reader's count still scans and stops early. Results are still exactly what RLS
+    allows, for the narrow user, anon and a broad reader."""
+    narrow = add_user(conn, "narrow@example.com", team="n")
+    wide = add_user(conn, "wide@example.com", team="w")
+    others = [add_user(conn, f"u{k}@example.com", team=f"t{k}") for k in range(50)]
+    rng = np.random.default_rng(3)
+    expected: dict[str, set[str]] = {"narrow": set(), "anon": set(), "wide": set()}
+    ids = [uuid.uuid4() for _ in range(SPREAD_DOCS)]
+    with conn.cursor().copy("copy public.documents (id, owner_id, team, visibility, title,"
+                            " content) from stdin") as copy:
+        for i, doc_id in enumerate(ids):
+            if i % 500 == 250:  # 20 of narrow's own, spread through the table
+                owner, team, visibility = narrow.id, "n", "private"
+                expected["narrow"].add(f"d{i}")
+            elif i % 1000 == 7:  # 10 public ones
+                owner, team, visibility = others[0].id, "t0", "public"
+                for who in expected.values():
+                    who.add(f"d{i}")
+            elif i % 2:
+                owner, team, visibility = wide.id, "w", "team"
+                expected["wide"].add(f"d{i}")
+            else:
+                other = others[i % 50]
+                owner, team, visibility = other.id, f"t{i % 50}", "team"
+            copy.write_row((doc_id, owner, team, visibility, f"d{i}", "c"))
+    # no HNSW index: the plan's floors apply (exact scan under 500 readable documents)
+    conn.execute("drop index public.document_chunks_embedding_idx")
+    with conn.cursor().copy("copy public.document_chunks (document_id, chunk_index, content,"
+                            " embedding, embedding_model, content_hash) from stdin") as copy:
+        for doc_id, v in zip(ids, clustered(rng, SPREAD_DOCS), strict=True):
+            copy.write_row((doc_id, 0, "chunk",
+                            "[" + ",".join(f"{x:.6f}" for x in v) + "]", "m", "h"))
+    conn.execute("analyze")
+    conn.commit()
+
+    titles, scanned, seqscan = reads_as(conn, narrow.claims())
+    assert titles == expected["narrow"]  # 20 own + 10 public: fewer than k, all of them
+    # the sample that chooses the plan (about 1,000 rows) and nothing else: not 10,000
+    assert scanned["documents"] < SAMPLE * 3 // 2, scanned
+    assert scanned["document_chunks"] == 0, scanned
+    assert seqscan == "on"  # turned off for the call only
+
+    titles, scanned, _ = reads_as(conn, None)  # anon: the public documents only
+    assert titles == expected["anon"]
+    assert scanned["documents"] < SAMPLE * 3 // 2, scanned
+
+    titles, _, _ = reads_as(conn, wide.claims())  # broad: 50 of its ~5,000, none hidden
+    assert len(titles) == 50 and titles <= expected["wide"]
+
+    # the choice, from a sample under each caller's RLS: indexes for the narrow reader and
+    # anon; for the broad reader the scan, which finds 500 of its documents in about
+    # 1,000 rows where the indexes would read an entry for each of its 5,000
+    for claims, few in ((narrow.claims(), True), (None, True), (wide.claims(), False)):
+        with conn.transaction(force_rollback=True):
+            set_request_context(conn, claims)
+            assert conn.execute("select suparag_search.few_readable_documents('{}', 500)"
+                                " as few").fetchone()["few"] is few, claims
+    # a filter counts too: the broad reader's documents with a tag nobody has are few
+    with conn.transaction(force_rollback=True):
+        set_request_context(conn, wide.claims())
+        assert conn.execute("select suparag_search.few_readable_documents("
+                            "'{\"tag\": \"none\"}', 500) as few").fetchone()["few"] is True
