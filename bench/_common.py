@@ -7,6 +7,7 @@ them is a pass/fail test.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import psycopg
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -298,6 +300,16 @@ class RunningWorker:
         if self._thread is not None and not self._thread.is_alive():
             raise BenchError("the in-process worker stopped; see the log above")
 
+    def cpu_seconds(self) -> float | None:
+        """CPU seconds the worker's process has used (None in process: it shares ours)."""
+        if self._proc is None:
+            return None
+        try:
+            times = psutil.Process(self._proc.pid).cpu_times()
+        except psutil.Error:
+            return None
+        return float(times.user + times.system)
+
     def _log_tail(self, lines: int = 15) -> str:
         if self._log is None:
             return ""
@@ -318,6 +330,52 @@ class RunningWorker:
                     self._proc.kill()
                     self._proc.wait()
             self._log.close()
+
+
+class ServerCpu:
+    """CPU seconds a PostgreSQL server's processes (the postmaster and its children)
+    used between the first sample() and the last. A backend or autovacuum worker
+    born in between counts from zero; one that exits between two samples keeps
+    what it had used at the last sample, so sample at least every second."""
+
+    def __init__(self, postmaster: int) -> None:
+        self.postmaster = psutil.Process(postmaster)
+        self._first: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+
+    def sample(self) -> None:
+        procs = [self.postmaster]
+        with contextlib.suppress(psutil.Error):
+            procs += self.postmaster.children(recursive=True)
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                used = times.user + times.system
+                self._first.setdefault(proc.pid, used if not self._last else 0.0)
+                self._last[proc.pid] = used
+
+    def seconds(self) -> float:
+        return sum(self._last[pid] - self._first[pid] for pid in self._last)
+
+
+def local_postmaster(conn: Any) -> int | None:
+    """The PID of the server conn is connected to, if it runs on this machine."""
+    row = conn.execute("select pg_backend_pid() as pid").fetchone()
+    try:
+        backend = psutil.Process(int(row["pid"]))
+        parent = backend.parent()
+    except (psutil.Error, TypeError, KeyError):
+        return None
+    if parent is None or not backend.name().startswith("postgres"):
+        return None
+    return int(parent.pid)
+
+
+def busy_and_idle() -> tuple[float, float]:
+    """The machine's CPU seconds since boot, all cores: (busy, idle)."""
+    t = psutil.cpu_times()
+    idle = t.idle + getattr(t, "iowait", 0.0)
+    return sum(t) - idle - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0), idle
 
 
 def wait_until(done: Callable[[], bool], *, worker: RunningWorker, timeout: float,

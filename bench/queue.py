@@ -53,6 +53,7 @@ import psutil
 import psycopg
 
 from bench._common import (
+    ServerCpu,
     bench_user,
     emit,
     err_console,
@@ -194,35 +195,21 @@ class Sampler(threading.Thread):
 
     def __init__(self, db_url: str, postmaster: int) -> None:
         super().__init__(name="queue-bench-sampler", daemon=True)
-        self.db_url, self.postmaster = db_url, psutil.Process(postmaster)
+        self.db_url, self.server = db_url, ServerCpu(postmaster)
         self.stopping = threading.Event()
         self.samples = 0
         self.active: list[int] = []
         self.lock_waits: list[int] = []
         self.ungranted: list[int] = []
         self.events: Counter[str] = Counter()
-        self._first: dict[int, float] = {}
-        self._last: dict[int, float] = {}
-
-    def _cpu(self) -> None:
-        procs = [self.postmaster]
-        with contextlib.suppress(psutil.Error):
-            procs += self.postmaster.children(recursive=True)
-        for proc in procs:
-            with contextlib.suppress(psutil.Error):
-                times = proc.cpu_times()
-                used = times.user + times.system
-                # A backend born during the run counts from zero.
-                self._first.setdefault(proc.pid, used if not self._last else 0.0)
-                self._last[proc.pid] = used
 
     def cpu_seconds(self) -> float:
-        return sum(self._last[pid] - self._first[pid] for pid in self._last)
+        return self.server.seconds()
 
     def run(self) -> None:
         with connect(self.db_url, autocommit=True) as conn:
             while not self.stopping.is_set():
-                self._cpu()
+                self.server.sample()
                 rows = conn.execute(
                     "select coalesce(wait_event_type || ':' || wait_event, 'cpu') as ev,"
                     " count(*) as n from pg_stat_activity"
@@ -238,7 +225,7 @@ class Sampler(threading.Thread):
                 for r in rows:
                     self.events[str(r["ev"])] += int(r["n"])
                 self.stopping.wait(SAMPLE_SECONDS)
-            self._cpu()
+            self.server.sample()
 
 
 def _statements(conn: Conn, top: int = 6) -> list[dict[str, Any]]:

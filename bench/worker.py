@@ -19,6 +19,14 @@
    transaction; the clock runs from the COMMIT's return until every one of
    them is `ready`, polled every 100 ms: chunks per second.
 
+3. Where the cores went during step 2, in CPU seconds: the worker's process,
+   the database server's processes (when it runs on this machine; sampled
+   every poll), this process, the machine's idle time; beside them the CPU
+   the bare model's calls took on the same chunks. The worker's CPU beyond
+   the bare model's is the pipeline's own work; the database's is what the
+   cores gave to claims, write-backs and HNSW index inserts, which a
+   database on its own machine (as on Supabase) would give back to the model.
+
 The ratio end-to-end / bare is what the worker costs over the model
 (claims, chunking, reads, write-back, index updates, wake-up), most of which
 runs beside the model (worker/jobs/pipeline.py). Goal: >= 0.95 (issue 16).
@@ -28,18 +36,22 @@ Both sides use torch's default thread count (all cores) and the same texts.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from typing import Any
 
 from bench._common import (
     RunningWorker,
+    ServerCpu,
     bench_database,
     bench_user,
+    busy_and_idle,
     check_queue_empty,
     embed_texts,
     emit,
     err_console,
     insert_documents,
+    local_postmaster,
     machine,
     make_documents,
     print_load,
@@ -84,17 +96,57 @@ def model_calls_of(embedder: Embedder, texts_per_doc: list[list[str]],
             for call in model_calls(texts, embedder.count_tokens, budget=token_budget)]
 
 
-def time_model(embedder: Embedder, groups: list[list[str]], label: str) -> float:
-    """Seconds embedder.embed takes over groups, one call each."""
+def time_model(embedder: Embedder, groups: list[list[str]], label: str,
+               cpu: list[float] | None = None) -> float:
+    """Seconds embedder.embed takes over groups, one call each; the CPU seconds this
+    process used in those calls (all its threads) are added to cpu[0] if given."""
     elapsed = 0.0
     with progress() as bar:
         task = bar.add_task(label, total=len(groups))
         for group in groups:
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             embedder.embed(group)
             elapsed += time.perf_counter() - started
+            if cpu is not None:
+                cpu[0] += time.process_time() - cpu_started
             bar.advance(task)
     return elapsed
+
+
+class CoreAccount:
+    """Where the machine's cores went during the end-to-end run: the worker's process,
+    the database server's processes, this process (its polling), and idle, in CPU
+    seconds. The server is sampled every poll, so its short-lived processes count."""
+
+    def __init__(self, conn: Any, running: RunningWorker) -> None:
+        postmaster = local_postmaster(conn)
+        self.server = ServerCpu(postmaster) if postmaster is not None else None
+        self.running = running
+
+    def start(self) -> None:
+        self._wall = time.perf_counter()
+        self._worker = self.running.cpu_seconds()
+        self._bench = time.process_time()
+        self._busy, self._idle = busy_and_idle()
+        self.sample()
+
+    def sample(self) -> None:
+        if self.server is not None:
+            self.server.sample()
+
+    def stop(self) -> dict[str, Any]:
+        self.sample()
+        busy, idle = busy_and_idle()
+        worker = self.running.cpu_seconds()
+        return {
+            "cores": os.cpu_count(),
+            "wall_seconds": time.perf_counter() - self._wall,
+            "worker": None if worker is None or self._worker is None else worker - self._worker,
+            "database": None if self.server is None else self.server.seconds(),
+            "bench": time.process_time() - self._bench,
+            "busy": busy - self._busy,
+            "idle": idle - self._idle,
+        }
 
 
 def run(*, docs: int = 200, batch_size: int = DEFAULT_CLAIM_DOCUMENTS,
@@ -117,7 +169,8 @@ def run(*, docs: int = 200, batch_size: int = DEFAULT_CLAIM_DOCUMENTS,
         groups = model_calls_of(embedder, texts_per_doc, token_budget)
         embedder.embed(groups[0])  # warm-up: first-call allocations, not the model's speed
         # The database is up and idle meanwhile, as it is for the worker between batches.
-        even = time_model(embedder, groups[0::2], "bare model, even batches")
+        model_cpu = [0.0]  # CPU seconds of the bare model's calls (this process, all threads)
+        even = time_model(embedder, groups[0::2], "bare model, even batches", model_cpu)
         # Another backend is measured against fp32 torch on the same calls, in this run.
         fp32 = None if backend == "torch" else make_embedder(
             "sentence-transformers", DEFAULT_MODEL, backend="torch")
@@ -131,12 +184,15 @@ def run(*, docs: int = 200, batch_size: int = DEFAULT_CLAIM_DOCUMENTS,
                                token_budget=token_budget,
                                claim_budgets=claim_budgets) as running:
                 warm_up(conn, running, warm, docs=min(batch_size, 4))
+                account = CoreAccount(conn, running)
                 ids = insert_documents(conn, user, corpus)
                 started = time.perf_counter()
+                account.start()
                 with progress() as bar:
                     task = bar.add_task("end to end", total=docs)
 
                     def all_ready() -> bool:
+                        account.sample()
                         ready, failed = status_counts(conn, user)
                         if failed:
                             raise BenchError(f"{failed} documents failed to embed")
@@ -146,6 +202,7 @@ def run(*, docs: int = 200, batch_size: int = DEFAULT_CLAIM_DOCUMENTS,
                     wait_until(all_ready, worker=running, interval=POLL_SECONDS,
                                timeout=max(300.0, 40 * even), what="the documents")
                 e2e_seconds = time.perf_counter() - started
+                cores = account.stop()
             row = conn.execute("select count(*) as n from public.document_chunks"
                                " where document_id = any(%s)", (ids,)).fetchone()
             stored = int(row["n"]) if row else 0
@@ -156,7 +213,7 @@ def run(*, docs: int = 200, batch_size: int = DEFAULT_CLAIM_DOCUMENTS,
             # core from the odd batches (bench spaces does the same before its timings).
             conn.execute("vacuum analyze public.documents, public.document_chunks,"
                          " suparag_private.embedding_jobs")
-            odd = time_model(embedder, groups[1::2], "bare model, odd batches")
+            odd = time_model(embedder, groups[1::2], "bare model, odd batches", model_cpu)
             if fp32 is not None:
                 torch_odd = time_model(fp32, groups[1::2], "fp32 torch, odd batches")
         finally:
@@ -193,6 +250,10 @@ def run(*, docs: int = 200, batch_size: int = DEFAULT_CLAIM_DOCUMENTS,
         "end_to_end_seconds": e2e_seconds,
         "end_to_end_chunks_per_s": e2e_rate,
         "poll_ms": POLL_SECONDS * 1000,
+        # CPU seconds during the end-to-end run, and what the bare model's calls took
+        # on the same chunks: the worker's share beyond the model is its own overhead;
+        # the database's share is what a database on its own machine would give back.
+        "cpu_seconds": {**cores, "bare_model": model_cpu[0]},
         "ratio": ratio,
         "goal_ratio": GOAL_RATIO,
         "pass": ratio >= GOAL_RATIO,
@@ -221,9 +282,18 @@ def print_report(r: dict[str, Any]) -> None:
         print(f"fp32 torch   {r['torch_model_chunks_per_s']:8.1f} chunks/s  (bare, same calls): "
               f"{r['backend']} bare {r['model_over_torch']:.2f}x, end to end "
               f"{r['end_to_end_over_torch_model']:.2f}x torch's bare rate")
+    c = r["cpu_seconds"]
+    print(f"CPU seconds  of {c['cores']} cores x {c['wall_seconds']:.1f} s: worker "
+          f"{_seconds(c['worker'])} (the bare model took {c['bare_model']:.1f} on the same "
+          f"chunks), database {_seconds(c['database'])}, bench {c['bench']:.1f}, "
+          f"idle {c['idle']:.1f}; all busy {c['busy']:.1f}")
     verdict = "PASS" if r["pass"] else "MISS"
     print(f"ratio        {r['ratio']:8.3f}  (goal >= {r['goal_ratio']}: {verdict})")
     print_load(r)
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def main() -> None:

@@ -71,6 +71,14 @@ def test_bench_worker(db_url):
     assert r["goal_ratio"] == 0.95 and r["pass"] == (r["ratio"] >= 0.95)
     assert r["torch_threads"] >= 1 and r["machine_after"]["cpus"] >= 1
     assert r["torch_model_chunks_per_s"] is None and r["model_file"] is None
+    # Where the cores went: the worker process embedded (it used CPU), the test's local
+    # server wrote the chunks, the bare model's calls were timed in CPU too; none of it
+    # exceeds what the cores had in the run.
+    c = r["cpu_seconds"]
+    assert c["worker"] > 0 and c["database"] > 0 and c["bare_model"] > 0
+    assert c["wall_seconds"] == pytest.approx(r["end_to_end_seconds"], abs=0.5)
+    capacity = c["cores"] * c["wall_seconds"]
+    assert c["worker"] + c["database"] + c["bench"] <= c["busy"] + 0.5 <= capacity + 1
     # A given database is left as it was: the bench users, documents and chunks are gone.
     assert leftovers(db_url) == {"users": 0, "docs": 0, "chunks": 0, "jobs": 0}
 

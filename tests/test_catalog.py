@@ -177,9 +177,10 @@ def test_vector_lives_in_extensions_schema(conn):
 def test_search_schema_holds_only_the_search_helpers(conn, role):
     """API roles may use suparag_search (the search functions run as them) and it holds the
     full-text helper, the space resolver, the spaces' vectors (issue 10) and match_documents'
-    plan sizing (issue 17), nothing else."""
+    plan sizing and narrow-reader check (issue 17), nothing else."""
     assert sorted(f["signature"] for f in functions(conn, "suparag_search")) == [
         "suparag_search.embedding_space(text)",
+        "suparag_search.few_readable_documents(jsonb,double precision)",
         "suparag_search.full_text_matches(tsquery,integer,jsonb)",
         "suparag_search.hybrid_defaults(text)",
         "suparag_search.row_estimate(text,text)",
