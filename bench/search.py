@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import psycopg
 
 from bench._common import (
@@ -62,7 +63,12 @@ from worker.users import add_user
 
 DIMS, PER_DOC, K = 384, 10, 10
 #: A throwaway server: durability off (the bench measures reads, not commits).
-SERVER_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "shared_buffers": "'1GB'"}
+#: shared_buffers is sized per run (buffer_memory_mb).
+SERVER_SETTINGS = {"fsync": "off", "synchronous_commit": "off"}
+#: What one chunk takes in shared buffers to be searched without a read from outside
+#: them: its HNSW entry (about 2 kB at 384 dimensions, m = 16: 1,953 MB at a million)
+#: and its heap row with the vector (about 1.7 kB), rounded up.
+BUFFER_BYTES_PER_CHUNK = 4096
 #: What one vector costs an HNSW build in memory (vector + graph, m = 16), rounded up.
 HNSW_BYTES_PER_VECTOR = 2560
 # 2,000 synthetic terms, 12 per chunk: each term is in ~0.6% of chunks, as a
@@ -82,6 +88,18 @@ def build_memory_mb(n_chunks: int) -> int:
     1 GB, in 256 MB steps."""
     need = n_chunks * HNSW_BYTES_PER_VECTOR / 2**20
     return max(1024, 256 * math.ceil(need / 256))
+
+
+def buffer_memory_mb(n_chunks: int) -> int:
+    """shared_buffers that hold the index and the chunks: at least 1 GB, at most a
+    quarter of the machine's memory (what Supabase's compute sizes give it), in 256 MB
+    steps. At a million chunks (index 1,953 MB) with 1 GB, each HNSW search read its
+    pages from outside shared buffers: session 11's run measured match_documents at
+    p50 84 ms; on a rebuild with 6 GB, every page a search read was a hit and 20
+    queries took p50 23 ms (session 12)."""
+    need = n_chunks * BUFFER_BYTES_PER_CHUNK / 2**20
+    quarter = psutil.virtual_memory().total / 4 / 2**20
+    return int(max(1024, min(256 * math.ceil(need / 256), 256 * (quarter // 256))))
 
 
 def load(conn: Any, n_chunks: int,
@@ -123,10 +141,12 @@ def load(conn: Any, n_chunks: int,
     row = conn.execute(
         "select pg_relation_size('public.document_chunks_embedding_idx') as bytes,"
         " current_setting('maintenance_work_mem') as mwm,"
+        " current_setting('shared_buffers') as sb,"
         " current_setting('max_parallel_maintenance_workers')::int as workers").fetchone()
     conn.commit()
     build = {"seconds": built, "index_mb": row["bytes"] / 2**20,
-             "maintenance_work_mem": row["mwm"], "parallel_workers": row["workers"],
+             "maintenance_work_mem": row["mwm"], "shared_buffers": row["sb"],
+             "parallel_workers": row["workers"],
              "graph_fit_in_memory": not any("no longer fits" in n for n in notices)}
     return {
         "all rows (99%)": wide.claims(),
@@ -297,7 +317,8 @@ def run(*, chunks: int = 100_000, queries: int = 200, clients: int = 8,
     compare_text = read_compare_sql(compare_sql) if compare_sql is not None else None
     rng = np.random.default_rng(11)
     mwm = maintenance_work_mem or f"{build_memory_mb(chunks)}MB"
-    settings = {**SERVER_SETTINGS, "maintenance_work_mem": f"'{mwm}'"}
+    settings = {**SERVER_SETTINGS, "maintenance_work_mem": f"'{mwm}'",
+                "shared_buffers": f"'{buffer_memory_mb(chunks)}MB'"}
     with bench_database(db_url, settings=settings) as url, connect(url) as conn:
         if db_url is not None:  # a given server keeps its settings; the build needs this
             conn.execute(f"set maintenance_work_mem = '{mwm}'")
@@ -339,7 +360,8 @@ def print_report(r: dict[str, Any]) -> None:
     b = r["build"]
     print(f"\n{r['chunks']} chunks, k={r['k']}, {r['queries']} queries per caller")
     print(f"HNSW build {b['seconds']:.1f} s, index {b['index_mb']:.0f} MB, maintenance_work_mem "
-          f"{b['maintenance_work_mem']}, {b['parallel_workers']} parallel workers, graph "
+          f"{b['maintenance_work_mem']}, shared_buffers {b.get('shared_buffers')}, "
+          f"{b['parallel_workers']} parallel workers, graph "
           f"{'fit in memory' if b['graph_fit_in_memory'] else 'did NOT fit in memory'}")
     _print_results(r["results"])
     print("goal at 100k: match p95 <= 5 ms (all rows), <= 15 ms (1% reader), recall >= 0.95")

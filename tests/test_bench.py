@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from worker.db import connect
@@ -131,12 +132,21 @@ def test_bench_token_budget():
     assert all(row["chunks_per_s"] > 0 for row in r["results"])
 
 
+def test_bench_search_sizes_shared_buffers_to_hold_the_index_and_chunks():
+    from bench.search import buffer_memory_mb
+    assert buffer_memory_mb(100_000) == 1024
+    # a million chunks: 3,906 MB of index and rows, rounded up; the machine caps at a quarter
+    quarter = 256 * (psutil.virtual_memory().total / 4 / 2**20 // 256)
+    assert buffer_memory_mb(1_000_000) == min(4096, quarter)
+
+
 def test_bench_search_on_its_own_server():
     """Without --db-url the bench starts (and removes) a temporary server."""
     r = bench_json("search", "--chunks", "200", "--queries", "4", "--clients", "2")
     assert r["chunks"] == 200 and r["k"] == 10 and r["queries"] == 4 and r["index_build_s"] > 0
     # The build memory is stated: sized from --chunks (1 GB at least), and it held the graph.
     assert r["build"]["maintenance_work_mem"] == "1GB" and r["build"]["graph_fit_in_memory"]
+    assert r["build"]["shared_buffers"] == "1GB"  # the floor; a million chunks get 4 GB
     assert r["build"]["index_mb"] > 0
     # Throughput: 2 connections at once, 2 calls each, per caller.
     assert [c["caller"] for c in r["concurrent"]] == ["all rows (99%)", "1% reader"]
