@@ -347,11 +347,15 @@ class ServerCpu:
         procs = [self.postmaster]
         with contextlib.suppress(psutil.Error):
             procs += self.postmaster.children(recursive=True)
+        # What the processes alive at the first sample had used before it is not counted.
+        # (bench queue's copy of this decided "first" per process and so counted, for all
+        # but one process of the first sample, everything it had used since it started.)
+        first = not self._first
         for proc in procs:
             with contextlib.suppress(psutil.Error):
                 times = proc.cpu_times()
                 used = times.user + times.system
-                self._first.setdefault(proc.pid, used if not self._last else 0.0)
+                self._first.setdefault(proc.pid, used if first else 0.0)
                 self._last[proc.pid] = used
 
     def seconds(self) -> float:

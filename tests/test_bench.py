@@ -240,3 +240,19 @@ def test_the_shipped_ef_construction_rebuild_runs_as_a_comparison():
     assert r["compared"]["sql_seconds"] > 0
     assert [c["mean_rows_returned"] for c in r["compared"]["results"]] == [10.0, 10.0]
     assert [c["recall_at_10"] for c in r["compared"]["results"]] == [1.0, 1.0]
+
+
+def test_server_cpu_counts_only_what_the_server_used_between_its_samples(db_url):
+    """A backend that burned CPU before the first sample adds nothing to the seconds."""
+    from bench._common import ServerCpu, local_postmaster
+    with connect(db_url, autocommit=True) as busy, connect(db_url, autocommit=True) as conn:
+        busy.execute("select count(*) from generate_series(1, 6000000)").fetchone()
+        postmaster = local_postmaster(conn)
+        assert postmaster is not None
+        meter = ServerCpu(postmaster)
+        meter.sample()
+        meter.sample()
+        assert meter.seconds() < 0.2
+        busy.execute("select count(*) from generate_series(1, 6000000)").fetchone()
+        meter.sample()
+        assert meter.seconds() > 0.1  # now it did, between two samples
