@@ -63,6 +63,8 @@ LANDED = {
         "d68d11ee9ea1c331d6f6640d21a664f3e45617cd7b92599584857e97e4a53211",
     "20261203010000_suparag_narrow_reader.sql":
         "4eea14386d57938fe2844fd972377cd7eb5bdbf4c90e97030d16574696d856e2",
+    "20261204000000_suparag_policy_checks_per_candidate.sql":
+        "24e76d8a61fa94b7e35bca4c2889757cc474eb6b033c293c99807058eb0e1917",
 }
 
 
