@@ -312,17 +312,19 @@ def test_candidates_are_checked_by_key_not_by_hashing_every_readable_document(co
     conn.execute("analyze")
     conn.commit()
 
-    q = clustered(rng, 1)[0]
-    query = "[" + ",".join(f"{x:.6f}" for x in q) + "]"
-    distance = 1 - vectors @ q  # the vectors are unit length
-    for claims, readable in ((None, public), (reader.claims(), public),
-                             (keeper.claims(), {f"d{i}" for i in range(SPREAD_DOCS)})):
+    query = "[" + ",".join(f"{x:.6f}" for x in clustered(rng, 1)[0]) + "]"
+    returned: dict[str, list[str]] = {}
+    for who, claims, readable in (
+            ("anon", None, public), ("reader", reader.claims(), public),
+            ("keeper", keeper.claims(), {f"d{i}" for i in range(SPREAD_DOCS)})):
         titles, plan_text = hnsw_query_plan(conn, claims, query, 10)
         assert plan_text, "the HNSW branch ran"  # >= 3,000 readable chunks of 10,000
         assert "hashed SubPlan" not in plan_text, plan_text
         # a lookup by key per candidate (documents_pkey, or documents_public_idx for anon)
         assert "EXISTS(SubPlan" in plan_text and "Index Cond: (id = c" in plan_text, plan_text
-        # the ten nearest the caller may read (HNSW may miss one at ef_search 100)
-        nearest = [f"d{i}" for i in np.argsort(distance) if f"d{i}" in readable][:10]
-        assert len(titles) == 10 and set(titles) <= readable
-        assert len(set(titles) & set(nearest)) >= 9, (titles, nearest)
+        assert len(titles) == 10 and set(titles) <= readable, (who, titles)
+        returned[who] = titles
+    # anon and the reader may read the same documents: the same rows, in the same order
+    assert returned["anon"] == returned["reader"]
+    # (recall against an exact scan is tests/test_full_results.py's and the bench's: here
+    # the query is a random direction, whose nearest rows are near ties for HNSW)
