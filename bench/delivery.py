@@ -71,6 +71,10 @@ def chat_double(tokens: int, token_seconds: float) -> Iterator[str]:
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Each token is its own small write: with Nagle's algorithm on, a write waits for
+        # the client's delayed ACK of the last (up to 40 ms), which a real server's
+        # streaming does not add (bench/embedding_double.py).
+        disable_nagle_algorithm = True
 
         def log_message(self, *args: Any) -> None:
             pass

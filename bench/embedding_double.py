@@ -131,6 +131,11 @@ def fixed_vector_json(text: str) -> str:
 def _handler(state: DoubleState) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # The headers and the body go out in two writes. With Nagle's algorithm on, the
+        # body waits for the client's delayed ACK of the headers (40 ms on Linux), on
+        # every request of a kept-alive connection: that, not the queue, was what one
+        # worker of `bench queue` waited for (about 400 ms a batch of 16 documents).
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:
             pass  # quiet: the bench reports counts

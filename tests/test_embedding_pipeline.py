@@ -12,6 +12,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from worker.db import connect
 from worker.jobs.batching import SPECIAL_TOKENS, model_calls, padded_cost
 from worker.jobs.embedding import EmbeddingWorker
@@ -183,7 +185,8 @@ def test_the_worker_sizes_its_model_calls_by_tokens(conn, world, db_url, embedde
     conn.execute("delete from suparag_private.embedding_jobs")
     conn.commit()
     paragraph = "The quick brown fox jumps over the lazy dog near the river bank. " * 6
-    contents = [("\n\n".join([paragraph] * n)) for n in (1, 3, 8, 2, 5, 1, 12, 4)]
+    contents = ["\n\n".join(f"Note {d}.{p}: {paragraph}" for p in range(n))
+                for d, n in enumerate((1, 3, 8, 2, 5, 1, 12, 4))]  # no two chunks alike
     ids = insert_docs(conn, world, contents)
     model = Hooked(embedder, lambda call, texts: None)
     budget = 600
@@ -200,19 +203,24 @@ def test_the_worker_sizes_its_model_calls_by_tokens(conn, world, db_url, embedde
         assert cost <= budget or len(call) == 1, (cost, len(call))
 
 
+@pytest.mark.parametrize("arrival", ["one statement", "a transaction each"])
 def test_a_claim_takes_several_budgets_and_sorts_their_texts_together(
-        conn, world, db_url, embedder):
+        conn, world, db_url, embedder, arrival):
+    """Bulk jobs, or a backlog of interactive ones (a script inserting documents one at a
+    time): both are claimed several budgets at a time. A few interactive jobs go alone."""
     conn.execute("delete from suparag_private.embedding_jobs")
     conn.commit()
     sentence = "The quick brown fox jumps over the lazy dog near the river bank. "
     contents = ["\n\n".join(f"Note {d}.{p}: " + sentence * (2 + p % 5) for p in range(n))
                 for d, n in enumerate((1, 3, 8, 2, 5, 1, 12, 4))]  # no two chunks alike
-    # One statement: bulk jobs (interactive ones are claimed about a budget at a time).
-    ids = [r["id"] for r in conn.execute(
-        "insert into public.documents (owner_id, title, content)"
-        " select %s, 't', c from unnest(%s::text[]) c returning id",
-        (world.users["alice"].id, contents)).fetchall()]
-    conn.commit()
+    if arrival == "one statement":  # bulk jobs
+        ids = [r["id"] for r in conn.execute(
+            "insert into public.documents (owner_id, title, content)"
+            " select %s, 't', c from unnest(%s::text[]) c returning id",
+            (world.users["alice"].id, contents)).fetchall()]
+        conn.commit()
+    else:  # interactive jobs, more than a budget of them
+        ids = insert_docs(conn, world, contents)
     model = Hooked(embedder, lambda call, texts: None)
     worker = EmbeddingWorker(db_url, model, config=WorkerConfig(batch_size=64),
                              token_budget=600, claim_budgets=8)
@@ -315,9 +323,9 @@ def test_an_edit_is_written_while_the_database_thread_is_busy_with_bulk_work(
             slow_read["end"] = time.monotonic()
         return plan(jobs, **kwargs)
 
-    def timed_write(p):
-        result = write(p)
-        written[p.job["document_id"]] = time.monotonic()
+    def timed_write(plans):
+        result = write(plans)
+        written.update((p.job["document_id"], time.monotonic()) for p in plans)
         return result
 
     worker._plan, worker._write = slow_plan, timed_write

@@ -237,3 +237,61 @@ def test_one_megabyte_document(conn, world, make_worker, embedder):
     assert "Paragraph 1099:" in rows[-1]["content"]
     assert all(embedder.count_tokens("Doc\n\n" + r["content"]) <= embedder.max_tokens
                for r in rows[:20])
+
+
+def test_a_batch_is_written_back_in_one_transaction_and_a_refused_write_fails_alone(
+        conn, world, make_worker):
+    conn.execute("delete from suparag_private.embedding_jobs")
+    conn.commit()
+
+    def insert_many(contents):  # one statement: bulk jobs, which one claim takes together
+        rows = conn.execute(
+            "insert into public.documents (owner_id, title, content)"
+            " select %s, 'Doc', c from unnest(%s::text[]) as c returning id",
+            (world.users["alice"].id, contents)).fetchall()
+        conn.commit()
+        return [r["id"] for r in rows]
+
+    def written(ids):
+        rows = conn.execute(
+            "select d.id, d.embedding_status, d.xmin::text as tx,"
+            " (select array_agg(distinct c.xmin::text) from public.document_chunks c"
+            "  where c.document_id = d.id) as chunk_tx,"
+            " (select j.last_error from suparag_private.embedding_jobs j"
+            "  where j.document_id = d.id) as job_error"
+            " from public.documents d where d.id = any(%s)", (ids,)).fetchall()
+        conn.commit()
+        return {r["id"]: r for r in rows}
+
+    worker = make_worker()
+    ids = insert_many([f"Document {i} of a batch that is written back together." for i in range(6)])
+    assert worker.run_batch().embedded == 6
+    rows = written(ids)
+    assert {r["embedding_status"] for r in rows.values()} == {"ready"}
+    # Each row carries the id of the transaction that last wrote it: one for the batch.
+    assert len({r["tx"] for r in rows.values()}) == 1
+    assert all(r["chunk_tx"] == [r["tx"]] for r in rows.values())
+
+    # The database refuses one document's chunks (a project's own trigger, say): the
+    # group's transaction fails, and each document is written alone.
+    conn.execute(
+        "create function public.refuse_poison() returns trigger language plpgsql as $$"
+        " begin if new.content like '%poison%' then raise exception 'poison refused';"
+        " end if; return new; end $$")
+    conn.execute("create trigger refuse_poison before insert on public.document_chunks"
+                 " for each row execute function public.refuse_poison()")
+    conn.commit()
+    ids = insert_many([*(f"Healthy document {i}, written back." for i in range(4)),
+                       "A poison document whose chunks the database refuses."])
+    (poison,) = [r["id"] for r in conn.execute(
+        "select id from public.documents where id = any(%s) and content like 'A poison%%'",
+        (ids,))]
+    healthy = [i for i in ids if i != poison]
+    result = worker.run_batch()
+    assert (result.embedded, result.retrying, result.failed) == (4, 1, 0)
+    rows = written([*healthy, poison])
+    assert all(rows[i]["embedding_status"] == "ready" and rows[i]["job_error"] is None
+               for i in healthy)
+    assert rows[poison]["embedding_status"] != "ready"
+    assert rows[poison]["chunk_tx"] is None  # nothing of it was written
+    assert "poison refused" in rows[poison]["job_error"]

@@ -1,10 +1,12 @@
 """The embedding worker: claim jobs, chunk, embed, write back, or fail with backoff.
 
 The queue (suparag_private.embedding_jobs) is the truth; wake-ups only make a
-worker look sooner. Each claimed document is written back in one transaction
-that locks the document row, checks it still has the version that was
-embedded, replaces its chunks and marks it ready. A newer version means the
-result is dropped and the newer job, already queued, wins.
+worker look sooner. A batch's documents are written back up to WRITE_GROUP to a
+transaction that locks their rows, checks each still has the version that was
+embedded, replaces their chunks and marks them ready. A newer version means
+that document's result is dropped and the newer job, already queued, wins. If
+the group's transaction fails, each of its documents is written alone, so one
+document's failure never fails another.
 
 A batch goes through three stages, `prepare` (claim, read, chunk), `embed`
 (the model) and `finish` (write back); `drain` overlaps them
@@ -21,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 from pgvector import Vector
 
 from worker.db import to_vector
@@ -52,6 +55,12 @@ _INSERT_CHUNK = (
     "insert into public.document_chunks (document_id, chunk_index, content, embedding,"
     " embedding_model, content_hash, page) values (%s, %s, %s, %s, %s, %s, %s)"
 )
+
+
+#: Documents written back in one transaction. One transaction per document cost about
+#: eight statements and a commit each; a group shares them. Bounded, because the
+#: group's documents stay locked (an edit of one waits) until its commit.
+WRITE_GROUP = 32
 
 
 @dataclass
@@ -167,8 +176,8 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
 
         The chunks of every claimed document go to the model together (in
         calls of token_budget), so a batch of small documents costs one model
-        call, not one per document. Each document is still written back (or
-        failed) on its own.
+        call, not one per document. Each document's write-back succeeds or fails on its
+        own (finish).
         """
         self.spaces.rest()
         batch = self.prepare()
@@ -215,16 +224,26 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
         return not batch.bulk
 
     def prepare_urgent(self) -> _Batch | None:
-        """Claim the interactive jobs due (about one budget of them), if any; else None."""
+        """Claim the interactive jobs due, if any; else None.
+
+        A few (about one budget of them) are claimed alone, so they are embedded at once.
+        More than that is a backlog of them, claimed as bulk work is, several budgets sorted
+        together: a script that inserts documents one statement at a time makes every one
+        an interactive job, and claims of one budget pad each model call more (each call's
+        texts are sorted among fewer) for no edit's benefit, the backlog being first in
+        line anyway."""
+        one = self.estimate.documents(self.token_budget)
         with self.conn.transaction():
             row = self.conn.execute(
                 "select count(*) as n from (select 1 from suparag_private.embedding_jobs"
                 " where priority = 0 and status = 'queued' and run_after <= now()"
                 " and (leased_until is null or leased_until < now()) limit %s) due",
-                (self.estimate.documents(self.token_budget),)).fetchone()
+                (one + 1,)).fetchone()
         due = int(row["n"]) if row else 0
+        if not due:
+            return None
         # The claim takes interactive jobs first, so it takes these (or ones as urgent).
-        return self._prepare(due) if due else None
+        return self._prepare(due if due <= one else max(one, self.estimate.documents()))
 
     def _prepare(self, documents: int) -> _Batch | None:
         conn = self.conn
@@ -287,20 +306,39 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
         return outcomes
 
     def finish(self, batch: _Batch, outcomes: Outcomes) -> BatchResult:
-        """Write each embedded document back, or record its failure."""
+        """Write the embedded documents back, WRITE_GROUP to a transaction, or record each
+        failure."""
         self.spaces.record_failures(self.conn)
         if batch.fill is not None:
             return BatchResult(backfilled=self.spaces.write_fill(self.conn, batch.fill))
         result = batch.early
+        embedded = []
         for plan, error in outcomes:
-            try:
-                if error is not None:
-                    raise error
-                done = self._write(plan)
-            except Exception as exc:  # one document's failure must not stop the others
-                done = self._fail(plan.job, exc)
-            result.add(self._settle(plan.job, done))
+            if error is None:
+                embedded.append(plan)
+            else:
+                result.add(self._settle(plan.job, self._fail(plan.job, error)))
+        for start in range(0, len(embedded), WRITE_GROUP):
+            result.add(self._write_group(embedded[start:start + WRITE_GROUP]))
         return result
+
+    def _write_group(self, plans: list[_Plan]) -> BatchResult:
+        """plans written back in one transaction; if it fails, each in its own, so one
+        document's failure (a constraint, a trigger of the project's) stops no other."""
+        try:
+            done = self._write(plans)
+        except Exception as exc:
+            if len(plans) > 1:
+                if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    self.conn.rollback()
+                result = BatchResult()
+                for plan in plans:
+                    result.add(self._write_group([plan]))
+                return result
+            done = self._fail(plans[0].job, exc)
+        for plan in plans:
+            self._settle(plan.job, BatchResult())
+        return done
 
     def renew(self) -> None:
         """Extend the leases of the jobs in flight, so none expires while it waits."""
@@ -424,17 +462,24 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
                            retrying=int(status == "queued"),
                            superseded=int(status is None))
 
-    def _write(self, plan: _Plan) -> BatchResult:
-        """Replace the document's chunks and mark it ready, if it is still that version."""
-        conn, job, model = self.conn, plan.job, self.embedder.name
+    def _write(self, plans: list[_Plan]) -> BatchResult:
+        """Replace the documents' chunks and mark them ready, those still at the version
+        embedded; one transaction. The others are dropped (superseded)."""
+        conn, model = self.conn, self.embedder.name
+        result = BatchResult()
         with conn.transaction():
-            current = conn.execute(
-                "select content_version from public.documents where id = %s for update",
-                (job["document_id"],),
-            ).fetchone()
-            if current is None or current["content_version"] != job["content_version"]:
-                # Changed while we embedded: drop the result; the newer job stands.
-                return self._superseded(job, in_transaction=True)
+            # In id order, so two write-backs never wait on each other's locks in a cycle.
+            current = {row["id"]: row["content_version"] for row in conn.execute(
+                "select id, content_version from public.documents where id = any(%s)"
+                " order by id for update", ([plan.job["document_id"] for plan in plans],))}
+            fresh = []
+            for plan in plans:
+                if current.get(plan.job["document_id"]) == plan.job["content_version"]:
+                    fresh.append(plan)
+                else:  # changed while we embedded: drop the result; the newer job stands
+                    result.add(self._superseded(plan.job, in_transaction=True))
+            if not fresh:
+                return result
             # Held until commit: dropping the column space waits for this write-back,
             # and every write-back after the drop reads 'dropped' (migration 20261203000000).
             column = conn.execute(
@@ -442,30 +487,37 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
                 "  from suparag_private.embedding_spaces a where a.state = 'active') as active"
                 " from suparag_private.embedding_spaces s where s.storage = 'column'"
                 " for key share of s").fetchone()
-            live = plan.column and bool(column and column["live"])
+            # The plans of one batch share their column state (read when it was claimed).
+            live = fresh[0].column and bool(column and column["live"])
             if not live:  # the documents name the model of the space they are searched in
                 model = column["active"] if column and column["active"] else model
-            conn.execute("delete from public.document_chunks where document_id = %s",
-                         (job["document_id"],))
+            ids = [plan.job["document_id"] for plan in fresh]
+            conn.execute("delete from public.document_chunks where document_id = any(%s)",
+                         (ids,))
             with conn.cursor() as cur:
                 cur.executemany(_INSERT_CHUNK, [
-                    (job["document_id"], chunk.index, chunk.content,
+                    (plan.job["document_id"], chunk.index, chunk.content,
                      plan.vector(chunk, digest) if live else None,
                      model if live else None, digest, chunk.page)
+                    for plan in fresh
                     for chunk, digest in zip(plan.chunks, plan.hashes, strict=True)])
-            self.spaces.write(conn, job["document_id"], plan.chunks, plan.space_vectors)
+            self.spaces.write(conn, [(plan.job["document_id"], plan.chunks, plan.space_vectors)
+                                     for plan in fresh])
             conn.execute(
                 "update public.documents set embedding_status = 'ready', embedding_model = %s,"
-                " embedded_at = now(), embedding_error = null where id = %s",
-                (model, job["document_id"]),
-            )
+                " embedded_at = now(), embedding_error = null where id = any(%s)",
+                (model, ids))
             conn.execute(
-                "delete from suparag_private.embedding_jobs where id = %s and content_version = %s",
-                (job["job_id"], job["content_version"]),
-            )
-        embedded = len(plan.missing_texts()) if plan.column else len(plan.chunks)
-        return BatchResult(embedded=1, chunks_embedded=embedded,
-                           chunks_reused=len(plan.chunks) - embedded)
+                "delete from suparag_private.embedding_jobs j"
+                " using unnest(%s::bigint[], %s::bigint[]) as w(id, content_version)"
+                " where j.id = w.id and j.content_version = w.content_version",
+                ([plan.job["job_id"] for plan in fresh],
+                 [plan.job["content_version"] for plan in fresh]))
+        for plan in fresh:
+            embedded = len(plan.missing_texts()) if plan.column else len(plan.chunks)
+            result.add(BatchResult(embedded=1, chunks_embedded=embedded,
+                                   chunks_reused=len(plan.chunks) - embedded))
+        return result
 
     def _superseded(self, job: dict[str, Any], *, in_transaction: bool = False) -> BatchResult:
         """Release the lease so the job's newer version is picked up at once."""

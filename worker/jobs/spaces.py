@@ -157,16 +157,18 @@ class SpaceFiller:
                 (f"{type(exc).__name__}: {exc}"[:500], space.id))
 
     @staticmethod
-    def write(conn: psycopg.Connection[Any], document_id: Any, chunks: Sequence[Chunk],
-              vectors: SpaceVectors) -> None:
-        """The document's (just written) chunks' vectors in each space; inside the write's
-        transaction."""
-        if not vectors:
+    def write(conn: psycopg.Connection[Any],
+              documents: Sequence[tuple[Any, Sequence[Chunk], SpaceVectors]]) -> None:
+        """The (just written) chunks' vectors in each space, for each (document id, chunks,
+        vectors) of a write-back; inside its transaction."""
+        wanted = [(doc, chunks, vectors) for doc, chunks, vectors in documents if vectors]
+        if not wanted:
             return
-        ids = {row["chunk_index"]: row["id"] for row in conn.execute(
-            "select id, chunk_index from public.document_chunks where document_id = %s",
-            (document_id,))}
-        rows = [(space_id, ids[chunk.index], to_vector(by_text[chunk.embed_text]))
+        ids = {(row["document_id"], row["chunk_index"]): row["id"] for row in conn.execute(
+            "select id, document_id, chunk_index from public.document_chunks"
+            " where document_id = any(%s)", ([doc for doc, _, _ in wanted],))}
+        rows = [(space_id, ids[doc, chunk.index], to_vector(by_text[chunk.embed_text]))
+                for doc, chunks, vectors in wanted
                 for space_id, by_text in vectors.items() for chunk in chunks
                 if chunk.embed_text in by_text]
         with conn.cursor() as cur:
