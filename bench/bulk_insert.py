@@ -33,12 +33,20 @@ measured):
 4. Rows/s through the API; then the time until every document is `ready`:
    documents/s embedded. A bench-only trigger counts write-backs: every
    document must be written back exactly once.
+
+With --via ingest the same rows are files instead (one Markdown file each),
+imported by `suparag ingest FOLDER --owner ...` in a process of its own, which
+upserts them 50 to a transaction. The first run is killed (SIGKILL, as a crash
+would) once --interrupt of the rows are committed; the second is the same
+command again, which must report the committed files `unchanged` and create
+only the rest. Everything else (searches, wake-ups, write-backs) is as above.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -53,12 +61,14 @@ import numpy as np
 from bench._common import bench_database, err_console, machine, make_documents, pct, progress
 from bench.embedding_double import DoubleState, Faults, serve
 from bench.queue import WRITE_COUNTER, Workers
+from cli._common import cli_command
 from worker.db import connect
 from worker.devstack.api.auth import hash_password
 from worker.devstack.api.keys import load_or_create
 from worker.devstack.postgres import free_port
 from worker.devstack.processes import LocalApi
 from worker.errors import BenchError
+from worker.ingest.write import BATCH_SIZE as INGEST_BATCH
 from worker.users import User, add_user
 
 PASSWORD = "bench password 1"
@@ -175,6 +185,52 @@ def _import(client: Any, rows: list[dict[str, Any]], batch: int, *, stop_after: 
     return len(batches), inserted, time.perf_counter() - started
 
 
+def _write_files(rows: list[dict[str, Any]], folder: Path) -> None:
+    """The rows as the files a team would ingest: one Markdown file each."""
+    folder.mkdir()
+    for i, row in enumerate(rows):
+        (folder / f"{i:06d}.md").write_text(f"# {row['title']}\n\n{row['content']}\n")
+
+
+def _ingest(url: str, folder: Path, importer: User, *, stop_rows: int | None,
+            label: str) -> tuple[int, int, float, dict[str, Any] | None]:
+    """`suparag ingest` of folder as importer, in a process of its own; killed (SIGKILL)
+    once stop_rows documents are committed, if given. (batches committed, documents
+    created, seconds, the command's JSON report unless killed)."""
+    files = sum(1 for _ in folder.iterdir())
+    with tempfile.TemporaryFile() as out, connect(url, autocommit=True) as conn:
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            cli_command("ingest", str(folder), "--owner", importer.email, "--team", "bench",
+                        "--visibility", "private", "--db-url", url, "--json"),
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.DEVNULL)
+
+        def committed() -> int:
+            row = conn.execute("select count(*) as n from public.documents where owner_id = %s",
+                               (importer.id,)).fetchone()
+            return int(row["n"]) if row else 0
+
+        with progress() as bar:
+            task = bar.add_task(label, total=stop_rows or files)
+            while proc.poll() is None:
+                done = committed()
+                bar.update(task, completed=done)
+                if stop_rows is not None and done >= stop_rows:
+                    proc.kill()
+                    break
+                time.sleep(0.05)
+        proc.wait()
+        seconds = time.perf_counter() - started
+        if stop_rows is not None:
+            done = committed()
+            return -(-done // INGEST_BATCH), done, seconds, None
+        if proc.returncode != 0:
+            raise BenchError(f"suparag ingest exited with code {proc.returncode}")
+        out.seek(0)
+        report = json.loads(out.read())
+    return -(-int(report["files"]) // INGEST_BATCH), int(report["created"]), seconds, report
+
+
 def _load_searcher(url: str, seed: int) -> tuple[User, User]:
     """The importing user (with a password, to sign in) and the searching one, whose
     corpus is ready with random vectors."""
@@ -206,11 +262,13 @@ def _load_searcher(url: str, seed: int) -> tuple[User, User]:
 
 
 def run(*, rows: int = 100_000, batch: int = 2000, workers: int = 2, interrupt: float = 0.4,
-        seed: int = 23) -> dict[str, Any]:
+        seed: int = 23, via: str = "api") -> dict[str, Any]:
     """The import, cut off and run again, beside searches and the workers; the figures."""
     if rows < 1 or batch < 1 or workers < 1 or not 0 < interrupt < 1:
         raise BenchError("--rows, --batch and --workers must be at least 1; --interrupt "
                          "between 0 and 1")
+    if via not in ("api", "ingest"):
+        raise BenchError("--via is api or ingest")
     from supabase import create_client
 
     before = machine()
@@ -245,10 +303,23 @@ def run(*, rows: int = 100_000, batch: int = 2000, workers: int = 2, interrupt: 
                 time.sleep(BEFORE_SECONDS)
                 searcher.phase = "import"
                 waits.start()
-                first = _import(client, import_rows, batch, stop_after=stop_after,
-                                label="import, cut off")
-                second = _import(client, import_rows, batch, stop_after=None,
-                                 label="import, run again")
+                unchanged: list[str] = []
+                if via == "api":
+                    first = _import(client, import_rows, batch, stop_after=stop_after,
+                                    label="import, cut off")
+                    second = _import(client, import_rows, batch, stop_after=None,
+                                     label="import, run again")
+                else:
+                    folder = home / "files"
+                    _write_files(import_rows, folder)
+                    b1, n1, s1, _ = _ingest(url, folder, importer, label="ingest, killed",
+                                            stop_rows=max(1, int(rows * interrupt)))
+                    b2, n2, s2, report = _ingest(url, folder, importer, stop_rows=None,
+                                                 label="ingest, run again")
+                    first, second = (b1, n1, s1), (b2, n2, s2)
+                    if report is None or report["unchanged"] != first[1]:
+                        unchanged.append(f"the re-run found {report and report['unchanged']} "
+                                         f"files unchanged; the killed run committed {first[1]}")
                 searcher.phase = "embedding"
                 embed_started = time.perf_counter()
                 with connect(url, autocommit=True) as conn:
@@ -261,7 +332,7 @@ def run(*, rows: int = 100_000, batch: int = 2000, workers: int = 2, interrupt: 
                 waits.stopping.set()
                 waits.join()
                 with connect(url, autocommit=True) as conn:
-                    violations = _check(conn, importer, rows, first, second)
+                    violations = unchanged + _check(conn, importer, rows, first, second)
             finally:
                 if searcher is not None:
                     searcher.stopping.set()
@@ -278,8 +349,9 @@ def run(*, rows: int = 100_000, batch: int = 2000, workers: int = 2, interrupt: 
     posted = first[0] + second[0]
     return {
         "bench": "bulk-insert",
+        "via": via,
         "rows": rows,
-        "batch": batch,
+        "batch": batch if via == "api" else INGEST_BATCH,
         "workers": workers,
         "embedder": "bench.embedding_double (fixed vectors) over HTTP",
         "first_run": {"batches": first[0], "inserted": first[1], "seconds": first[2]},
@@ -349,16 +421,17 @@ def _check(conn: Any, importer: User, rows: int, first: tuple[int, int, float],
 
 
 def print_report(r: dict[str, Any]) -> None:
+    how = "through /rest/v1" if r["via"] == "api" else "by `suparag ingest` of one file each"
     err_console.print(
-        f"bulk insert through /rest/v1: {r['rows']:,} rows in batches of {r['batch']:,}, "
+        f"bulk insert {how}: {r['rows']:,} rows in batches of {r['batch']:,}, "
         f"{r['workers']} workers on the embedding double")
     for key in ("first_run", "second_run"):
         run_ = r[key]
         err_console.print(f"  {key.replace('_', ' ')}: {run_['batches']} batches, "
                           f"{run_['inserted']:,} rows inserted in {run_['seconds']:.1f} s")
-    err_console.print(f"  through the API: {r['import_rows_per_s']:,.0f} rows/s; the re-run "
-                      f"(every batch posted again) {r['second_run_rows_per_s']:,.0f} rows/s")
-    err_console.print(f"  wake-ups: {r['wakeups']} for {r['batches_posted']} batches posted")
+    err_console.print(f"  imported: {r['import_rows_per_s']:,.0f} rows/s; the re-run "
+                      f"(every row sent again) {r['second_run_rows_per_s']:,.0f} rows/s")
+    err_console.print(f"  wake-ups: {r['wakeups']} for {r['batches_posted']} batches sent")
     err_console.print(f"  embedded after the import: {r['documents_ready']:,} documents in "
                       f"{r['embed_seconds_after_import']:.1f} s")
     for phase, s in r["searches"].items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -331,6 +332,13 @@ def queue(
         raise typer.Exit(code=1)
 
 
+class ImportVia(StrEnum):
+    """How `bench bulk-insert` imports its rows."""
+
+    api = "api"
+    ingest = "ingest"
+
+
 @app.command("bulk-insert")
 def bulk_insert(
     rows: Annotated[int, typer.Option(min=1, help="Documents the import sends.")] = 100_000,
@@ -340,21 +348,28 @@ def bulk_insert(
                                          "embedding through the double.")] = 2,
     interrupt: Annotated[float, typer.Option(min=0.01, max=0.99, help="Share of the batches "
                                              "sent before the first run is cut off.")] = 0.4,
+    via: Annotated[ImportVia, typer.Option(
+        help="api: an app's script posting to /rest/v1; ingest: one file per row, "
+        "`suparag ingest` killed and run again (--batch does not apply: it writes 50 "
+        "files a transaction).")] = ImportVia.api,
     json_out: JsonOption = False,
 ) -> None:
-    """A bulk import through /rest/v1, cut off and run again, beside searches.
+    """A bulk import, cut off and run again, beside searches.
 
-    An app's script on supabase-py posts the rows in batches with ids derived
-    from their source keys and `upsert(..., ignore_duplicates=True)`, so the
-    re-run inserts only what is missing. Reports rows/s through the API, the
-    wake-ups per batch, search p95 during the import against before, and the
-    workers' time to embed it all (an embedding double: the queue is measured).
-    Exits 1 if a row is lost or doubled or a document is not written back once.
+    --via api: an app's script on supabase-py posts the rows in batches with ids
+    derived from their source keys and `upsert(..., ignore_duplicates=True)`, so
+    the re-run inserts only what is missing. --via ingest: the rows are files,
+    and `suparag ingest` is killed partway and run again, which must find the
+    committed files unchanged. Reports rows/s, the wake-ups per batch, search
+    p95 during the import against before, and the workers' time to embed it all
+    (an embedding double: the queue is measured). Exits 1 if a row is lost or
+    doubled or a document is not written back once.
     """
     from bench import bulk_insert as bench_bulk
     from bench._common import emit
 
-    result = bench_bulk.run(rows=rows, batch=batch, workers=workers, interrupt=interrupt)
+    result = bench_bulk.run(rows=rows, batch=batch, workers=workers, interrupt=interrupt,
+                            via=via.value)
     emit(result, json_out, bench_bulk.print_report)
     if result["violations"]:
         raise typer.Exit(code=1)

@@ -1,4 +1,5 @@
-"""`suparag bench bulk-insert`, small: 600 rows through the real local API, cut off, re-run.
+"""`suparag bench bulk-insert`, small: rows through the real local API (or `suparag ingest`),
+cut off, re-run.
 
 Asserts what the bench checks (every row inserted once across the two runs, the
 re-run inserting only the missing rows, one wake-up per batch that inserted rows,
@@ -30,6 +31,21 @@ def test_small_bulk_insert_is_resumed_without_a_row_lost_or_doubled() -> None:
     assert sum(result["search_wait_samples"].values()) > 0
     assert result["search_lock_wait_samples"] == 0
     assert result["import_rows_per_s"] > 0
+
+
+def test_an_ingest_killed_partway_is_finished_by_running_it_again() -> None:
+    """--via ingest: one file per row; `suparag ingest` is killed (SIGKILL) after about a
+    third of the rows are committed, then run again."""
+    result = bench_bulk.run(rows=1000, workers=1, interrupt=0.3, via="ingest")
+    assert result["violations"] == []  # the re-run found the committed files unchanged
+    first, second = result["first_run"]["inserted"], result["second_run"]["inserted"]
+    assert 300 <= first < 1000  # killed partway, after whole batches of 50
+    assert first % 50 == 0
+    assert second == 1000 - first
+    assert result["documents_ready"] == 1000
+    assert 0 < result["wakeups"] <= result["batches_posted"]  # per batch, not per row
+    assert all(p["failed"] == 0 for p in result["searches"].values())
+    assert result["search_lock_wait_samples"] == 0
 
 
 def test_a_merging_upsert_of_documents_is_refused_for_users(conn) -> None:
