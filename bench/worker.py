@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 from bench._common import (
@@ -260,6 +262,44 @@ def run(*, docs: int = 200, batch_size: int = DEFAULT_CLAIM_DOCUMENTS,
         "machine_before": before,
         "machine_after": machine(),
     }
+
+
+def repeated(repeat: int, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """measure() (a run with its settings) repeat times in a row, each on its own documents
+    (and its own temporary database, unless given one); every run's figures and the
+    ratios' median.
+
+    On a machine whose speed moves between runs (this one: ratios 0.65-0.94 within an
+    hour, README), one ratio says little about the goal; the median of several does."""
+    if repeat < 1:
+        raise BenchError("--repeat must be at least 1")
+    runs = []
+    for i in range(repeat):
+        err_console.print(f"run {i + 1} of {repeat}")
+        runs.append(measure())
+    ratios = [r["ratio"] for r in runs]
+    median = statistics.median(ratios)
+    return {
+        "bench": "worker",
+        "repeat": repeat,
+        "runs": runs,
+        "ratios": ratios,
+        "ratio_median": median,
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "goal_ratio": GOAL_RATIO,
+        "pass": median >= GOAL_RATIO,
+    }
+
+
+def print_repeated(r: dict[str, Any]) -> None:
+    """Each run's figures, then the ratios and their median."""
+    for i, one in enumerate(r["runs"], 1):
+        print(f"\n-- run {i} of {r['repeat']}")
+        print_report(one)
+    verdict = "PASS" if r["pass"] else "MISS"
+    print(f"\nratios       {', '.join(f'{x:.3f}' for x in r['ratios'])}")
+    print(f"median       {r['ratio_median']:8.3f}  (goal >= {r['goal_ratio']}: {verdict})")
 
 
 def print_report(r: dict[str, Any]) -> None:

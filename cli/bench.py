@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -54,6 +55,9 @@ def worker(
     backend: Annotated[str, typer.Option(help="The local model's backend: `torch` (fp32) or "
                                          "`onnx-int8` (as SUPARAG_EMBEDDING_BACKEND).")] = "torch",
     in_process: InProcess = False,
+    repeat: Annotated[int, typer.Option(
+        min=1, max=20, help="Measure this many times in a row and judge the goal by the "
+        "ratios' median (this machine's speed moves between runs).")] = 1,
     db_url: BenchDbUrl = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -62,15 +66,19 @@ def worker(
     Bare model: the same documents chunked as the worker chunks them, sorted
     by length in calls of the same token budget, through the same embed call.
     End to end: a warm, idle worker; all documents inserted in one transaction; the clock runs from
-    the commit until every document is ready.
+    the commit until every document is ready. With --repeat N: N such runs, each
+    one's figures, and the median ratio.
     """
     from bench import worker as bench_worker
     from bench._common import emit
 
-    result = bench_worker.run(docs=docs, batch_size=batch_size, in_process=in_process,
-                              db_url=db_url, backend=backend, token_budget=token_budget,
-                              claim_budgets=claim_budgets)
-    emit(result, json_out, bench_worker.print_report)
+    measure = functools.partial(
+        bench_worker.run, docs=docs, batch_size=batch_size, in_process=in_process,
+        db_url=db_url, backend=backend, token_budget=token_budget, claim_budgets=claim_budgets)
+    if repeat == 1:
+        emit(measure(), json_out, bench_worker.print_report)
+    else:
+        emit(bench_worker.repeated(repeat, measure), json_out, bench_worker.print_repeated)
 
 
 @app.command()

@@ -72,15 +72,29 @@ def test_bench_worker(db_url):
     assert r["goal_ratio"] == 0.95 and r["pass"] == (r["ratio"] >= 0.95)
     assert r["torch_threads"] >= 1 and r["machine_after"]["cpus"] >= 1
     assert r["torch_model_chunks_per_s"] is None and r["model_file"] is None
-    # Where the cores went: the worker process embedded (it used CPU), the test's local
-    # server wrote the chunks, the bare model's calls were timed in CPU too; none of it
-    # exceeds what the cores had in the run.
+    # Where the cores went: the worker process embedded (it used CPU), the bare model's
+    # calls were timed in CPU too; none of it exceeds what the cores had in the run. The
+    # server's few chunk writes can round to 0 in clock ticks of 10 ms (it did, once in
+    # four runs); test_server_cpu_counts_only_what_the_server_used_between_its_samples
+    # checks the server's count itself.
     c = r["cpu_seconds"]
-    assert c["worker"] > 0 and c["database"] > 0 and c["bare_model"] > 0
+    assert c["worker"] > 0 and c["database"] >= 0 and c["bare_model"] > 0
     assert c["wall_seconds"] == pytest.approx(r["end_to_end_seconds"], abs=0.5)
     capacity = c["cores"] * c["wall_seconds"]
     assert c["worker"] + c["database"] + c["bench"] <= c["busy"] + 0.5 <= capacity + 1
     # A given database is left as it was: the bench users, documents and chunks are gone.
+    assert leftovers(db_url) == {"users": 0, "docs": 0, "chunks": 0, "jobs": 0}
+
+
+def test_bench_worker_repeated_judges_the_goal_by_the_median(db_url):
+    r = bench_json("worker", "--docs", "2", "--token-budget", "256", "--repeat", "3",
+                   "--db-url", db_url)
+    assert r["repeat"] == 3 and len(r["runs"]) == 3
+    assert r["ratios"] == [run["ratio"] for run in r["runs"]]
+    assert all(run["docs"] == 2 and run["ratio"] > 0 for run in r["runs"])
+    assert r["ratio_median"] == sorted(r["ratios"])[1]
+    assert r["ratio_min"] == min(r["ratios"]) and r["ratio_max"] == max(r["ratios"])
+    assert r["pass"] == (r["ratio_median"] >= r["goal_ratio"] == 0.95)
     assert leftovers(db_url) == {"users": 0, "docs": 0, "chunks": 0, "jobs": 0}
 
 
