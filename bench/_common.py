@@ -250,10 +250,11 @@ class RunningWorker:
 
     def __init__(self, db_url: str, embedder: Embedder, *, batch_size: int,
                  in_process: bool, token_budget: int = DEFAULT_TOKEN_BUDGET,
-                 claim_budgets: int = DEFAULT_CLAIM_BUDGETS) -> None:
+                 claim_budgets: int = DEFAULT_CLAIM_BUDGETS, lanes: int | None = None) -> None:
         self.db_url, self.embedder = db_url, embedder
         self.batch_size, self.in_process = batch_size, in_process
         self.token_budget, self.claim_budgets = token_budget, claim_budgets
+        self.lanes = lanes  # None: the worker's default (worker/models/lanes.py)
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
         self._service: Service | None = None
@@ -261,11 +262,14 @@ class RunningWorker:
 
     @property
     def description(self) -> str:
+        lanes = "" if self.lanes is None else f" --lanes {self.lanes}"
         if self.in_process:
             return (f"Service on a thread of this process, batch size {self.batch_size}, "
-                    f"token budget {self.token_budget}, claim budgets {self.claim_budgets}")
+                    f"token budget {self.token_budget}, claim budgets {self.claim_budgets}, "
+                    f"lanes {self.lanes or 'default'}")
         return (f"`suparag worker --batch-size {self.batch_size} --token-budget "
-                f"{self.token_budget} --claim-budgets {self.claim_budgets}` in its own process")
+                f"{self.token_budget} --claim-budgets {self.claim_budgets}{lanes}` in its own "
+                "process")
 
     def __enter__(self) -> RunningWorker:
         if self.in_process:
@@ -273,7 +277,7 @@ class RunningWorker:
                 [EmbeddingWorker(self.db_url, self.embedder,
                                  config=WorkerConfig(batch_size=self.batch_size),
                                  token_budget=self.token_budget,
-                                 claim_budgets=self.claim_budgets)],
+                                 claim_budgets=self.claim_budgets, lanes=self.lanes)],
                 service=ServiceConfig())
             self._thread = threading.Thread(target=self._service.run, name="bench-worker",
                                             daemon=True)
@@ -288,6 +292,7 @@ class RunningWorker:
         self._proc = subprocess.Popen(
             cli_command("worker", "--batch-size", str(self.batch_size), "--token-budget",
                         str(self.token_budget), "--claim-budgets", str(self.claim_budgets),
+                        *([] if self.lanes is None else ["--lanes", str(self.lanes)]),
                         "--db-url", self.db_url),
             env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
         return self

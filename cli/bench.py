@@ -54,6 +54,9 @@ def worker(
     ] = DEFAULT_CLAIM_BUDGETS,
     backend: Annotated[str, typer.Option(help="The local model's backend: `torch` (fp32) or "
                                          "`onnx-int8` (as SUPARAG_EMBEDDING_BACKEND).")] = "torch",
+    lanes: Annotated[int | None, typer.Option(
+        min=1, max=64, help="The worker's `--lanes` (model calls at once); default: the "
+        "worker's own (one per core on torch).", show_default=False)] = None,
     in_process: InProcess = False,
     repeat: Annotated[int, typer.Option(
         min=1, max=20, help="Measure this many times in a row and judge the goal by the "
@@ -74,7 +77,8 @@ def worker(
 
     measure = functools.partial(
         bench_worker.run, docs=docs, batch_size=batch_size, in_process=in_process,
-        db_url=db_url, backend=backend, token_budget=token_budget, claim_budgets=claim_budgets)
+        db_url=db_url, backend=backend, token_budget=token_budget, claim_budgets=claim_budgets,
+        lanes=lanes)
     if repeat == 1:
         emit(measure(), json_out, bench_worker.print_report)
     else:

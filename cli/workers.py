@@ -71,6 +71,13 @@ def worker(
                           "sorted by length together, so more budgets pad less (edits never "
                           "wait for a claim: they are taken between its model calls).")
     ] = DEFAULT_CLAIM_BUDGETS,
+    lanes: Annotated[
+        int | None, typer.Option(min=1, max=64, envvar="SUPARAG_WORKER_LANES",
+                                 help="Model calls run at once. Default: for a local model on "
+                                 "the CPU, one per core, torch at one thread each (faster than "
+                                 "one call on every core when the cores are shared; README); "
+                                 "else 1.", show_default=False)
+    ] = None,
     sweep: Annotated[
         float, typer.Option(min=0.5, envvar="SUPARAG_WORKER_SWEEP",
                             help="Seconds between sweeps of the queue when no "
@@ -162,7 +169,7 @@ def worker(
             url, MeteredEmbedder(embedder, url, feature="embedding.documents"),
             config=WorkerConfig(batch_size=batch_size, max_attempts=max_attempts,
                                 lease_seconds=lease), token_budget=token_budget,
-            claim_budgets=claim_budgets))
+            claim_budgets=claim_budgets, lanes=lanes))
     if only != Only.embeddings:
         workers.append(AnswerWorker(url, embedder, llm=llm_from_settings(settings),
                                     config=AnswerConfig(max_attempts=max_attempts,

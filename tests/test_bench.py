@@ -72,6 +72,18 @@ def test_bench_worker(db_url):
     assert r["goal_ratio"] == 0.95 and r["pass"] == (r["ratio"] >= 0.95)
     assert r["torch_threads"] >= 1 and r["machine_after"]["cpus"] >= 1
     assert r["torch_model_chunks_per_s"] is None and r["model_file"] is None
+    # The worker runs a lane per torch thread; the bare model is timed both ways and the
+    # faster is the rate the goal is judged by.
+    assert r["lanes"] == r["torch_threads"]
+    one_call = r["model_one_call_chunks_per_s"]
+    assert r["ratio_to_one_call"] == pytest.approx(r["end_to_end_chunks_per_s"] / one_call)
+    if r["lanes"] > 1:
+        in_lanes = r["model_lanes_chunks_per_s"]
+        assert in_lanes > 0 and r["model_in_lanes"] == (in_lanes > one_call)
+        assert r["model_chunks_per_s"] == pytest.approx(max(in_lanes, one_call))
+    else:
+        assert r["model_lanes_chunks_per_s"] is None and not r["model_in_lanes"]
+        assert r["model_chunks_per_s"] == pytest.approx(one_call)
     # Where the cores went: the worker process embedded (it used CPU), the bare model's
     # calls were timed in CPU too; none of it exceeds what the cores had in the run. The
     # server's few chunk writes can round to 0 in clock ticks of 10 ms (it did, once in
@@ -102,6 +114,7 @@ def test_bench_worker_times_int8_beside_fp32_torch(db_url):
     r = bench_json("worker", "--docs", "2", "--backend", "onnx-int8", "--token-budget", "256",
                    "--db-url", db_url)
     assert r["backend"] == "onnx-int8" and r["model"].endswith("@onnx-int8")
+    assert r["lanes"] == 1 and r["model_lanes_chunks_per_s"] is None  # ONNX: one call at a time
     assert r["model_file"].endswith(".onnx")
     torch_seconds = r["chunks"] / r["torch_model_chunks_per_s"]
     assert r["model_over_torch"] == pytest.approx(torch_seconds / r["model_seconds"])

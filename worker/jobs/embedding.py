@@ -40,6 +40,7 @@ from worker.jobs.pipeline import Pipeline
 from worker.jobs.queue import EMBEDDINGS, Counts, QueueWorker, WorkerConfig
 from worker.jobs.spaces import Fill, SpaceFiller, SpaceVectors
 from worker.models.base import Embedder
+from worker.models.lanes import Lanes, split_across_cores
 from worker.spaces import Space
 
 log = logging.getLogger("suparag.embedding")
@@ -139,14 +140,21 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
     def __init__(self, db_url: str, embedder: Embedder, *,
                  config: WorkerConfig | None = None,
                  token_budget: int = DEFAULT_TOKEN_BUDGET,
-                 claim_budgets: int = DEFAULT_CLAIM_BUDGETS) -> None:
+                 claim_budgets: int = DEFAULT_CLAIM_BUDGETS,
+                 lanes: int | None = None) -> None:
         super().__init__(db_url, BatchResult,
                          config=config or WorkerConfig(batch_size=DEFAULT_CLAIM_DOCUMENTS))
         if token_budget < 1:
             raise ConfigError(f"token budget {token_budget}: give at least 1 token per call")
         if claim_budgets < 1:
             raise ConfigError(f"claim budgets {claim_budgets}: a claim takes at least 1 budget")
+        if lanes is not None and lanes < 1:
+            raise ConfigError(f"model lanes {lanes}: give at least 1 (calls at once)")
         self.embedder = embedder
+        # Model calls at once (worker/models/lanes.py); None: one per core for a local model
+        # on the CPU, decided (and torch switched to a thread per call) at the first call.
+        self._lanes_wanted = lanes
+        self._lanes: Lanes | None = None
         self.spaces = SpaceFiller()
         self.token_budget = token_budget
         self.claim_budgets = claim_budgets
@@ -159,6 +167,21 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
 
     def load(self) -> None:
         self.embedder.load()
+
+    @property
+    def lanes(self) -> Lanes:
+        """The model's lanes: how its calls run side by side (worker/models/lanes.py)."""
+        if self._lanes is None:
+            wanted = self._lanes_wanted
+            self._lanes = Lanes(self.embedder, wanted if wanted is not None
+                                else split_across_cores(self.embedder))
+        return self._lanes
+
+    def close(self) -> None:
+        if self._lanes is not None:
+            self._lanes.close()
+            self._lanes = None
+        super().close()
 
     @property
     def model(self) -> str:
@@ -546,15 +569,15 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
 
     def _embed(self, texts: list[str],
                between: Callable[[], None] | None = None) -> list[list[float]]:
-        """texts' vectors, in model calls of at most token_budget padded tokens."""
+        """texts' vectors, in model calls of at most token_budget padded tokens, as many
+        at once as the model has lanes; between runs before each call starts."""
         if not texts:
             return []
         vectors: list[list[float]] = [[] for _ in texts]
-        for call in model_calls(texts, self._count, budget=self.token_budget):
-            if between is not None:
-                between()
-            for i, vector in zip(call, self.embedder.embed([texts[i] for i in call]),
-                                 strict=True):
+        calls = model_calls(texts, self._count, budget=self.token_budget)
+        results = self.lanes.embed_calls(([texts[i] for i in call] for call in calls), between)
+        for call, called in zip(calls, results, strict=True):
+            for i, vector in zip(call, called, strict=True):
                 vectors[i] = vector
         if vectors and len(vectors[0]) != COLUMN_DIMENSIONS:
             raise EmbeddingJobError(

@@ -8,11 +8,15 @@ small model behind an OpenAI-compatible server, by the openai provider.
 from __future__ import annotations
 
 import json
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
 from worker.errors import ConfigError
+
+#: Texts whose token counts a tokenizer keeps: about three batches in flight of chunks
+#: (a claim of 16 budgets holds a few hundred), with room to spare.
+COUNT_CACHE = 4096
 
 
 def max_seq_length(folder: Path) -> int:
@@ -32,6 +36,10 @@ class FastTokenizer:
         self.path = path
         self.max_seq_length = max_seq_length
         self._given: Any = None
+        # The worker counts each chunk's text when it chunks, again when it sizes the model
+        # calls, and the usage meter a third time: the last two are answered from here.
+        # Thread-safe (chunking and model calls run on different threads).
+        self._counts = lru_cache(maxsize=COUNT_CACHE)(self._count)
 
     @classmethod
     def copy_of(cls, tokenizer: Any, *, max_seq_length: int) -> FastTokenizer:
@@ -75,6 +83,11 @@ class FastTokenizer:
         return self.max_seq_length - self.specials
 
     def count(self, text: str) -> int:
+        """Tokens of text (special tokens excluded); the last COUNT_CACHE texts' counts are
+        kept."""
+        return self._counts(text)
+
+    def _count(self, text: str) -> int:
         return len(self.raw.encode(text, add_special_tokens=False).ids)
 
     def split(self, text: str, size: int) -> list[str]:

@@ -1,0 +1,178 @@
+"""Model calls side by side, one core each, instead of one call across all cores (issue 16).
+
+torch runs one call on all the machine's cores (intra-op threads); the
+threads meet at a barrier after every operator, thousands of times a call, and
+spin while they wait. On a machine whose cores the worker shares with its own
+database work, its chunking and PostgreSQL, each time one of those threads
+loses its core the others spin at the next barrier. Calls run one per core,
+on threads of their own, with torch at one thread each, have no such barrier:
+a call slowed by a neighbour slows only itself, and the worker's calls of a
+batch are independent of one another. Measured on this 2-core machine
+(README, "Embedding throughput"): two one-thread calls at once embed more
+chunks per second than one two-thread call, and the worker's end-to-end rate
+gains more than the bare model's.
+
+torch's thread count is the process's (a thread's own setting does not hold:
+torch re-reads the process-wide count when a new thread first runs an
+operator), so `split_across_cores` sets it to one for the whole process.
+Only a process whose model calls go through lanes should do it: the worker.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any
+
+from worker.models.base import Embedder
+
+_switched: int | None = None  # the cores torch had, once split_across_cores switched it
+_switch_lock = threading.Lock()
+
+
+def torch_threads() -> int | None:
+    """torch's threads in this process as they were before split_across_cores switched
+    them to one (None when torch is not installed)."""
+    if _switched is not None:
+        return _switched
+    try:
+        import torch
+    except ImportError:
+        return None
+    return int(torch.get_num_threads())
+
+
+def split_across_cores(embedder: Embedder) -> int:
+    """How many of embedder's calls should run at once: for a local torch model on the
+    CPU, the threads torch had, after switching this process's torch to one thread per
+    call; 1 (calls one at a time, nothing switched) for any other model.
+
+    A wrapper (MeteredEmbedder) is looked through via its `inner` embedder."""
+    from worker.models.local import SentenceTransformerEmbedder
+
+    inner: Any = embedder
+    while not isinstance(inner, SentenceTransformerEmbedder) and hasattr(inner, "inner"):
+        inner = inner.inner
+    if not isinstance(inner, SentenceTransformerEmbedder) or inner.device != "cpu":
+        return 1
+    global _switched
+    with _switch_lock:
+        if _switched is None:
+            import torch
+
+            _switched = max(1, int(torch.get_num_threads()))
+            torch.set_num_threads(1)
+        return _switched
+
+
+class Lanes:
+    """Runs an embedder's calls, up to `lanes` at once, on threads of its own."""
+
+    def __init__(self, embedder: Embedder, lanes: int) -> None:
+        if lanes < 1:
+            raise ValueError("lanes must be at least 1")
+        self.embedder = embedder
+        self.lanes = lanes
+        self._pool: ThreadPoolExecutor | None = None
+        self._first = True  # the first call runs alone (below)
+
+    def embed_calls(self, calls: Iterable[Sequence[str]],
+                    before: Callable[[], None] | None = None) -> list[list[list[float]]]:
+        """The vectors of each call, in order. before() runs on the calling thread before
+        each call is started (the pipeline takes interactive work there).
+
+        At most `lanes` calls run at once. If a call fails, no more are started, the
+        ones running are waited for, and the first failure is raised."""
+        whole = list(calls)
+        calls, parts = spread(whole, self.lanes)
+        results: list[list[list[float]] | None] = [None] * len(calls)
+        if self.lanes == 1 or len(calls) < 2 or self._first:
+            # One at a time: a single lane; or the very first call of the lanes' life,
+            # which sets the tokenizer's padding state that later calls share unchanged
+            # (set by two calls at once, one would change it under the other).
+            for i, texts in enumerate(calls):
+                if before is not None:
+                    before()
+                results[i] = self.embedder.embed(texts)
+                self._first = False
+            return _joined(results, parts)
+        pool = self._executor()
+        running: dict[Future[list[list[float]]], int] = {}
+        failure: BaseException | None = None
+        try:
+            for i, texts in enumerate(calls):
+                while len(running) >= self.lanes:
+                    failed = self._collect(running, results)
+                    failure = failure or failed
+                if failure is not None:
+                    break
+                if before is not None:
+                    before()
+                running[pool.submit(self.embedder.embed, texts)] = i
+            while running:
+                failed = self._collect(running, results)
+                failure = failure or failed
+        except BaseException:
+            for future in running:
+                future.cancel()
+            wait(running)
+            raise
+        if failure is not None:
+            raise failure
+        return _joined(results, parts)
+
+    @staticmethod
+    def _collect(running: dict[Future[list[list[float]]], int],
+                 results: list[list[list[float]] | None]) -> BaseException | None:
+        """Wait for a running call to end; store its vectors; its failure, if it failed."""
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        failure = None
+        for future in done:
+            i = running.pop(future)
+            error = future.exception()
+            if error is not None:
+                failure = failure or error
+            else:
+                results[i] = future.result()
+        return failure
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="suparag-model")
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
+def spread(calls: list[Sequence[str]], lanes: int) -> tuple[list[Sequence[str]], list[int]]:
+    """calls, with the biggest halved until there are `lanes` of them (while any holds two
+    texts or more), so that a batch of fewer calls than lanes (an edit of a few chunks) uses
+    every core; and how many of the new calls make up each given one, in order."""
+    pieces: list[list[Sequence[str]]] = [[texts] for texts in calls]
+    while calls and sum(map(len, pieces)) < lanes:
+        i, j = max(((i, j) for i, piece in enumerate(pieces) for j in range(len(piece))),
+                   key=lambda ij: len(pieces[ij[0]][ij[1]]))
+        texts = pieces[i][j]
+        if len(texts) < 2:
+            break
+        half = (len(texts) + 1) // 2
+        pieces[i][j:j + 1] = [texts[:half], texts[half:]]
+    return [texts for piece in pieces for texts in piece], [len(piece) for piece in pieces]
+
+
+def _joined(results: list[list[list[float]] | None], parts: list[int]
+            ) -> list[list[list[float]]]:
+    """Each given call's vectors from those of its parts (spread)."""
+    joined, at = [], 0
+    for n in parts:
+        vectors: list[list[float]] = []
+        for result in results[at:at + n]:
+            assert result is not None  # every call ran, or embed_calls raised
+            vectors.extend(result)
+        joined.append(vectors)
+        at += n
+    return joined
