@@ -109,7 +109,7 @@ def test_a_version_bump_while_the_batch_waits_in_the_pipeline_is_dropped(
     assert set(status(conn, [first, waiting, last]).values()) == {"ready"}
 
 
-def test_stopping_mid_pipeline_finishes_what_was_claimed_and_loses_nothing(
+def test_stopping_mid_pipeline_finishes_the_batch_in_hand_and_gives_back_the_next(
         conn, world, db_url, embedder):
     conn.execute("delete from suparag_private.embedding_jobs")
     conn.commit()
@@ -122,14 +122,24 @@ def test_stopping_mid_pipeline_finishes_what_was_claimed_and_loses_nothing(
 
     worker = EmbeddingWorker(db_url, Hooked(embedder, hook),
                              config=WorkerConfig(batch_size=1))
+    given_back = []
+    release = worker.release
+
+    def watched_release(batch):
+        given_back.extend(plan.job["document_id"] for plan in batch.ready)
+        return release(batch)
+
+    worker.release = watched_release
     try:
         total = worker.drain(should_stop=stop.is_set)
     finally:
         worker.close()
     done = status(conn, ids)
     ready = [i for i in ids if done[i] == "ready"]
-    # The batch in hand and the one already claimed behind it are written; nothing more.
-    assert total.embedded == len(ready) == 2
+    assert len(given_back) == 1 and given_back[0] not in ready
+    # The batch in hand is written; the one already claimed behind it is given back (its
+    # lease and its attempt undone, below), so a stop waits for one claim, not two.
+    assert total.embedded == len(ready) == 1
     assert leased(conn, worker.config.worker_id) == 0
     rest = conn.execute("select document_id, attempts, leased_by from"
                         " suparag_private.embedding_jobs where document_id = any(%s)",

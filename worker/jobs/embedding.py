@@ -345,6 +345,25 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
             result.add(self._write_group(embedded[start:start + WRITE_GROUP]))
         return result
 
+    def release(self, batch: _Batch) -> BatchResult | None:
+        """Give back a claimed batch the model has not started (the worker is stopping):
+        its jobs lose our lease and the attempt the claim counted, so any worker takes them
+        at once. What its claim already settled (superseded, failed) is its tally. A
+        space's fill holds no lease: None, and it is embedded."""
+        if batch.fill is not None:
+            return None
+        ids = [plan.job["job_id"] for plan in batch.ready]
+        if ids:
+            with self.conn.transaction():
+                self.conn.execute(
+                    "update suparag_private.embedding_jobs set leased_by = null,"
+                    " leased_until = null, attempts = greatest(attempts - 1, 0),"
+                    " updated_at = now() where id = any(%s) and leased_by = %s",
+                    (ids, self.config.worker_id))
+        for plan in batch.ready:
+            self._settle(plan.job, BatchResult())
+        return batch.early
+
     def _write_group(self, plans: list[_Plan]) -> BatchResult:
         """plans written back in one transaction; if it fails, each in its own, so one
         document's failure (a constraint, a trigger of the project's) stops no other."""

@@ -30,7 +30,10 @@ version under `for update` (a batch that waited is dropped if its document
 changed), a poison document is isolated inside the embed stage, and the
 leases of every batch in flight are renewed every third of the lease by a
 heartbeat, so a batch never loses its lease while it waits. Stopping
-(SIGTERM) claims nothing more and finishes every batch already claimed.
+(SIGTERM) claims nothing more, finishes the batch in hand, and gives back the
+one claimed behind it, which the model has not started (`release`: its jobs
+are due at once for any worker, the attempt not counted), so a stop waits for
+one claim's model calls, not two.
 
 Lower-priority work that is not a job (a space's backfill, issue 10) is a
 batch like the others: `prepare` returns it when no job is due.
@@ -76,6 +79,12 @@ class Stages(Protocol[BatchT, EmbeddedT, TallyT_co]):
 
     def finish(self, batch: BatchT, embedded: EmbeddedT) -> TallyT_co:
         """Write back or fail each job of the batch (database thread)."""
+        ...
+
+    def release(self, batch: BatchT) -> TallyT_co | None:
+        """Give back a prepared batch the model has not started, when stopping (database
+        thread): its jobs due again at once for any worker. The tally of what it settled
+        while prepared; None if it cannot be given back (it is then embedded)."""
         ...
 
     def renew(self) -> None:
@@ -126,6 +135,12 @@ class Pipeline(Generic[BatchT, EmbeddedT, TallyT]):
                     batch = waiting.result()
                     if batch is None:
                         break  # nothing due
+                    if stopping():  # claimed before the stop: give it back, if it can be
+                        released = db.submit(self.stages.release, batch).result()
+                        if released is not None:
+                            done(released)
+                            waiting = None
+                            break
                     # Claim the next batch now: it is read and chunked while this one embeds.
                     waiting = None if stopping() else db.submit(self.stages.prepare)
 
