@@ -7,6 +7,7 @@ start, how many run at once) or refuse one, as a poison document would.
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -145,3 +146,25 @@ def test_a_local_model_on_the_cpu_gets_a_lane_per_core_and_torch_one_thread_each
     assert EmbeddingWorker(db_url, embedder, lanes=1).lanes.lanes == 1
     with pytest.raises(ConfigError, match="model lanes 0"):
         EmbeddingWorker(db_url, embedder, lanes=0)
+
+
+def test_the_lanes_first_batch_runs_its_first_call_alone_then_the_rest_side_by_side(embedder):
+    both = threading.Barrier(2, timeout=20)
+    seen_during_first: list[int] = []
+
+    def hook(texts):
+        if texts[0] == TEXTS[0]:  # the first call of the lanes' life
+            time.sleep(0.3)  # time for a second call to start beside it, if one could
+            seen_during_first.append(len(model.started))
+        elif texts[0] in (TEXTS[2], TEXTS[4]):  # the next two: together
+            both.wait()
+
+    model = Watched(embedder, hook)
+    lanes = Lanes(model, 2)
+    try:
+        vectors = lanes.embed_calls([TEXTS[i:i + 2] for i in range(0, 12, 2)])
+    finally:
+        lanes.close()
+    assert seen_during_first == [1]  # nothing else had started while it ran
+    assert model.most == 2 and not both.broken
+    assert [len(v) for v in vectors] == [2] * 6

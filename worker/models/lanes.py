@@ -87,21 +87,22 @@ class Lanes:
         whole = list(calls)
         calls, parts = spread(whole, self.lanes)
         results: list[list[list[float]] | None] = [None] * len(calls)
-        if self.lanes == 1 or len(calls) < 2 or self._first:
-            # One at a time: a single lane; or the very first call of the lanes' life,
-            # which sets the tokenizer's padding state that later calls share unchanged
-            # (set by two calls at once, one would change it under the other).
-            for i, texts in enumerate(calls):
-                if before is not None:
-                    before()
-                results[i] = self.embedder.embed(texts)
-                self._first = False
+        # One at a time: with a single lane, and the very first call of the lanes' life,
+        # which sets the tokenizer's padding state that later calls share unchanged (set by
+        # two calls at once, one would change it under the other).
+        alone = len(calls) if self.lanes == 1 or len(calls) < 2 else int(self._first)
+        for i in range(alone):
+            if before is not None:
+                before()
+            results[i] = self.embedder.embed(calls[i])
+            self._first = False
+        if alone == len(calls):
             return _joined(results, parts)
         pool = self._executor()
         running: dict[Future[list[list[float]]], int] = {}
         failure: BaseException | None = None
         try:
-            for i, texts in enumerate(calls):
+            for i, texts in enumerate(calls[alone:], start=alone):
                 while len(running) >= self.lanes:
                     failed = self._collect(running, results)
                     failure = failure or failed
