@@ -7,9 +7,13 @@ The documents (1-14 paragraphs, as `bench worker` makes them) are chunked as
 the worker chunks them; for each budget the texts are sorted by length and
 cut into calls of at most that many padded tokens (worker/jobs/batching.py,
 what the worker does), and each call goes to embedder.embed as one forward
-pass. The budgets run in turn after a warm-up call, and then again in
-reverse order, so a change of background load weighs on both ends alike;
-each budget's rate is over both passes. The worker's default
+pass. Each budget is timed both ways the worker can run the model: one call
+at a time on all cores (torch's default threads), and, for torch on more
+than one core, in the worker's lanes (worker/models/lanes.py: a call per
+core, one thread each, as `suparag worker` runs it by default). The budgets
+run in turn after a warm-up call, and then again in reverse order, so a
+change of background load weighs on both ends alike; each budget's rate is
+over both passes. The worker's default
 (DEFAULT_TOKEN_BUDGET) should sit where the rate levels off: a larger budget
 only makes an edit wait longer behind a bulk backlog.
 """
@@ -25,6 +29,7 @@ from worker.errors import BenchError
 from worker.jobs.batching import model_calls
 from worker.models.base import DEFAULT_MODEL
 from worker.models.factory import make_embedder
+from worker.models.lanes import Lanes, torch_threads
 
 BUDGETS = (512, 1024, 2048, 4096, 8192, 16384)
 
@@ -43,33 +48,64 @@ def run(*, docs: int = 100, backend: str = "torch", budgets: tuple[int, ...] = B
     if hasattr(embedder, "batch_size"):
         setattr(embedder, "batch_size", len(texts))  # noqa: B010  # not in the protocol
     embedder.embed(texts[:16])  # warm-up
-    seconds = dict.fromkeys(budgets, 0.0)
-    calls: dict[int, int] = {}
+    threads = torch_threads() or 1
+    lanes = threads if backend == "torch" and threads > 1 else 1
+    one_call = dict.fromkeys(budgets, 0.0)
+    in_lanes = dict.fromkeys(budgets, 0.0)
+    calls: dict[int, list[list[str]]] = {
+        b: [[texts[i] for i in call] for call in model_calls(texts, embedder.count_tokens,
+                                                              budget=b)]
+        for b in budgets}
     for order in (budgets, tuple(reversed(budgets))):
         for budget in order:
-            groups = model_calls(texts, embedder.count_tokens, budget=budget)
-            calls[budget] = len(groups)
             started = time.perf_counter()
-            for group in groups:
-                embedder.embed([texts[i] for i in group])
-            seconds[budget] += time.perf_counter() - started
+            for group in calls[budget]:
+                embedder.embed(group)
+            one_call[budget] += time.perf_counter() - started
+            if lanes > 1:
+                in_lanes[budget] += _time_lanes(embedder, calls[budget], lanes)
     return {
         "bench": "token_budget",
         "model": embedder.name,
         "backend": backend,
         "chunks": len(texts),
-        "results": [{"budget": b, "calls": calls[b], "chunks_per_s": 2 * len(texts) / seconds[b]}
+        "torch_threads": threads,
+        "lanes": lanes,
+        "results": [{"budget": b, "calls": len(calls[b]),
+                     "chunks_per_s": 2 * len(texts) / one_call[b],
+                     "lanes_chunks_per_s": 2 * len(texts) / in_lanes[b] if lanes > 1 else None}
                     for b in budgets],
         "machine_before": before,
         "machine_after": machine(),
     }
 
 
+def _time_lanes(embedder: Any, groups: list[list[str]], lanes: int) -> float:
+    """Seconds the worker's lanes take over groups (torch at one thread a call, then back
+    to what it was); the lanes' first call, which runs alone, is not timed."""
+    import torch
+
+    was = torch.get_num_threads()
+    torch.set_num_threads(1)
+    runner = Lanes(embedder, lanes)
+    try:
+        runner.embed_calls(groups[:1])
+        started = time.perf_counter()
+        runner.embed_calls(groups)
+        return time.perf_counter() - started
+    finally:
+        runner.close()
+        torch.set_num_threads(was)
+
+
 def print_report(r: dict[str, Any]) -> None:
     print(f"\n{r['chunks']} chunks, {r['model']}; each budget run twice (up, then down)")
-    print(f"{'tokens per call':>16}{'calls':>8}{'chunks/s':>11}")
+    lanes = r["lanes"] > 1
+    print(f"{'tokens per call':>16}{'calls':>8}{'one call at a time':>20}"
+          + (f"{'in ' + str(r['lanes']) + ' lanes':>14}" if lanes else "") + "  (chunks/s)")
     for row in r["results"]:
-        print(f"{row['budget']:>16}{row['calls']:>8}{row['chunks_per_s']:>11.1f}")
+        print(f"{row['budget']:>16}{row['calls']:>8}{row['chunks_per_s']:>20.1f}"
+              + (f"{row['lanes_chunks_per_s']:>14.1f}" if lanes else ""))
     print_load(r)
 
 

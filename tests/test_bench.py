@@ -149,14 +149,18 @@ def test_bench_freshness_during_a_backlog(db_url):
 
 
 def test_bench_token_budget():
-    """The sweep behind the default budget: every budget, calls that shrink as it grows."""
+    """The sweep behind the default budget: every budget, calls that shrink as it grows,
+    timed one call at a time and in the worker's lanes (one per core here)."""
     from bench import token_budget
+    from worker.models.lanes import torch_threads
 
     r = token_budget.run(docs=3, budgets=(256, 4096))
     assert [row["budget"] for row in r["results"]] == [256, 4096]
     small, large = r["results"]
     assert small["calls"] >= r["chunks"] / 2 and large["calls"] < small["calls"]
     assert all(row["chunks_per_s"] > 0 for row in r["results"])
+    assert r["lanes"] == torch_threads() == os.cpu_count() > 1
+    assert all(row["lanes_chunks_per_s"] > 0 for row in r["results"])
 
 
 def test_bench_search_sizes_shared_buffers_to_hold_the_index_and_chunks():

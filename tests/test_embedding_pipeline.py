@@ -235,7 +235,7 @@ def test_a_claim_takes_several_budgets_and_sorts_their_texts_together(
     worker = EmbeddingWorker(db_url, model, config=WorkerConfig(batch_size=64),
                              token_budget=600, claim_budgets=8)
     try:
-        worker.drain()
+        worker.run_batch()  # one claim, full size (a drain's first is small: below)
     finally:
         worker.close()
     assert set(status(conn, ids).values()) == {"ready"}
@@ -244,6 +244,35 @@ def test_a_claim_takes_several_budgets_and_sorts_their_texts_together(
     # length, across documents (a claim of one budget restarts the order per claim).
     lengths = [embedder.count_tokens(t) for call in model.calls for t in call]
     assert lengths == sorted(lengths)
+
+
+def test_a_drain_opens_with_a_small_claim_and_then_claims_full_size(
+        conn, world, db_url, embedder):
+    """The model waits for a drain's first claim, so it is a few budgets; the full claim
+    behind it is prepared while the model embeds."""
+    ids = bulk_docs(conn, world, 24)
+    model = Hooked(embedder, lambda call, texts: None)
+    worker = EmbeddingWorker(db_url, model, config=WorkerConfig(batch_size=64),
+                             token_budget=600, claim_budgets=16)
+    claims: list[tuple[bool, int]] = []  # (opening, documents claimed)
+    prepare = worker.prepare
+
+    def watched(opening=False):
+        batch = prepare(opening)
+        if batch is not None:
+            claims.append((opening, len(batch.jobs)))
+        return batch
+
+    worker.prepare = watched
+    try:
+        worker.drain()
+    finally:
+        worker.close()
+    assert set(status(conn, ids).values()) == {"ready"}
+    # A first guess of 512 tokens a document: 4 budgets of 600 are 5 documents, 16 are 19.
+    assert claims[0] == (True, 5)
+    assert claims[1] == (False, 19)
+    assert sum(n for _, n in claims) == 24 and all(not opening for opening, _ in claims[1:])
 
 
 def test_an_edit_committed_during_a_big_bulk_claim_is_embedded_between_its_calls(
@@ -352,7 +381,7 @@ def test_an_edit_is_written_while_the_database_thread_is_busy_with_bulk_work(
 
 def test_an_edit_goes_between_the_calls_of_a_second_space_too(conn, world, db_url, embedder):
     """While a second space is live, a bulk batch is embedded in it after the first; those
-    calls take interactive work between them as well (at 16 budgets a claim, they are
+    calls take interactive work between them as well (at 32 budgets a claim, they are
     seconds of model time)."""
     from worker.jobs.spaces import SpaceFiller
     from worker.spaces import add_space

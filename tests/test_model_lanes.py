@@ -83,8 +83,9 @@ def test_two_lanes_run_two_calls_at_once_and_never_more(embedder):
         lanes.close()
     assert model.most == 2 and not both.broken
     assert [len(v) for v in vectors] == [2] * 5
-    # before() ran on the calling thread ahead of each call, never with both lanes busy.
-    assert len(before) == 5 and max(before) <= 1
+    # before() ran on the calling thread ahead of each call (the last two calls of the five
+    # run as halves: seven), never with both lanes busy.
+    assert len(before) == 7 and max(before) <= 1
 
 
 def test_a_failing_call_is_raised_and_no_call_starts_after_it(embedder):
@@ -124,6 +125,28 @@ def test_a_batch_of_fewer_calls_than_lanes_is_spread_over_them(embedder):
         lanes.close()
     assert sorted(map(len, model.started)) == [2, 3]  # run as two, one per lane
     assert close_to(vectors, embedder.embed(TEXTS[:5]))
+
+
+def test_a_batch_of_more_calls_than_lanes_ends_in_halves(embedder):
+    """The last call of each lane is halved, so the lanes end a batch close together."""
+    assert spread([["a", "b"], ["c", "d"], ["e", "f", "g"]], 2) == (
+        [["a", "b"], ["c"], ["d"], ["e", "f"], ["g"]], [1, 2, 2])
+    assert spread([["a", "b"], ["c"], ["d", "e"]], 2) == (
+        [["a", "b"], ["c"], ["d"], ["e"]], [1, 1, 2])  # one text: not split
+    assert spread([["a", "b"], ["c", "d"], ["e", "f"]], 1) == (
+        [["a", "b"], ["c", "d"], ["e", "f"]], [1, 1, 1])  # one lane: nothing to even out
+    model = Watched(embedder)
+    calls = [TEXTS[i:i + 3] for i in range(0, 12, 3)]
+    lanes = Lanes(model, 2)
+    try:
+        lanes.embed_calls([TEXTS[:1]])
+        model.started.clear()
+        vectors = lanes.embed_calls(calls)
+    finally:
+        lanes.close()
+    halves = [TEXTS[0:3], TEXTS[3:6], TEXTS[6:8], TEXTS[8:9], TEXTS[9:11], TEXTS[11:12]]
+    assert sorted(model.started) == sorted(halves)
+    assert all(close_to(v, embedder.embed(c)) for v, c in zip(vectors, calls, strict=True))
 
 
 def test_a_local_model_on_the_cpu_gets_a_lane_per_core_and_torch_one_thread_each(

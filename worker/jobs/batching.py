@@ -18,21 +18,27 @@ from collections.abc import Callable, Sequence
 #: Padded tokens per model call when none is configured. An edit committed
 #: during a bulk backlog is taken between two model calls of the bulk batch
 #: (worker/jobs/pipeline.py), so it waits for one or two calls and its own:
-#: the budget bounds that wait. 2,048 tokens is about 12 chunks,
-#: ~0.5 s of all-MiniLM-L6-v2 fp32 on this 2-core CPU when quiet. The README
-#: ("Issue 16 figures") has the throughput against the budget.
-DEFAULT_TOKEN_BUDGET = 2048
+#: the budget bounds that wait. 1,024 tokens is about 6 chunks, ~0.25 s of
+#: all-MiniLM-L6-v2 fp32 on one core of this 2-core CPU, the model running one
+#: call per core (worker/models/lanes.py). Measured in those lanes
+#: (`python -m bench.token_budget`): 1,024 to 2,048 tokens a call embed at the same rate,
+#: 512 slower; one call at a time on both cores is as flat from 1,024 to 4,096. Of
+#: the budgets at that rate the smallest pads least: a claim's texts are sorted by
+#: length among themselves, and the smaller the calls, the narrower the range of
+#: lengths each holds (300 documents: 1.02x the corpus-sorted calls' padded tokens
+#: at 1,024, 1.04x at 2,048). The README ("Issue 16 figures") has the figures.
+DEFAULT_TOKEN_BUDGET = 1024
 
 #: Token budgets of bulk documents one claim takes when none is configured. The
 #: claim's texts are sorted by length together, so the more budgets, the less
 #: each call pads and the fewer calls are a short tail; an edit committed
 #: meanwhile does not wait for the claim (worker/jobs/pipeline.py). Measured
-#: (`suparag bench worker --docs 300 --claim-budgets N`): the worker's calls
-#: padded 1.11x the corpus-sorted calls at 4 budgets, 1.03x at 16; the
-#: end-to-end ratio went from 0.73 to 0.89. The cost: a crashed worker's claim
-#: (about 16 model calls) is embedded again when its leases run out, and
-#: SIGTERM waits for those calls.
-DEFAULT_CLAIM_BUDGETS = 16
+#: (`suparag bench worker --docs 300`, 2,048-token calls): the worker's calls
+#: padded 1.11x the corpus-sorted calls at 4 budgets a claim, 1.03x at 16; the
+#: end-to-end ratio went from 0.73 to 0.89. 32 budgets of 1,024 tokens is the
+#: same claim as 16 of 2,048. The cost: a crashed worker's claim (about 32 model
+#: calls) is embedded again when its leases run out.
+DEFAULT_CLAIM_BUDGETS = 32
 
 #: The most documents one claim takes when none is configured (`--batch-size`):
 #: high enough that DEFAULT_CLAIM_BUDGETS of ordinary documents fit.

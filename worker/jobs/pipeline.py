@@ -35,6 +35,11 @@ one claimed behind it, which the model has not started (`release`: its jobs
 are due at once for any worker, the attempt not counted), so a stop waits for
 one claim's model calls, not two.
 
+The model waits for the first batch of a drain (a wake-up), so that one is
+claimed small (a few budgets: the model starts within milliseconds of a
+commit, not after a whole claim's read and chunking), and the full-size
+claim behind it is prepared while it embeds.
+
 Lower-priority work that is not a job (a space's backfill, issue 10) is a
 batch like the others: `prepare` returns it when no job is due.
 
@@ -59,8 +64,11 @@ TallyT_co = TypeVar("TallyT_co", bound=Tally, covariant=True)
 class Stages(Protocol[BatchT, EmbeddedT, TallyT_co]):
     """What a pipelined worker does, stage by stage."""
 
-    def prepare(self) -> BatchT | None:
-        """Claim, read and chunk the next batch (database thread); None: nothing due."""
+    def prepare(self, opening: bool = False) -> BatchT | None:
+        """Claim, read and chunk the next batch (database thread); None: nothing due.
+
+        opening: the first batch of a drain, which the model waits for; a small one, so
+        the model starts at once and the next (full) batch is prepared while it embeds."""
         ...
 
     def prepare_urgent(self) -> BatchT | None:
@@ -125,7 +133,7 @@ class Pipeline(Generic[BatchT, EmbeddedT, TallyT]):
             writing: Future[TallyT] | None = None
             urgent = _Urgent(self.stages, lane, stopping)
             try:
-                waiting = None if stopping() else db.submit(self.stages.prepare)
+                waiting = None if stopping() else db.submit(self.stages.prepare, opening=True)
                 while waiting is not None:
                     # Waiting for the next batch (a big claim's read and chunking): the
                     # model is free, so interactive work goes meanwhile.

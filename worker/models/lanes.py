@@ -150,10 +150,21 @@ class Lanes:
 
 
 def spread(calls: list[Sequence[str]], lanes: int) -> tuple[list[Sequence[str]], list[int]]:
-    """calls, with the biggest halved until there are `lanes` of them (while any holds two
-    texts or more), so that a batch of fewer calls than lanes (an edit of a few chunks) uses
-    every core; and how many of the new calls make up each given one, in order."""
+    """calls as the lanes run them, and how many of the new calls make up each given one,
+    in order:
+
+    - fewer calls than lanes (an edit of a few chunks): the biggest halved until there are
+      `lanes` of them (while any holds two texts or more), so that every core has one;
+    - more calls than lanes (a bulk batch): the last `lanes` halved. The lanes drift apart
+      over a batch, and the batch ends when its last call does, a lane idle meanwhile:
+      with halves at the end, the lanes end within about half a call of one another."""
     pieces: list[list[Sequence[str]]] = [[texts] for texts in calls]
+    if lanes > 1 and len(calls) > lanes:
+        for piece in pieces[-lanes:]:
+            texts = piece[0]
+            if len(texts) >= 2:
+                half = (len(texts) + 1) // 2
+                piece[:] = [texts[:half], texts[half:]]
     while calls and sum(map(len, pieces)) < lanes:
         i, j = max(((i, j) for i, piece in enumerate(pieces) for j in range(len(piece))),
                    key=lambda ij: len(pieces[ij[0]][ij[1]]))

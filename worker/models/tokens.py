@@ -15,7 +15,7 @@ from typing import Any
 from worker.errors import ConfigError
 
 #: Texts whose token counts a tokenizer keeps: about three batches in flight of chunks
-#: (a claim of 16 budgets holds a few hundred), with room to spare.
+#: (a claim of 32 budgets holds a few hundred), with room to spare.
 COUNT_CACHE = 4096
 
 
