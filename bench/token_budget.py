@@ -25,11 +25,12 @@ import time
 from typing import Any
 
 from bench._common import embed_texts, emit, err_console, machine, make_documents, print_load
+from bench.worker import time_lanes
 from worker.errors import BenchError
 from worker.jobs.batching import model_calls
 from worker.models.base import DEFAULT_MODEL
 from worker.models.factory import make_embedder
-from worker.models.lanes import Lanes, torch_threads
+from worker.models.lanes import torch_threads
 
 BUDGETS = (512, 1024, 2048, 4096, 8192, 16384)
 
@@ -50,6 +51,7 @@ def run(*, docs: int = 100, backend: str = "torch", budgets: tuple[int, ...] = B
     embedder.embed(texts[:16])  # warm-up
     threads = torch_threads() or 1
     lanes = threads if backend == "torch" and threads > 1 else 1
+    now = _current_threads() if lanes > 1 else None  # torch's count, restored after lanes
     one_call = dict.fromkeys(budgets, 0.0)
     in_lanes = dict.fromkeys(budgets, 0.0)
     calls: dict[int, list[list[str]]] = {
@@ -63,7 +65,9 @@ def run(*, docs: int = 100, backend: str = "torch", budgets: tuple[int, ...] = B
                 embedder.embed(group)
             one_call[budget] += time.perf_counter() - started
             if lanes > 1:
-                in_lanes[budget] += _time_lanes(embedder, calls[budget], lanes)
+                in_lanes[budget] += time_lanes(embedder, calls[budget], lanes,
+                                               f"{budget} tokens a call, in {lanes} lanes",
+                                               None, now)
     return {
         "bench": "token_budget",
         "model": embedder.name,
@@ -80,22 +84,10 @@ def run(*, docs: int = 100, backend: str = "torch", budgets: tuple[int, ...] = B
     }
 
 
-def _time_lanes(embedder: Any, groups: list[list[str]], lanes: int) -> float:
-    """Seconds the worker's lanes take over groups (torch at one thread a call, then back
-    to what it was); the lanes' first call, which runs alone, is not timed."""
+def _current_threads() -> int:
     import torch
 
-    was = torch.get_num_threads()
-    torch.set_num_threads(1)
-    runner = Lanes(embedder, lanes)
-    try:
-        runner.embed_calls(groups[:1])
-        started = time.perf_counter()
-        runner.embed_calls(groups)
-        return time.perf_counter() - started
-    finally:
-        runner.close()
-        torch.set_num_threads(was)
+    return int(torch.get_num_threads())
 
 
 def print_report(r: dict[str, Any]) -> None:

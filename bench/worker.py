@@ -123,10 +123,10 @@ def time_model(embedder: Embedder, groups: list[list[str]], label: str,
 
 
 def time_lanes(embedder: Embedder, groups: list[list[str]], lanes: int, label: str,
-               cpu: list[float], threads: int | None) -> float:
+               cpu: list[float] | None, threads: int | None) -> float:
     """Seconds the worker's lanes take over groups: `lanes` calls at once, torch at one
     thread each (worker/models/lanes.py), after a warm-up call; torch is then set back to
-    threads. CPU seconds are added to cpu[0]."""
+    threads. CPU seconds are added to cpu[0] if given."""
     _set_torch_threads(1)
     runner = Lanes(embedder, lanes)
     try:
@@ -136,7 +136,8 @@ def time_lanes(embedder: Embedder, groups: list[list[str]], lanes: int, label: s
             started, cpu_started = time.perf_counter(), time.process_time()
             runner.embed_calls(groups, before=lambda: bar.advance(task))
             elapsed = time.perf_counter() - started
-            cpu[0] += time.process_time() - cpu_started
+            if cpu is not None:
+                cpu[0] += time.process_time() - cpu_started
     finally:
         runner.close()
         _set_torch_threads(threads)

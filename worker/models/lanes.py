@@ -161,19 +161,21 @@ def spread(calls: list[Sequence[str]], lanes: int) -> tuple[list[Sequence[str]],
     pieces: list[list[Sequence[str]]] = [[texts] for texts in calls]
     if lanes > 1 and len(calls) > lanes:
         for piece in pieces[-lanes:]:
-            texts = piece[0]
-            if len(texts) >= 2:
-                half = (len(texts) + 1) // 2
-                piece[:] = [texts[:half], texts[half:]]
+            if len(piece[0]) >= 2:
+                piece[:] = _halves(piece[0])
     while calls and sum(map(len, pieces)) < lanes:
         i, j = max(((i, j) for i, piece in enumerate(pieces) for j in range(len(piece))),
                    key=lambda ij: len(pieces[ij[0]][ij[1]]))
-        texts = pieces[i][j]
-        if len(texts) < 2:
+        if len(pieces[i][j]) < 2:
             break
-        half = (len(texts) + 1) // 2
-        pieces[i][j:j + 1] = [texts[:half], texts[half:]]
+        pieces[i][j:j + 1] = _halves(pieces[i][j])
     return [texts for piece in pieces for texts in piece], [len(piece) for piece in pieces]
+
+
+def _halves(texts: Sequence[str]) -> list[Sequence[str]]:
+    """texts as two calls, the first the larger by one if their number is odd."""
+    half = (len(texts) + 1) // 2
+    return [texts[:half], texts[half:]]
 
 
 def _joined(results: list[list[list[float]] | None], parts: list[int]
