@@ -198,12 +198,13 @@ def _ingest(url: str, folder: Path, importer: User, *, stop_rows: int | None,
     once stop_rows documents are committed, if given. (batches committed, documents
     created, seconds, the command's JSON report unless killed)."""
     files = sum(1 for _ in folder.iterdir())
-    with tempfile.TemporaryFile() as out, connect(url, autocommit=True) as conn:
+    with (tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err,
+          connect(url, autocommit=True) as conn):
         started = time.perf_counter()
         proc = subprocess.Popen(
             cli_command("ingest", str(folder), "--owner", importer.email, "--team", "bench",
                         "--visibility", "private", "--db-url", url, "--json"),
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.DEVNULL)
+            stdin=subprocess.DEVNULL, stdout=out, stderr=err)
 
         def committed() -> int:
             row = conn.execute("select count(*) as n from public.documents where owner_id = %s",
@@ -225,7 +226,10 @@ def _ingest(url: str, folder: Path, importer: User, *, stop_rows: int | None,
             done = committed()
             return -(-done // INGEST_BATCH), done, seconds, None
         if proc.returncode != 0:
-            raise BenchError(f"suparag ingest exited with code {proc.returncode}")
+            err.seek(0)
+            said = err.read().decode(errors="replace").strip()[-2000:]
+            raise BenchError(f"suparag ingest exited with code {proc.returncode}: "
+                             f"{said or '(nothing on stderr)'}")
         out.seek(0)
         report = json.loads(out.read())
     return -(-int(report["files"]) // INGEST_BATCH), int(report["created"]), seconds, report

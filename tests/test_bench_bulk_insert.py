@@ -9,11 +9,14 @@ bench's, not the suite's.
 
 from __future__ import annotations
 
+import uuid
+
 import psycopg
 import pytest
 
 from bench import bulk_insert as bench_bulk
-from worker.users import add_user
+from worker.errors import BenchError
+from worker.users import User, add_user
 
 
 def test_small_bulk_insert_is_resumed_without_a_row_lost_or_doubled() -> None:
@@ -61,3 +64,13 @@ def test_a_merging_upsert_of_documents_is_refused_for_users(conn) -> None:
             "insert into public.documents (id, title, content) values"
             " (gen_random_uuid(), 't', 'c') on conflict (id) do update"
             " set id = excluded.id, title = excluded.title, content = excluded.content")
+
+
+def test_a_failed_ingest_run_reports_what_ingest_said(db_url, tmp_path) -> None:
+    """The bench's error carries `suparag ingest`'s own one-line error, not just its code."""
+    folder = tmp_path / "rows"
+    folder.mkdir()
+    (folder / "000000.md").write_text("# One\n\nrow\n")
+    stranger = User(uuid.uuid4(), "nobody@bench.local")
+    with pytest.raises(BenchError, match=r"exited with code 1: .*nobody@bench\.local"):
+        bench_bulk._ingest(db_url, folder, stranger, stop_rows=None, label="ingest")

@@ -6,11 +6,12 @@ import hashlib
 import json
 import os
 import re
+import threading
 from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import free_port
+from conftest import free_port, wait_for
 from test_cli import Cli
 
 from cli.ingest import Visibility
@@ -362,6 +363,43 @@ def test_batches_commit_and_wake_workers_once_each(conn, db_url, people, tmp_pat
         wakeups = list(listener.notifies(timeout=1))
     assert len(wakeups) == 3  # batches of 2, 2, 1: one transaction, one wake-up each
     assert len(documents(conn)) == 5
+
+
+def test_a_row_committed_by_another_run_while_the_upsert_waits_is_reported_unchanged(
+        conn, db_url, people, tmp_path):
+    # A killed run's last transaction can commit the same document after a rerun's
+    # upsert took its snapshot: the upsert waits on the row, finds nothing to change
+    # and returns no id. The rerun reports that row, by id, as unchanged.
+    kb = tmp_path / "kb"
+    write(kb / "a.md", "# A\n\nSame text in both runs.\n")
+    run(conn, [kb])
+    row = documents(conn)["kb/a.md"]
+    conn.execute("delete from public.documents where id = %s", (row["id"],))
+    conn.commit()
+    columns = ("id", "owner_id", "team", "visibility", "source", "title", "content", "metadata")
+    with connect(db_url) as other:
+        other.execute(f"insert into public.documents ({', '.join(columns)})"
+                      f" values ({', '.join(['%s'] * len(columns))})",
+                      [psycopg.types.json.Jsonb(row[c]) if c == "metadata" else row[c]
+                       for c in columns])
+        result: dict[str, object] = {}
+
+        def rerun() -> None:
+            with connect(db_url) as mine:
+                result["report"] = run(mine, [kb])
+
+        thread = threading.Thread(target=rerun)
+        thread.start()
+        with connect(db_url, autocommit=True) as watcher:
+            assert wait_for(lambda: watcher.execute(
+                "select count(*) as n from pg_stat_activity"
+                " where wait_event_type = 'Lock' and query like '%%insert into public.documents%%'"
+            ).fetchone()["n"] == 1)
+        other.commit()
+        thread.join(timeout=30)
+    written = result["report"].documents
+    assert [(w.source, w.id, w.outcome, w.queued) for w in written] == [
+        ("kb/a.md", row["id"], "unchanged", False)]
 
 
 def test_owner_team_and_visibility(conn, people, tmp_path):

@@ -97,6 +97,14 @@ left join prior p on p.source = i.source
 left join written w on w.source = i.source
 """
 
+#: Rows a concurrent transaction committed after the upsert's snapshot: the upsert
+#: waited for it, found nothing to change and so returned no id. Read in a statement
+#: of its own, whose snapshot sees that commit.
+_COMMITTED_MEANWHILE = """
+select d.source, d.id, d.content_version from public.documents d
+where d.owner_id = %(owner)s and d.source = any(%(sources)s::text[])
+"""
+
 
 def _write(conn: psycopg.Connection[Any], batch: list[Document], target: Target,
            report: IngestReport) -> None:
@@ -115,8 +123,20 @@ def _write(conn: psycopg.Connection[Any], batch: list[Document], target: Target,
         "contents": [d.content for d in batch],
         "metadata": [Jsonb({**target.metadata, **d.metadata}) for d in batch],
     }).fetchall()
+    missing = [row["source"] for row in rows if row["id"] is None]
+    if missing:
+        found = {r["source"]: r for r in conn.execute(
+            _COMMITTED_MEANWHILE, {"owner": target.owner.id, "sources": missing})}
+        rows = [row if row["id"] is not None else
+                {**row, "id": found[row["source"]]["id"],
+                 "before": found[row["source"]]["content_version"]}
+                if row["source"] in found else row for row in rows]
     conn.commit()
     for row in rows:
+        if row["id"] is None:  # deleted again by a third transaction meanwhile
+            report.skipped.append(Skipped(row["source"], "deleted by another transaction "
+                                                         "while this one wrote it"))
+            continue
         if row["before"] is None:
             outcome, queued = "created", True
         elif row["after"] is None:
