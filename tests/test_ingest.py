@@ -402,6 +402,60 @@ def test_a_row_committed_by_another_run_while_the_upsert_waits_is_reported_uncha
         ("kb/a.md", row["id"], "unchanged", False)]
 
 
+def test_a_rerun_does_not_lock_documents_it_leaves_unchanged(conn, db_url, people, tmp_path):
+    # ON CONFLICT DO UPDATE locks every conflicting row, updated or not: a re-run of a
+    # large import would queue behind (or deadlock with) the worker's write-backs.
+    kb = tmp_path / "kb"
+    write(kb / "a.md", "# A\n\nSame.\n")
+    write(kb / "b.md", "# B\n\nBefore.\n")
+    run(conn, [kb])
+    write(kb / "b.md", "# B\n\nAfter.\n")
+    a = documents(conn)["kb/a.md"]["id"]
+    with connect(db_url) as worker, connect(db_url) as mine:
+        worker.execute("select 1 from public.documents where id = %s for update", (a,))
+        mine.execute("set lock_timeout = '2s'")
+        mine.commit()
+        report = run(mine, [kb])
+    assert {w.source: w.outcome for w in report.documents} == {
+        "kb/a.md": "unchanged", "kb/b.md": "updated"}
+
+
+def test_an_import_chosen_as_a_deadlocks_victim_runs_its_batch_again(
+        conn, db_url, people, tmp_path):
+    kb = tmp_path / "kb"
+    write(kb / "a.md", "# A\n\nOne.\n")
+    write(kb / "b.md", "# B\n\nOne.\n")
+    run(conn, [kb])
+    ids = {source: row["id"] for source, row in documents(conn).items()}
+    write(kb / "a.md", "# A\n\nTwo.\n")
+    write(kb / "b.md", "# B\n\nTwo.\n")
+    result: dict[str, object] = {}
+
+    def rerun() -> None:
+        with connect(db_url) as mine:
+            result["report"] = run(mine, [kb])
+
+    with connect(db_url) as worker:
+        # A write-back that locks b, then a: the import locks a, then waits for b.
+        worker.execute("set deadlock_timeout = '20s'")  # so the import's check finds the cycle
+        worker.execute("update public.documents set embedded_at = now() where id = %s",
+                       (ids["kb/b.md"],))
+        thread = threading.Thread(target=rerun)
+        thread.start()
+        with connect(db_url, autocommit=True) as watcher:
+            assert wait_for(lambda: watcher.execute(
+                "select count(*) as n from pg_stat_activity"
+                " where wait_event_type = 'Lock' and query like '%%insert into public.documents%%'"
+            ).fetchone()["n"] == 1)
+        worker.execute("update public.documents set embedded_at = now() where id = %s",
+                       (ids["kb/a.md"],))  # waits until PostgreSQL aborts the import's try
+        worker.commit()
+        thread.join(timeout=30)
+    assert {w.source: w.outcome for w in result["report"].documents} == {
+        "kb/a.md": "updated", "kb/b.md": "updated"}
+    assert all(r["content"].endswith("Two.\n") for r in documents(conn).values())
+
+
 def test_owner_team_and_visibility(conn, people, tmp_path):
     kb = tmp_path / "kb"
     write(kb / "a.md", "# A\n")

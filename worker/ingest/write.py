@@ -4,7 +4,11 @@ run's report.
 One statement per batch reads each document's prior `content_version` and
 upserts only rows whose title, content, metadata, team or visibility differ, so
 unchanged documents are not written (the enqueue trigger queues nothing for
-them) and created / updated / unchanged / queued can be told apart.
+them) and created / updated / unchanged / queued can be told apart. Rows its
+snapshot shows unchanged are left out of the INSERT, so a re-run does not lock
+them (ON CONFLICT DO UPDATE locks every conflicting row, updated or not) while
+a worker writes their embeddings back. A batch PostgreSQL aborts to break a
+deadlock with a worker's write-back runs again, up to DEADLOCK_ATTEMPTS times.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from worker.ingest.target import Target
 #: Documents per transaction; a batch also ends once it holds this much text.
 BATCH_SIZE = 50
 BATCH_CHARS = 8 * 1024 * 1024
+#: Tries of a batch that PostgreSQL chose as a deadlock's victim.
+DEADLOCK_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -74,14 +80,20 @@ with input as (
                        %(metadata)s::jsonb[]) as i(source, title, content, metadata)
 ),
 prior as (
-  select d.id, d.source, d.content_version from public.documents d
-  where d.owner_id = %(owner)s and d.source in (select source from input)
+  select d.id, d.source, d.content_version,
+         d.title is not distinct from i.title and d.content is not distinct from i.content
+         and d.metadata is not distinct from i.metadata
+         and d.team is not distinct from %(team)s
+         and d.visibility is not distinct from %(visibility)s as same
+  from public.documents d join input i on i.source = d.source
+  where d.owner_id = %(owner)s
 ),
 written as (
   insert into public.documents as d
     (owner_id, team, visibility, source, title, content, metadata)
   select %(owner)s, %(team)s, %(visibility)s, i.source, i.title, i.content, i.metadata
   from input i
+  where not exists (select from prior p where p.source = i.source and p.same)
   on conflict (owner_id, source) where source is not null do update
     set title = excluded.title, content = excluded.content, metadata = excluded.metadata,
         team = excluded.team, visibility = excluded.visibility
@@ -113,8 +125,7 @@ def _write(conn: psycopg.Connection[Any], batch: list[Document], target: Target,
     The batch's jobs are bulk work: an edit committed meanwhile is embedded first
     (`suparag.bulk`, migration 20261202080000; issue 16).
     """
-    conn.execute("select set_config('suparag.bulk', 'on', true)")
-    rows = conn.execute(_UPSERT, {
+    params = {
         "owner": target.owner.id,
         "team": target.team,
         "visibility": target.visibility,
@@ -122,7 +133,18 @@ def _write(conn: psycopg.Connection[Any], batch: list[Document], target: Target,
         "titles": [d.title for d in batch],
         "contents": [d.content for d in batch],
         "metadata": [Jsonb({**target.metadata, **d.metadata}) for d in batch],
-    }).fetchall()
+    }
+    for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
+        try:
+            conn.execute("select set_config('suparag.bulk', 'on', true)")
+            rows = conn.execute(_UPSERT, params).fetchall()
+            break
+        except psycopg.errors.DeadlockDetected:
+            # A worker's write-back locks the batch's changed rows in another order;
+            # PostgreSQL rolled this transaction back, so it can run again whole.
+            conn.rollback()
+            if attempt == DEADLOCK_ATTEMPTS:
+                raise
     missing = [row["source"] for row in rows if row["id"] is None]
     if missing:
         found = {r["source"]: r for r in conn.execute(
