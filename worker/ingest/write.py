@@ -80,20 +80,20 @@ with input as (
                        %(metadata)s::jsonb[]) as i(source, title, content, metadata)
 ),
 prior as (
-  select d.id, d.source, d.content_version,
-         d.title is not distinct from i.title and d.content is not distinct from i.content
-         and d.metadata is not distinct from i.metadata
-         and d.team is not distinct from %(team)s
-         and d.visibility is not distinct from %(visibility)s as same
-  from public.documents d join input i on i.source = d.source
-  where d.owner_id = %(owner)s
+  select d.id, d.source, d.content_version, d.title, d.content, d.metadata, d.team,
+         d.visibility
+  from public.documents d
+  where d.owner_id = %(owner)s and d.source in (select source from input)
 ),
 written as (
   insert into public.documents as d
     (owner_id, team, visibility, source, title, content, metadata)
   select %(owner)s, %(team)s, %(visibility)s, i.source, i.title, i.content, i.metadata
   from input i
-  where not exists (select from prior p where p.source = i.source and p.same)
+  where not exists (  -- unchanged in this snapshot: not even locked
+    select from prior p
+    where p.source = i.source and (p.title, p.content, p.metadata, p.team, p.visibility)
+          is not distinct from (i.title, i.content, i.metadata, %(team)s, %(visibility)s))
   on conflict (owner_id, source) where source is not null do update
     set title = excluded.title, content = excluded.content, metadata = excluded.metadata,
         team = excluded.team, visibility = excluded.visibility
