@@ -6,6 +6,7 @@ start, how many run at once) or refuse one, as a poison document would.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -13,7 +14,7 @@ import pytest
 
 from worker.errors import ConfigError
 from worker.jobs.embedding import EmbeddingWorker
-from worker.models.lanes import Lanes, split_across_cores, spread, torch_threads
+from worker.models.lanes import Lanes, lane_cores, split_across_cores, spread, torch_threads
 from worker.models.openai import OpenAIEmbedder
 from worker.usage import MeteredEmbedder
 
@@ -191,3 +192,32 @@ def test_the_lanes_first_batch_runs_its_first_call_alone_then_the_rest_side_by_s
     assert seen_during_first == [1]  # nothing else had started while it ran
     assert model.most == 2 and not both.broken
     assert [len(v) for v in vectors] == [2] * 6
+
+
+def test_as_many_lanes_as_cpus_are_pinned_one_cpu_each_and_more_are_not(embedder, monkeypatch):
+    cpus = sorted(os.sched_getaffinity(0))
+    assert len(cpus) >= 2  # the suite's machines have two cores or more
+    calls = [TEXTS[i:i + 2] for i in range(0, len(TEXTS), 2)]
+
+    def affinities(lanes_count: int) -> list[set[int]]:
+        seen: dict[int, set[int]] = {}
+        watched = Watched(embedder, lambda texts: seen.__setitem__(
+            threading.get_ident(), os.sched_getaffinity(0)))
+        lanes = Lanes(watched, lanes_count)
+        try:
+            lanes.embed_calls(calls)
+        finally:
+            lanes.close()
+        seen.pop(threading.get_ident(), None)  # the first call ran alone, on this thread
+        return list(seen.values())
+
+    pinned = affinities(len(cpus))
+    assert sorted(len(s) for s in pinned) == [1] * len(cpus)
+    assert sorted(cpu for s in pinned for cpu in s) == cpus  # a different CPU each
+    assert os.sched_getaffinity(0) == set(cpus)  # the calling thread is left alone
+    assert lane_cores(len(cpus) + 1) is None and lane_cores(1) is None
+    more = affinities(len(cpus) + 1)  # more lanes than CPUs: left to the scheduler
+    assert len(more) == len(cpus) + 1 and all(s == set(cpus) for s in more)
+    monkeypatch.setenv("SUPARAG_PIN_LANES", "0")
+    off = affinities(len(cpus))
+    assert len(off) == len(cpus) and all(s == set(cpus) for s in off)
