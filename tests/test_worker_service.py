@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -81,6 +82,18 @@ def test_notify_wakes_the_worker(conn, world, db_url, embedder):
         assert service.wakeups.counts["notify"] >= 1
         # The batch is tallied once its write-back returns, just after the commit.
         assert wait_for(lambda: service.totals.embedded >= 1)
+
+
+def test_what_is_alive_once_the_model_is_loaded_is_frozen_out_of_the_collector(
+        db_url, embedder):
+    # A full collection would otherwise walk the libraries' and the model's objects
+    # (about 485,000 with torch), holding the GIL the model's lanes need.
+    gc.unfreeze()
+    try:
+        with Running(db_url, embedder, sweep_seconds=3600):
+            assert wait_for(lambda: gc.get_freeze_count() > 100_000)
+    finally:
+        gc.unfreeze()
 
 
 def test_http_post_wakes_the_worker(conn, world, db_url, embedder):

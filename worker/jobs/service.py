@@ -15,6 +15,7 @@ back. A loop that fails stops the service with its error.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -183,6 +184,11 @@ class Service:
                 loop.worker.load()
             self._loaded = True
             log.info("model %s loaded in %.1f s", self.first.model, time.monotonic() - started)
+            # What is alive now (the libraries, the models' modules: about 485,000 objects
+            # with torch) lives as long as the process. Out of the collector's generations,
+            # a full collection no longer walks it all (250 ms, holding the GIL the model's
+            # lanes need between operators), a few times a drain.
+            gc.freeze()
             if not once:
                 self._start_wakeups()  # first, so nothing committed during the drain is missed
             for queue in others:
