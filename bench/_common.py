@@ -398,14 +398,15 @@ def wait_until(done: Callable[[], bool], *, worker: RunningWorker, timeout: floa
         time.sleep(interval)
 
 
-def warm_up(conn: Conn, worker: RunningWorker, user: User, *, docs: int) -> None:
+def warm_up(conn: Conn, worker: RunningWorker, user: User, *, docs: int,
+            paragraphs: tuple[int, int] = (1, 4)) -> None:
     """Have the worker load its model and embed a few batches, then let it go idle.
 
     Afterwards the worker waits on LISTEN with nothing to do, as a deployed
     worker does between changes.
     """
     err_console.print("warming up the worker (model load, first batches)…")
-    insert_documents(conn, user, make_documents(docs, seed=999, paragraphs=(1, 4)))
+    insert_documents(conn, user, make_documents(docs, seed=999, paragraphs=paragraphs))
 
     def all_ready() -> bool:
         ready, failed = status_counts(conn, user)

@@ -19,10 +19,17 @@
    wrote), so a change in the machine's background load during the run
    weighs on both sides alike.
 2. End to end: the worker (by default the real `suparag worker` in its own
-   process) is started, warmed up (model loaded, a few batches embedded) and
-   left idle on LISTEN. All N documents are inserted as a user in one
-   transaction; the clock runs from the COMMIT's return until every one of
-   them is `ready`, polled every 100 ms: chunks per second.
+   process) is started, warmed up and left idle on LISTEN. The warm-up embeds
+   --warm-up-docs documents like the measured ones (other texts; default:
+   as many as --docs, at most WARM_UP_DOCS): a worker's first few hundred
+   documents grow its allocator's heaps, page by page (measured in a fresh
+   worker's 300-document drain: 120,000-240,000 page faults and 1.6-2.1 CPU-s
+   of kernel time; after one such warm-up, 47,000 and 0.7 s), which a
+   deployed worker pays once in its life, not in every drain. The bare
+   model's lanes are warmed alike: one untimed pass over their calls first.
+   All N documents are inserted as a user in one transaction; the clock runs
+   from the COMMIT's return until every one of them is `ready`, polled every
+   100 ms: chunks per second.
 
 3. Where the cores went during step 2, in CPU seconds: the worker's process,
    the database server's processes (when it runs on this machine; sampled
@@ -125,12 +132,14 @@ def time_model(embedder: Embedder, groups: list[list[str]], label: str,
 def time_lanes(embedder: Embedder, groups: list[list[str]], lanes: int, label: str,
                cpu: list[float] | None, threads: int | None) -> float:
     """Seconds the worker's lanes take over groups: `lanes` calls at once, torch at one
-    thread each (worker/models/lanes.py), after a warm-up call; torch is then set back to
-    threads. CPU seconds are added to cpu[0] if given."""
+    thread each (worker/models/lanes.py), after an untimed pass over groups; torch is
+    then set back to threads. CPU seconds are added to cpu[0] if given."""
     _set_torch_threads(1)
     runner = Lanes(embedder, lanes)
     try:
-        runner.embed_calls(groups[:1])  # the lanes' first call runs alone: not timed
+        # Untimed: the lanes' first call runs alone, and their threads' heaps grow to what
+        # these calls need (as the worker's warm-up does for the worker).
+        runner.embed_calls(groups)
         with progress() as bar:
             task = bar.add_task(label, total=len(groups))
             started, cpu_started = time.perf_counter(), time.process_time()
@@ -143,6 +152,9 @@ def time_lanes(embedder: Embedder, groups: list[list[str]], lanes: int, label: s
         _set_torch_threads(threads)
     return elapsed
 
+
+#: The most documents the worker's warm-up embeds by default (module docstring, step 2).
+WARM_UP_DOCS = 300
 
 #: Seconds between two samples of the database server's processes. Each sample lists
 #: them and reads each one's CPU times (1.5 ms of this process's CPU for 13 processes,
@@ -199,12 +211,19 @@ def run(*, docs: int = 200, batch_size: int = DEFAULT_CLAIM_DOCUMENTS,
         in_process: bool = False,
         db_url: str | None = None, seed: int = 7, backend: str = "torch",
         token_budget: int = DEFAULT_TOKEN_BUDGET,
-        claim_budgets: int = DEFAULT_CLAIM_BUDGETS, lanes: int | None = None) -> dict[str, Any]:
+        claim_budgets: int = DEFAULT_CLAIM_BUDGETS, lanes: int | None = None,
+        warm_up_docs: int | None = None) -> dict[str, Any]:
     """Measure both rates once; the figures as a dict (see print_report).
 
-    lanes: the worker's `--lanes` (None: its default, one per core on torch)."""
+    lanes: the worker's `--lanes` (None: its default, one per core on torch).
+    warm_up_docs: documents the worker embeds before the clock (None: docs, at most
+    WARM_UP_DOCS)."""
     if docs < 1:
         raise BenchError("--docs must be at least 1")
+    if warm_up_docs is None:
+        warm_up_docs = min(docs, WARM_UP_DOCS)
+    if warm_up_docs < 1:
+        raise BenchError("--warm-up-docs must be at least 1")
     before = machine()
     threads = torch_threads()  # torch's own count, before a worker here switched it
     worker_lanes = lanes if lanes is not None else (
@@ -241,7 +260,7 @@ def run(*, docs: int = 200, batch_size: int = DEFAULT_CLAIM_DOCUMENTS,
             with RunningWorker(url, embedder, batch_size=batch_size, in_process=in_process,
                                token_budget=token_budget, claim_budgets=claim_budgets,
                                lanes=lanes) as running:
-                warm_up(conn, running, warm, docs=min(batch_size, 4))
+                warm_up(conn, running, warm, docs=warm_up_docs, paragraphs=(1, 14))
                 account = CoreAccount(conn, running)
                 ids = insert_documents(conn, user, corpus)
                 started = time.perf_counter()
@@ -298,6 +317,7 @@ def run(*, docs: int = 200, batch_size: int = DEFAULT_CLAIM_DOCUMENTS,
         "batch_size": batch_size,
         "token_budget": token_budget,
         "claim_budgets": claim_budgets,
+        "warm_up_docs": warm_up_docs,
         "model": embedder.name,
         "backend": backend,
         # The int8 export measured: the one `suparag models quantize` made, or the packaged one.
@@ -425,6 +445,9 @@ def main() -> None:
                         help="token budgets of documents one claim takes")
     parser.add_argument("--backend", default="torch", choices=["torch", "onnx-int8"])
     parser.add_argument("--lanes", type=int, help="the worker's --lanes (default: its own)")
+    parser.add_argument("--warm-up-docs", type=int,
+                        help=f"documents the worker embeds before the clock (default: --docs, "
+                             f"at most {WARM_UP_DOCS})")
     parser.add_argument("--in-process", action="store_true",
                         help="run the worker on a thread here instead of `suparag worker`")
     parser.add_argument("--db-url", help="a database to use (default: a temporary server)")
@@ -432,7 +455,8 @@ def main() -> None:
     args = parser.parse_args()
     result = run(docs=args.docs, batch_size=args.batch_size, in_process=args.in_process,
                  db_url=args.db_url, backend=args.backend, token_budget=args.token_budget,
-                 claim_budgets=args.claim_budgets, lanes=args.lanes)
+                 claim_budgets=args.claim_budgets, lanes=args.lanes,
+                 warm_up_docs=args.warm_up_docs)
     emit(result, args.json, print_report)
 
 

@@ -57,6 +57,10 @@ def worker(
     lanes: Annotated[int | None, typer.Option(
         min=1, max=64, help="The worker's `--lanes` (model calls at once); default: the "
         "worker's own (one per core on torch).", show_default=False)] = None,
+    warm_up_docs: Annotated[int | None, typer.Option(
+        min=1, help="Documents the worker embeds before the clock starts (other texts of "
+        "the same kind); default: as many as --docs, at most 300. A fresh worker's first "
+        "few hundred documents grow its memory heaps.", show_default=False)] = None,
     in_process: InProcess = False,
     repeat: Annotated[int, typer.Option(
         min=1, max=20, help="Measure this many times in a row and judge the goal by the "
@@ -68,7 +72,8 @@ def worker(
 
     Bare model: the same documents chunked as the worker chunks them, sorted
     by length in calls of the same token budget, through the same embed call.
-    End to end: a warm, idle worker; all documents inserted in one transaction; the clock runs from
+    End to end: a worker warmed up on as many documents (other texts, at most 300), then
+    idle; all documents inserted in one transaction; the clock runs from
     the commit until every document is ready. With --repeat N: N such runs, each
     one's figures, and the median ratio.
     """
@@ -78,7 +83,7 @@ def worker(
     measure = functools.partial(
         bench_worker.run, docs=docs, batch_size=batch_size, in_process=in_process,
         db_url=db_url, backend=backend, token_budget=token_budget, claim_budgets=claim_budgets,
-        lanes=lanes)
+        lanes=lanes, warm_up_docs=warm_up_docs)
     if repeat == 1:
         emit(measure(), json_out, bench_worker.print_report)
     else:

@@ -59,6 +59,7 @@ def test_bench_worker(db_url):
                    "--db-url", db_url)
     assert r["bench"] == "worker" and r["docs"] == 3 and r["batch_size"] == 2
     assert r["token_budget"] == 256
+    assert r["warm_up_docs"] == 3  # as many as measured, by default
     assert "suparag worker --batch-size 2" in r["worker"] and "own process" in r["worker"]
     per = r["chunks_per_doc"]
     assert 1 <= per["min"] <= per["mean"] <= per["max"] and r["chunks"] == per["mean"] * 3
