@@ -365,6 +365,25 @@ def test_batches_commit_and_wake_workers_once_each(conn, db_url, people, tmp_pat
     assert len(documents(conn)) == 5
 
 
+def rerun_until_it_waits_on_a_lock(db_url, kb):
+    """Ingest kb again as alice on a thread of its own, once its upsert waits on a row
+    lock; (the thread, a dict that gets its "report")."""
+    result: dict[str, object] = {}
+
+    def rerun() -> None:
+        with connect(db_url) as mine:
+            result["report"] = run(mine, [kb])
+
+    thread = threading.Thread(target=rerun)
+    thread.start()
+    with connect(db_url, autocommit=True) as watcher:
+        assert wait_for(lambda: watcher.execute(
+            "select count(*) as n from pg_stat_activity"
+            " where wait_event_type = 'Lock' and query like '%%insert into public.documents%%'"
+        ).fetchone()["n"] == 1)
+    return thread, result
+
+
 def test_a_row_committed_by_another_run_while_the_upsert_waits_is_reported_unchanged(
         conn, db_url, people, tmp_path):
     # A killed run's last transaction can commit the same document after a rerun's
@@ -382,19 +401,7 @@ def test_a_row_committed_by_another_run_while_the_upsert_waits_is_reported_uncha
                       f" values ({', '.join(['%s'] * len(columns))})",
                       [psycopg.types.json.Jsonb(row[c]) if c == "metadata" else row[c]
                        for c in columns])
-        result: dict[str, object] = {}
-
-        def rerun() -> None:
-            with connect(db_url) as mine:
-                result["report"] = run(mine, [kb])
-
-        thread = threading.Thread(target=rerun)
-        thread.start()
-        with connect(db_url, autocommit=True) as watcher:
-            assert wait_for(lambda: watcher.execute(
-                "select count(*) as n from pg_stat_activity"
-                " where wait_event_type = 'Lock' and query like '%%insert into public.documents%%'"
-            ).fetchone()["n"] == 1)
+        thread, result = rerun_until_it_waits_on_a_lock(db_url, kb)
         other.commit()
         thread.join(timeout=30)
     written = result["report"].documents
@@ -429,24 +436,12 @@ def test_an_import_chosen_as_a_deadlocks_victim_runs_its_batch_again(
     ids = {source: row["id"] for source, row in documents(conn).items()}
     write(kb / "a.md", "# A\n\nTwo.\n")
     write(kb / "b.md", "# B\n\nTwo.\n")
-    result: dict[str, object] = {}
-
-    def rerun() -> None:
-        with connect(db_url) as mine:
-            result["report"] = run(mine, [kb])
-
     with connect(db_url) as worker:
         # A write-back that locks b, then a: the import locks a, then waits for b.
         worker.execute("set deadlock_timeout = '20s'")  # so the import's check finds the cycle
         worker.execute("update public.documents set embedded_at = now() where id = %s",
                        (ids["kb/b.md"],))
-        thread = threading.Thread(target=rerun)
-        thread.start()
-        with connect(db_url, autocommit=True) as watcher:
-            assert wait_for(lambda: watcher.execute(
-                "select count(*) as n from pg_stat_activity"
-                " where wait_event_type = 'Lock' and query like '%%insert into public.documents%%'"
-            ).fetchone()["n"] == 1)
+        thread, result = rerun_until_it_waits_on_a_lock(db_url, kb)
         worker.execute("update public.documents set embedded_at = now() where id = %s",
                        (ids["kb/a.md"],))  # waits until PostgreSQL aborts the import's try
         worker.commit()
