@@ -8,7 +8,7 @@ loses its core the others spin at the next barrier. Calls run one per core,
 on threads of their own, with torch at one thread each, have no such barrier:
 a call slowed by a neighbour slows only itself, and the worker's calls of a
 batch are independent of one another. Measured on this 2-core machine
-(README, "Embedding throughput"): two one-thread calls at once embed more
+(README, "Measured", session 15): two one-thread calls at once embed more
 chunks per second than one two-thread call, and the worker's end-to-end rate
 gains more than the bare model's.
 
@@ -22,9 +22,9 @@ lane's thread is pinned to one of them (`sched_setaffinity`, Linux). Left to
 the scheduler, a lane preempted by the database or the chunking thread was
 often moved to the other core, and its call restarted on cold caches: the
 same calls took 1-3% more CPU in the worker than bare. Pinned, they took
-the same (README, "Embedding throughput"). Lanes on fewer CPUs than the
-machine has are not pinned: which cores are free (or siblings of one core)
-is not theirs to know. SUPARAG_PIN_LANES=0 turns pinning off.
+the same (README, "Measured", session 17). Lanes more or fewer than those
+CPUs are not pinned: which cores are free (or siblings of one core) is not
+theirs to know. SUPARAG_PIN_LANES=0 turns pinning off.
 """
 
 from __future__ import annotations
