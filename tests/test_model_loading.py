@@ -129,6 +129,50 @@ def test_a_model_that_is_not_cached_stops_the_worker_before_it_claims(tmp_path, 
     assert job == {"status": "queued", "attempts": 0}
 
 
+def test_other_threads_run_while_a_text_is_counted_or_cut(embedder):
+    """The worker counts and cuts tokens on its database thread while the model's lanes,
+    whose threads need the GIL between two operators, embed on others. A count that held
+    the GIL (`Tokenizer.encode`) kept them waiting, their cores idle. Here a thread stamps
+    the clock in a loop while a long text is counted, then cut: held, it could not stamp
+    once in the middle of either call."""
+    import threading
+    import time
+
+    # Distinct text each call: a count is cached by its text.
+    texts = [f"run {i}: " + " ".join(f"word{n % 997} of the queue." for n in range(60_000))
+             for i in range(2)]
+    stamps: list[float] = []
+    stop = threading.Event()
+
+    def stamper() -> None:
+        while not stop.is_set():
+            stamps.append(time.perf_counter())
+
+    thread = threading.Thread(target=stamper, daemon=True)
+    thread.start()
+    try:
+        while not stamps:  # running
+            time.sleep(0.001)
+        calls = []
+        for call in (lambda: embedder.count_tokens(texts[0]),
+                     lambda: embedder.split_tokens(texts[1], 200)):
+            started = time.perf_counter()
+            result = call()
+            calls.append((started, time.perf_counter(), result))
+    finally:
+        stop.set()
+        thread.join()
+    (count_start, count_end, count), (split_start, split_end, runs) = calls
+    assert count > 100_000 and len(runs) > 500  # the long texts, counted and cut
+
+    def stamped_in_the_middle(start: float, end: float) -> int:
+        quarter = (end - start) / 4
+        return sum(start + quarter < s < end - quarter for s in stamps)
+
+    assert stamped_in_the_middle(count_start, count_end) > 0
+    assert stamped_in_the_middle(split_start, split_end) > 0
+
+
 def test_counting_tokens_beside_a_model_call_never_breaks_it(embedder):
     """The worker chunks the next batch (counting and cutting tokens) on its database
     thread while the model embeds on another. With one tokenizer shared, a count (which

@@ -185,7 +185,7 @@ class OnnxInt8Embedder:
     def _embed_batch(self, texts: list[str]) -> Any:
         import numpy as np
 
-        encodings = self._tokens.raw.encode_batch(texts, add_special_tokens=True)
+        encodings = self._tokens.raw.encode_batch_fast(texts, add_special_tokens=True)  # no offsets
         limit = self._files.max_seq_length  # sentence-transformers cuts here too
         width = min(limit, max(len(e.ids) for e in encodings))
         ids = np.zeros((len(texts), width), dtype=np.int64)

@@ -88,11 +88,16 @@ class FastTokenizer:
         return self._counts(text)
 
     def _count(self, text: str) -> int:
-        return len(self.raw.encode(text, add_special_tokens=False).ids)
+        # The batch calls, with one text: `Tokenizer.encode` holds the GIL while it runs;
+        # the batch calls let go of it. The worker chunks (counting most of that thread's
+        # CPU) beside the model's lanes, whose threads need the GIL between two operators:
+        # held by a count, it left them waiting with their cores idle (README, "Measured",
+        # session 18). encode_batch_fast leaves out the offsets a count does not need.
+        return len(self.raw.encode_batch_fast([text], add_special_tokens=False)[0].ids)
 
     def split(self, text: str, size: int) -> list[str]:
         """text cut into runs of at most size tokens (SentenceTransformerEmbedder's cut)."""
-        offsets = self.raw.encode(text, add_special_tokens=False).offsets
+        offsets = self.raw.encode_batch([text], add_special_tokens=False)[0].offsets
         runs = []
         for first in range(0, len(offsets), size):
             start = offsets[first][0]
