@@ -223,7 +223,8 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
         The pipeline claims batch N+1 before batch N is written back, so a job that
         batch N scheduled for a retry (due at once with no backoff) can be missed by
         that claim: the pipeline runs again until a pass claims nothing."""
-        pipeline = Pipeline(self, tally=BatchResult, lease_seconds=self.config.lease_seconds)
+        pipeline = Pipeline(self, tally=BatchResult, lease_seconds=self.config.lease_seconds,
+                            hints=self.hints)
         self.spaces.rest()
         total = BatchResult()
         while True:

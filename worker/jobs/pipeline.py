@@ -22,7 +22,11 @@ on a second database thread with a connection of its own, so they never wait
 behind a bulk claim's read or write-back (hundreds of documents, about a
 second each), and a boundary waits for the answer (about a millisecond) rather
 than taking it at the next one. An edit then waits for about one model call,
-not for the batches ahead of it.
+not for the batches ahead of it. A worker with a source of wake-up hints
+(LISTEN, the wake endpoint, Realtime: the enqueue that makes a job notifies)
+asks only when a hint came since it last asked, or RECHECK_SECONDS after that
+(a hint can be lost); a backlog that nothing is added to is then drained
+without a question per call.
 
 So at most three batches are in flight (one written, one embedded, one
 waiting) besides the urgent ones, and every guarantee stays where it was: the write-back checks the
@@ -50,6 +54,7 @@ thread while the pipeline runs, the second by the urgent thread.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Generic, Protocol, TypeVar
@@ -108,9 +113,12 @@ class Pipeline(Generic[BatchT, EmbeddedT, TallyT]):
     """Drains a queue through stages, overlapping the database with the model."""
 
     def __init__(self, stages: Stages[BatchT, EmbeddedT, TallyT], *,
-                 tally: Callable[[], TallyT], lease_seconds: float) -> None:
+                 tally: Callable[[], TallyT], lease_seconds: float,
+                 hints: Callable[[], int] | None = None) -> None:
         self.stages = stages
         self.tally = tally
+        # Whether to ask about interactive work at a boundary; kept across passes.
+        self._worth_asking = _WorthAsking(hints)
         self.heartbeat_seconds = max(lease_seconds / 3.0, 0.1)
 
     def drain(self, *, on_batch: Callable[[TallyT], None] | None = None,
@@ -131,7 +139,7 @@ class Pipeline(Generic[BatchT, EmbeddedT, TallyT]):
                                    initializer=self.stages.use_second_connection) as lane:
             beat = _Heartbeat(db, self.stages.renew, self.heartbeat_seconds)
             writing: Future[TallyT] | None = None
-            urgent = _Urgent(self.stages, lane, stopping)
+            urgent = _Urgent(self.stages, lane, stopping, self._worth_asking)
             try:
                 waiting = None if stopping() else db.submit(self.stages.prepare, opening=True)
                 while waiting is not None:
@@ -187,16 +195,24 @@ class Pipeline(Generic[BatchT, EmbeddedT, TallyT]):
 #: job due?" (_Urgent.between).
 PATIENCE = 0.05
 
+#: With a source of wake-up hints, the longest a drain goes without asking whether an
+#: interactive job is due (_WorthAsking): asked at every boundary, about every
+#: 0.13 s in a bulk drain on two lanes, the question took 1.3 ms each time (three round
+#: trips), the lane that had just finished waiting for it: 0.6% of the model's time
+#: (README, "Measured", session 18).
+RECHECK_SECONDS = 1.0
+
 
 class _Urgent(Generic[BatchT, EmbeddedT, TallyT]):
     """Interactive work taken between a batch's model calls (the module docstring)."""
 
     def __init__(self, stages: Stages[BatchT, EmbeddedT, TallyT], lane: ThreadPoolExecutor,
-                 stopping: Callable[[], bool]) -> None:
+                 stopping: Callable[[], bool], worth_asking: Callable[[], bool]) -> None:
         # lane: the urgent thread, on the second connection.
         self._stages, self._db, self._stopping = stages, lane, stopping
         self._asking: Future[BatchT | None] | None = None
         self._writing: list[Future[TallyT]] = []
+        self._worth_asking = worth_asking
 
     def between(self) -> None:
         """Ask whether interactive jobs are due and embed them now (the calling thread).
@@ -206,7 +222,7 @@ class _Urgent(Generic[BatchT, EmbeddedT, TallyT]):
         goes before the next one (asked without waiting, it went after it). A question
         still unanswered then (a slow database, an urgent write-back ahead of it on the
         thread) is taken at the next boundary."""
-        if self._asking is None and not self._stopping():
+        if self._asking is None and not self._stopping() and self._worth_asking():
             self._asking = self._db.submit(self._stages.prepare_urgent)
         if self._asking is None:
             return
@@ -240,6 +256,27 @@ class _Urgent(Generic[BatchT, EmbeddedT, TallyT]):
         without a batch (its lease runs out and another worker takes it)."""
         if self._asking is not None and not self._asking.cancel():
             self._asking.exception()
+
+
+class _WorthAsking:
+    """Whether a boundary should ask if an interactive job is due: always, without a source
+    of hints; with one, when a hint came since the question was last asked (an enqueue
+    notifies in the transaction that queues the job), or RECHECK_SECONDS after it (a hint
+    can be lost)."""
+
+    def __init__(self, hints: Callable[[], int] | None) -> None:
+        self._hints = hints
+        self._hinted: int | None = None  # the hints seen when the question was last asked
+        self._asked_at = 0.0
+
+    def __call__(self) -> bool:
+        if self._hints is None:
+            return True
+        hinted, now = self._hints(), time.monotonic()
+        if hinted == self._hinted and now - self._asked_at < RECHECK_SECONDS:
+            return False
+        self._hinted, self._asked_at = hinted, now
+        return True
 
 
 class _Heartbeat:

@@ -15,6 +15,7 @@ back. A loop that fails stops the service with its error.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import threading
@@ -296,6 +297,11 @@ class Service:
             threading.Thread(target=self._http.serve_forever, name="suparag-http",
                              daemon=True).start()
             log.info("wake-ups over HTTP on http://%s:%d/", *self.http_address or address)
+        if self._listener is not None or self._realtime is not None or self._http is not None:
+            # A source of hints: a drain asks about new interactive work when one arrives
+            # (and now and then regardless), not between every two model calls.
+            for queue, loop in self.loops.items():
+                loop.worker.hints = functools.partial(self.wakeups.hints, queue)
 
     def _shutdown(self) -> None:
         self.stopping.set()

@@ -48,6 +48,7 @@ class Wakeups:
         self._events = {queue: threading.Event() for queue in queues}
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
+        self._hints: Counter[Queue] = Counter()  # hints each queue has had, ever
 
     @property
     def queues(self) -> list[Queue]:
@@ -57,9 +58,18 @@ class Wakeups:
         """Count a hint from source and wake queue's loop (None: every queue's)."""
         with self._lock:
             self.counts[source] += 1
+            for name in self._events:
+                if queue is None or name == queue:
+                    self._hints[name] += 1
         for name, event in self._events.items():
             if queue is None or name == queue:
                 event.set()
+
+    def hints(self, queue: Queue) -> int:
+        """How many hints queue has had: it changes when something may have been queued
+        (a drain in progress asks the queue about new interactive work only then)."""
+        with self._lock:
+            return self._hints[queue]
 
     def wait(self, queue: Queue, timeout: float) -> bool:
         """Block queue's loop until a wake-up or timeout; True if woken."""
