@@ -77,9 +77,13 @@ def test_notify_wakes_the_worker(conn, world, db_url, embedder):
     with Running(db_url, embedder, sweep_seconds=3600) as service:
         assert wait_for(lambda: service._listener is not None
                         and service._listener.listening.is_set())
+        # The worker's drains see the hints (worker/jobs/pipeline.py asks about edits on them).
+        assert wait_for(lambda: service.first.hints is not None)
+        hinted = service.first.hints()
         doc_id = insert(conn, world.users["alice"].id, "Woken by a notification.")
         assert wait_for(lambda: status_of(conn, doc_id) == "ready")
         assert service.wakeups.counts["notify"] >= 1
+        assert service.first.hints() > hinted
         # The batch is tallied once its write-back returns, just after the commit.
         assert wait_for(lambda: service.totals.embedded >= 1)
 
@@ -119,6 +123,7 @@ def test_sweep_finds_work_when_every_wakeup_is_lost(conn, world, db_url, embedde
         doc_id = insert(conn, world.users["alice"].id, "Nobody told the worker.")
         assert wait_for(lambda: status_of(conn, doc_id) == "ready")
         assert not service.wakeups.counts["notify"] and not service.wakeups.counts["http"]
+        assert service.first.hints is None  # no source: a drain asks at every boundary
 
 
 def test_a_backed_off_job_runs_when_due_without_a_wakeup(conn, world, db_url, embedder):
