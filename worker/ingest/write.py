@@ -149,10 +149,10 @@ def _write(conn: psycopg.Connection[Any], batch: list[Document], target: Target,
     if missing:
         found = {r["source"]: r for r in conn.execute(
             _COMMITTED_MEANWHILE, {"owner": target.owner.id, "sources": missing})}
-        rows = [row if row["id"] is not None else
-                {**row, "id": found[row["source"]]["id"],
-                 "before": found[row["source"]]["content_version"]}
-                if row["source"] in found else row for row in rows]
+        for i, row in enumerate(rows):
+            committed = found.get(row["source"]) if row["id"] is None else None
+            if committed is not None:  # unchanged: what it is now is what it was before
+                rows[i] = {**row, "id": committed["id"], "before": committed["content_version"]}
     conn.commit()
     for row in rows:
         if row["id"] is None:  # deleted again by a third transaction meanwhile
