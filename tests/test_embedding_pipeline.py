@@ -394,6 +394,18 @@ def test_hints_that_never_come_leave_an_edit_waiting_at_most_the_recheck(
     assert min(b - a for a, b in itertools.pairwise(times)) >= 0.5  # ... but each recheck
 
 
+def test_while_the_source_of_hints_is_not_connected_a_drain_asks_at_every_boundary(
+        conn, world, db_url, embedder, monkeypatch):
+    """A LISTEN connection that is down hears nothing: the hint count is None then (the
+    service's), and a drain asks before every model call, as with no source at all."""
+    monkeypatch.setattr(pipeline, "RECHECK_SECONDS", 60.0)
+    _, _, calls, asked = drain_with_an_edit_at_the_third_call(
+        conn, world, db_url, embedder, lambda: None)
+    assert edit_between_bulk_calls(calls)
+    # Each bulk boundary (the edit's own call, taken inside one, asks nothing).
+    assert len(asked) >= len(calls) - 2
+
+
 def test_a_claim_made_while_edits_are_due_takes_the_edits_alone(conn, world, db_url, embedder):
     """Filled up with bulk jobs, an edit would wait for a whole claim of bulk model calls;
     a claim made while interactive jobs are due takes those alone, and the bulk work the

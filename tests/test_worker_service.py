@@ -116,6 +116,9 @@ def test_http_post_wakes_the_worker(conn, world, db_url, embedder):
             health = json.load(response)
         assert health["totals"]["embedded"] >= 1 and health["wakeups"]["http"] == 1
         assert health["model"] == embedder.name and health["listening"] is False
+        # The wake endpoint is not a source of hints for a drain: it hears of enqueues only
+        # where the database's pg_net trigger is set to call it.
+        assert service.first.hints is None
 
 
 def test_sweep_finds_work_when_every_wakeup_is_lost(conn, world, db_url, embedder):

@@ -114,7 +114,7 @@ class Pipeline(Generic[BatchT, EmbeddedT, TallyT]):
 
     def __init__(self, stages: Stages[BatchT, EmbeddedT, TallyT], *,
                  tally: Callable[[], TallyT], lease_seconds: float,
-                 hints: Callable[[], int] | None = None) -> None:
+                 hints: Callable[[], int | None] | None = None) -> None:
         self.stages = stages
         self.tally = tally
         # Whether to ask about interactive work at a boundary; kept across passes.
@@ -260,19 +260,22 @@ class _Urgent(Generic[BatchT, EmbeddedT, TallyT]):
 
 class _WorthAsking:
     """Whether a boundary should ask if an interactive job is due: always, without a source
-    of hints; with one, when a hint came since the question was last asked (an enqueue
+    of hints (hints None, or returning None while the source is not connected); with one,
+    when a hint came since the question was last asked (an enqueue
     notifies in the transaction that queues the job), or RECHECK_SECONDS after it (a hint
     can be lost)."""
 
-    def __init__(self, hints: Callable[[], int] | None) -> None:
+    def __init__(self, hints: Callable[[], int | None] | None) -> None:
         self._hints = hints
         self._hinted: int | None = None  # the hints seen when the question was last asked
         self._asked_at = 0.0
 
     def __call__(self) -> bool:
-        if self._hints is None:
+        hinted = None if self._hints is None else self._hints()
+        if hinted is None:  # no source of hints, or not connected now
+            self._hinted = None
             return True
-        hinted, now = self._hints(), time.monotonic()
+        now = time.monotonic()
         if hinted == self._hinted and now - self._asked_at < RECHECK_SECONDS:
             return False
         self._hinted, self._asked_at = hinted, now

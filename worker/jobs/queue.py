@@ -112,9 +112,10 @@ class QueueWorker(Generic[TallyT]):
         #: How long the last claim took (set by run_batch), for the batch's log line.
         self.last_claim_seconds: float | None = None
         #: The count of wake-up hints this queue has had (worker.jobs.wakeups), set by the
-        #: service when it has a source of them; None: no source, so a drain asks the
-        #: database about new interactive work between every two model calls.
-        self.hints: Callable[[], int] | None = None
+        #: service when it has a source of them; None, or a count of None (the source is
+        #: not connected): a drain asks the database about new interactive work between
+        #: every two model calls.
+        self.hints: Callable[[], int | None] | None = None
 
     @property
     def conn(self) -> psycopg.Connection[dict[str, Any]]:

@@ -297,11 +297,20 @@ class Service:
             threading.Thread(target=self._http.serve_forever, name="suparag-http",
                              daemon=True).start()
             log.info("wake-ups over HTTP on http://%s:%d/", *self.http_address or address)
-        if self._listener is not None or self._realtime is not None or self._http is not None:
-            # A source of hints: a drain asks about new interactive work when one arrives
-            # (and now and then regardless), not between every two model calls.
+        if self._listener is not None or self._realtime is not None:
+            # A source of hints for every enqueue: a drain asks about new interactive work
+            # when one arrives (and now and then regardless), not between every two model
+            # calls. Not the wake endpoint: it hears of enqueues only where the database's
+            # pg_net trigger is configured to call it, which the worker cannot see.
             for queue, loop in self.loops.items():
-                loop.worker.hints = functools.partial(self.wakeups.hints, queue)
+                loop.worker.hints = functools.partial(self._hints, queue)
+
+    def _hints(self, queue: Queue) -> int | None:
+        """queue's wake-up hints so far, or None while neither LISTEN nor Realtime is
+        connected (a drain then asks at every boundary)."""
+        live = (self._listener is not None and self._listener.listening.is_set()) or \
+            (self._realtime is not None and self._realtime.subscribed.is_set())
+        return self.wakeups.hints(queue) if live else None
 
     def _shutdown(self) -> None:
         self.stopping.set()
