@@ -289,3 +289,33 @@ def test_server_cpu_counts_only_what_the_server_used_between_its_samples(db_url)
         busy.execute("select count(*) from generate_series(1, 6000000)").fetchone()
         meter.sample()
         assert meter.seconds() > 0.1  # now it did, between two samples
+
+
+def test_bench_index_write_separates_the_hnsw_index_from_the_rest_of_a_write(
+        db_url, embedder):
+    """The database's part of a write-back, by index: each variant's copy of document_chunks
+    has the indexes it names, every row is written, and the copies are gone afterwards."""
+    from bench import index_write
+
+    with connect(db_url, autocommit=True) as conn:
+        def indexed(variant: str) -> set[str]:
+            table = index_write._table(conn, variant, 9)
+            defs = [r["indexdef"] for r in conn.execute(
+                "select indexdef from pg_indexes where tablename = %s", (table,))]
+            conn.execute(f"drop table public.{table}")
+            return {kind for kind in ("hnsw", "gin") if any(f"USING {kind}" in d for d in defs)}
+
+        assert indexed("hnsw+gin") == {"hnsw", "gin"}
+        assert indexed("gin") == {"gin"} and indexed("keys") == set()
+
+    r = index_write.run(docs=3, db_url=db_url, embedder=embedder)
+    assert r["chunks"] >= 3 and r["prior_chunks"] >= 3
+    assert set(r["variants"]) == {"hnsw+gin", "gin", "keys"}
+    for v in r["variants"].values():
+        assert v["cpu_seconds"] >= 0 and v["wall_seconds"] > 0
+    assert r["hnsw_cpu_seconds"] == pytest.approx(
+        r["variants"]["hnsw+gin"]["cpu_seconds"] - r["variants"]["gin"]["cpu_seconds"])
+    with connect(db_url) as conn:
+        left = conn.execute("select count(*) as n from pg_tables where tablename like"
+                            " 'bench_chunks_%'").fetchone()
+        assert left is not None and left["n"] == 0
