@@ -95,8 +95,55 @@ def test_bench_worker(db_url):
     assert c["wall_seconds"] == pytest.approx(r["end_to_end_seconds"], abs=0.5)
     capacity = c["cores"] * c["wall_seconds"]
     assert c["worker"] + c["database"] + c["bench"] <= c["busy"] + 0.5 <= capacity + 1
-    # A given database is left as it was: the bench users, documents and chunks are gone.
+    assert r["ceiling_with_database"] == pytest.approx(
+        c["bare_model"] / (c["bare_model"] + c["database"]))
+    # A given database is left as it was: the bench users, documents and chunks are gone,
+    # and so is the trigger that told the bench of each write-back.
     assert leftovers(db_url) == {"users": 0, "docs": 0, "chunks": 0, "jobs": 0}
+    assert signal_left(db_url) == 0
+
+
+def signal_left(db_url: str) -> int:
+    """StatusSignal's schema and trigger still in the database."""
+    with connect(db_url) as conn:
+        row = conn.execute(
+            "select (select count(*) from pg_namespace where nspname = 'bench_status')"
+            " + (select count(*) from pg_trigger where tgname = 'bench_status_signal') as n"
+        ).fetchone()
+    assert row is not None
+    return int(row["n"])
+
+
+def test_status_signal_wakes_a_bench_when_a_status_changes_and_only_then(conn, world, db_url):
+    """A write-back's one statement wakes the waiting bench at once; with no change, the
+    wait runs out; on exit the trigger is gone."""
+    import threading
+    import time
+
+    from bench._common import StatusSignal
+
+    doc = world.docs["alice_private"]
+    with StatusSignal(db_url) as signal, connect(db_url, autocommit=True) as app:
+        assert signal.wait(0.2) is False  # nothing changed
+        # An update that leaves embedding_status alone is not a change of status.
+        app.execute("update public.documents set title = title || '!' where id = %s", (doc,))
+        assert signal.wait(0.2) is False
+
+        def write_back() -> None:
+            time.sleep(0.3)
+            with connect(db_url, autocommit=True) as other:
+                other.execute("update public.documents set embedding_status = 'ready'"
+                              " where owner_id = (select owner_id from public.documents"
+                              " where id = %s)", (doc,))
+
+        writer = threading.Thread(target=write_back)
+        started = time.monotonic()
+        writer.start()
+        assert signal.wait(10.0) is True
+        assert time.monotonic() - started < 5.0  # woken by the change, not the timeout
+        writer.join()
+        assert signal.wait(0.2) is False  # one statement, one wake-up, all of it read
+    assert signal_left(db_url) == 0
 
 
 def test_bench_worker_repeated_judges_the_goal_by_the_median(db_url):
