@@ -28,8 +28,9 @@
    deployed worker pays once in its life, not in every drain. The bare
    model's lanes are warmed alike: one untimed pass over their calls first.
    All N documents are inserted as a user in one transaction; the clock runs
-   from the COMMIT's return until every one of them is `ready`, polled every
-   100 ms: chunks per second.
+   from the COMMIT's return until every one of them is `ready`, read whenever a
+   write-back changes a status (a bench-only trigger notifies; at least every
+   second): chunks per second.
 
 3. Where the cores went during step 2, in CPU seconds: the worker's process,
    the database server's processes (when it runs on this machine; sampled
@@ -38,6 +39,8 @@
    the bare model's is the pipeline's own work; the database's is what the
    cores gave to claims, write-backs and HNSW index inserts, which a
    database on its own machine (as on Supabase) would give back to the model.
+   The ceiling is the ratio with only the bare model's CPU and the server's on
+   the cores: model / (model + database).
 
 The ratio end-to-end / bare is what the worker costs over the model
 (claims, chunking, reads, write-back, index updates, wake-up), most of which
