@@ -427,12 +427,12 @@ class StatusSignal:
 
     def __init__(self, db_url: str) -> None:
         self.db_url = db_url
-        self._listen: psycopg.Connection[Any] | None = None
+        self._listen: Conn | None = None
 
     def __enter__(self) -> StatusSignal:
         with connect(self.db_url, autocommit=True) as conn:
             conn.execute(_STATUS_SIGNAL)
-        self._listen = psycopg.connect(self.db_url, autocommit=True)
+        self._listen = connect(self.db_url, autocommit=True)
         self._listen.execute("listen bench_status")
         return self
 

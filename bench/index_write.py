@@ -79,8 +79,8 @@ def _backend_cpu(conn: Any) -> float:
         with open(f"/proc/{row['pid']}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError as exc:
-        raise BenchError("bench.index_write reads the server's CPU from /proc: run it on "
-                         "the temporary embedded server (no --db-url), on Linux") from exc
+        raise BenchError("bench.index_write reads the server's CPU from /proc: give a "
+                         "--db-url on this machine (or none), on Linux") from exc
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -113,12 +113,12 @@ def _write(conn: Any, table: str, rows: list[tuple[Any, ...]], tag: str
         cur.executemany(
             f"insert into public.{table} ({_COLUMNS}) values (%s, %s, %s, %s, %s, %s, %s)",
             [(document, *row[1:]) for document, row in zip(ids, rows, strict=True)])
-    seconds = _backend_cpu(conn) - cpu, time.perf_counter() - wall
+    spent = _backend_cpu(conn) - cpu, time.perf_counter() - wall
     found = conn.execute(f"select count(*) as n from public.{table} where document_id = any(%s)",
                          (list(set(ids)),)).fetchone()["n"]
     if found != len(rows):
         raise BenchError(f"{table} holds {found} of the {len(rows)} rows written")
-    return seconds
+    return spent
 
 
 def run(*, docs: int = 300, db_url: str | None = None, seed: int = 7,

@@ -22,9 +22,10 @@ on a second database thread with a connection of its own, so they never wait
 behind a bulk claim's read or write-back (hundreds of documents, about a
 second each), and a boundary waits for the answer (about a millisecond) rather
 than taking it at the next one. An edit then waits for about one model call,
-not for the batches ahead of it. A worker with a source of wake-up hints
-(LISTEN, the wake endpoint, Realtime: the enqueue that makes a job notifies)
-asks only when a hint came since it last asked, or RECHECK_SECONDS after that
+not for the batches ahead of it. A worker that hears every enqueue (LISTEN or
+Realtime connected: the enqueue that makes a job notifies; not the wake
+endpoint, which hears only what pg_net is set to send) asks only when a hint
+came since it last asked, or RECHECK_SECONDS after that
 (a hint can be lost); a backlog that nothing is added to is then drained
 without a question per call.
 

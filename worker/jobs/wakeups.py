@@ -56,14 +56,12 @@ class Wakeups:
 
     def wake(self, source: str, queue: Queue | None = None) -> None:
         """Count a hint from source and wake queue's loop (None: every queue's)."""
+        woken = [name for name in self._events if queue is None or name == queue]
         with self._lock:
             self.counts[source] += 1
-            for name in self._events:
-                if queue is None or name == queue:
-                    self._hints[name] += 1
-        for name, event in self._events.items():
-            if queue is None or name == queue:
-                event.set()
+            self._hints.update(woken)
+        for name in woken:
+            self._events[name].set()
 
     def hints(self, queue: Queue) -> int:
         """How many hints queue has had: it changes when something may have been queued
