@@ -390,8 +390,11 @@ def test_hints_that_never_come_leave_an_edit_waiting_at_most_the_recheck(
         conn, world, db_url, embedder, lambda: 0)
     assert edit_between_bulk_calls(calls)
     assert 2 <= len(asked) < len(calls)  # not at every boundary (0.1 s or more a call) ...
+    # ... but each recheck. The times are read on the urgent thread, a scheduling hand-off
+    # after the drain decided to ask, so two of them can be a little under 0.5 s apart; asking
+    # at every boundary would put them about 0.1 s apart.
     times = [at for _, at in asked]
-    assert min(b - a for a, b in itertools.pairwise(times)) >= 0.5  # ... but each recheck
+    assert min(b - a for a, b in itertools.pairwise(times)) >= 0.45
 
 
 def test_while_the_source_of_hints_is_not_connected_a_drain_asks_at_every_boundary(
