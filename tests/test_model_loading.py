@@ -129,6 +129,30 @@ def test_a_model_that_is_not_cached_stops_the_worker_before_it_claims(tmp_path, 
     assert job == {"status": "queued", "attempts": 0}
 
 
+def test_a_model_of_another_width_stops_the_worker_before_it_claims(tmp_path, conn, db_url,
+                                                                   world, embedder):
+    """A local model that makes 128-dimensional vectors (the packaged model with a dense
+    layer on top, saved to a path) cannot fill the 384-dimension column: the worker says so
+    at start and points at spaces, instead of failing every document it claims."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Dense
+
+    path = tmp_path / "models" / "narrow"
+    SentenceTransformer(modules=[*embedder.model, Dense(384, 128)]).save(str(path))
+    cli = DbCli(tmp_path, db_url)
+    doc_id = public_note(conn, world)
+    result = cli("worker", "--once", check=False, env={"SUPARAG_EMBEDDING_MODEL": str(path)})
+    assert result.returncode == 1
+    message = " ".join(result.stderr.split())
+    assert f"model {path} makes 128-dimensional vectors" in message
+    assert "holds 384" in message and "suparag spaces add" in message
+    assert "Traceback" not in result.stderr
+    job = conn.execute("select status, attempts from suparag_private.embedding_jobs"
+                       " where document_id = %s", (doc_id,)).fetchone()
+    conn.commit()
+    assert job == {"status": "queued", "attempts": 0}
+
+
 def test_other_threads_run_while_a_text_is_counted_or_cut(embedder):
     """The worker counts and cuts tokens on its database thread while the model's lanes,
     whose threads need the GIL between two operators, embed on others. A count that held

@@ -39,7 +39,7 @@ from worker.jobs.chunking import Chunk, chunk_document
 from worker.jobs.pipeline import Pipeline
 from worker.jobs.queue import EMBEDDINGS, Counts, QueueWorker, WorkerConfig
 from worker.jobs.spaces import Fill, SpaceFiller, SpaceVectors
-from worker.models.base import Embedder
+from worker.models.base import OPENAI_PREFIX, Embedder
 from worker.models.lanes import Lanes, split_across_cores
 from worker.spaces import Space
 
@@ -174,7 +174,21 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
         self._tokens = 0  # tokens given to the model since the embed stage began
 
     def load(self) -> None:
+        """Load the model; a local one that makes vectors of another width than the column
+        stops the worker here, before it claims a job (a server's width would cost a
+        request to learn: the first batch checks it)."""
         self.embedder.load()
+        if not self.embedder.name.startswith(OPENAI_PREFIX):
+            width = self.embedder.dimensions
+            if width != COLUMN_DIMENSIONS:
+                raise ConfigError(self._width_error(width))
+
+    def _width_error(self, width: int) -> str:
+        return (f"model {self.embedder.name} makes {width}-dimensional vectors; "
+                f"document_chunks.embedding holds {COLUMN_DIMENSIONS}. Configure a model that "
+                f"makes {COLUMN_DIMENSIONS} (all-MiniLM-L6-v2, gte-small, or text-embedding-3-* "
+                f"asked for {COLUMN_DIMENSIONS}), or add this one as a space of its own "
+                "(`suparag spaces add MODEL`, docs/spaces.md)")
 
     @property
     def lanes(self) -> Lanes:
@@ -611,10 +625,5 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
             for i, vector in zip(call, called, strict=True):
                 vectors[i] = vector
         if vectors and len(vectors[0]) != COLUMN_DIMENSIONS:
-            raise EmbeddingJobError(
-                f"model {self.embedder.name} makes {len(vectors[0])}-dimensional vectors; "
-                f"document_chunks.embedding holds {COLUMN_DIMENSIONS}. Configure a model "
-                f"that makes {COLUMN_DIMENSIONS} (all-MiniLM-L6-v2, gte-small, or "
-                f"text-embedding-3-* asked for {COLUMN_DIMENSIONS})."
-            )
+            raise EmbeddingJobError(self._width_error(len(vectors[0])))
         return vectors
