@@ -1,11 +1,11 @@
 """The Supabase CLI, unchanged, against the local database (issue 12): `db push`,
-`migration list`, `migration down`, `db advisors` and `inspect db`, given the URL that
-`suparag dev` prints. The CLI is the npm release pinned in
+`migration list`, `migration down`, `db reset`, `db advisors` and `inspect db`, given the
+URL that `suparag dev` prints, as `--remote=<url>` (CLI 3 deprecates `--db-url`), in a
+project folder that `suparag init` wrote. The CLI is the npm release pinned in
 tests/supabase-cli/package-lock.json, installed here with `npm ci` when missing (its
 binary comes from the platform's optional dependency, as npm serves it); Node >= 20.
 
-Each CLI call takes a few seconds (it looks for updates it cannot reach offline), so
-the module shares one database where it can: about a minute in all."""
+The module shares one database where it can."""
 
 from __future__ import annotations
 
@@ -22,9 +22,11 @@ from conftest import create_database
 from worker import schema
 from worker.db import connect
 from worker.devstack.postgres import ServerStatus
+from worker.project import init_project
+from worker.users import add_user
 
 CLI_DIR = Path(__file__).parent / "supabase-cli"
-VERSION = "2.117.0"
+VERSION = "3.1.0"
 
 
 def supabase_command() -> list[str]:
@@ -43,7 +45,7 @@ def supabase_command() -> list[str]:
 
 
 class SupabaseCli:
-    """`supabase ...` in a project folder holding a copy of this repo's migrations."""
+    """`supabase ...` in a project folder that `suparag init` wrote."""
 
     def __init__(self, workdir: Path) -> None:
         self.command = supabase_command()
@@ -56,6 +58,8 @@ class SupabaseCli:
         if check and done.returncode != 0:
             raise AssertionError(f"supabase {' '.join(args)} exited {done.returncode}:\n"
                                  f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        # Nothing in the project (config.toml) or in how we call it is on its way out.
+        assert "deprecated" not in done.stdout + done.stderr, done.stderr
         return done
 
     def json(self, *args: str) -> Any:
@@ -64,9 +68,11 @@ class SupabaseCli:
 
 @pytest.fixture(scope="module")
 def supabase(tmp_path_factory: pytest.TempPathFactory) -> SupabaseCli:
-    # A project folder of its own: the CLI writes supabase/.temp into it.
+    # A project folder of its own, as `suparag init` writes it (the migrations, config.toml
+    # and the edge function, which the CLI reads as a user's project); the CLI writes
+    # supabase/.temp into it.
     workdir = tmp_path_factory.mktemp("supabase-cli-project")
-    shutil.copytree(schema.migrations_dir(), workdir / "supabase" / "migrations")
+    init_project(workdir)
     cli = SupabaseCli(workdir)
     installed = json.loads((CLI_DIR / "node_modules" / "supabase" / "package.json").read_text())
     assert installed["version"] == VERSION, "run `npm ci` in tests/supabase-cli"
@@ -90,7 +96,7 @@ def standin_database(pg_server: ServerStatus) -> tuple[str, str]:
 
 def cli_history(supabase: SupabaseCli, url: str) -> list[tuple[str, str]]:
     """`migration list` as (local, remote) version pairs."""
-    listed = supabase.json("migration", "list", "--db-url", url)
+    listed = supabase.json("migration", "list", f"--remote={url}")
     return [(m["local"], m["remote"]) for m in listed["migrations"]]
 
 
@@ -103,7 +109,7 @@ def pushed(pg_server: ServerStatus, supabase: SupabaseCli) -> Iterator[tuple[str
     """A database migrated by `supabase db push`, shared by the module's tests; a test
     that changes its history puts it back."""
     url, cli_url = standin_database(pg_server)
-    supabase("db", "push", "--db-url", cli_url)
+    supabase("db", "push", f"--remote={cli_url}")
     yield url, cli_url
 
 
@@ -125,7 +131,7 @@ def test_cli_push_and_suparag_agree_on_history(pushed, supabase, pg_server):
 def test_advisors_report_no_error_or_warning(pushed, supabase):
     _, cli_url = pushed
     # --fail-on warn: the exit status a project's CI would gate on.
-    found = supabase.json("db", "advisors", "--db-url", cli_url, "--level", "info",
+    found = supabase.json("db", "advisors", f"--remote={cli_url}", "--level", "info",
                           "--fail-on", "warn")["results"]
     assert [(f["level"], f["name"], f["detail"]) for f in found
             if f["level"] in ("ERROR", "WARN")] == []
@@ -137,7 +143,7 @@ def test_advisors_report_no_error_or_warning(pushed, supabase):
 
 def test_inspect_db_reads_pg_stat_statements(pushed, supabase):
     _, cli_url = pushed
-    outliers = supabase.json("inspect", "db", "outliers", "--db-url", cli_url)["rows"]
+    outliers = supabase.json("inspect", "db", "outliers", f"--remote={cli_url}")["rows"]
     # The push's own statements are there to rank.
     assert outliers and all("query" in row and "total_exec_time" in row for row in outliers)
 
@@ -145,7 +151,7 @@ def test_inspect_db_reads_pg_stat_statements(pushed, supabase):
 def test_migration_down_keeps_auth_and_push_restores(pushed, supabase):
     url, cli_url = pushed
     latest = schema.discover()[-1].version
-    supabase("migration", "down", "--db-url", cli_url, "--last", "1")
+    supabase("migration", "down", f"--remote={cli_url}", "--last", "1")
 
     history = cli_history(supabase, cli_url)
     assert history == [*all_applied()[:-1], (latest, "")]
@@ -160,8 +166,66 @@ def test_migration_down_keeps_auth_and_push_restores(pushed, supabase):
                             ).fetchone() == {"ok": True}
         assert [m.version for m in schema.state(conn).pending] == [latest]
 
-    pushed_again = supabase("db", "push", "--db-url", cli_url)
+    pushed_again = supabase("db", "push", f"--remote={cli_url}")
     assert f"Applying migration {latest}_" in pushed_again.stdout + pushed_again.stderr
     with connect(url) as conn:
         state = schema.state(conn)
         assert state.pending == [] and state.unknown == []
+
+
+SHAPE = """
+select 'relation' as kind, n.nspname || '.' || c.relname || ' ' || c.relkind::text as what
+  from pg_class c join pg_namespace n on n.oid = c.relnamespace
+ where n.nspname in ('public', 'suparag_private', 'suparag_realtime')
+union all
+select 'function', p.oid::regprocedure::text || ' ' || p.prosecdef::text
+  from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+ where n.nspname in ('public', 'suparag_private', 'suparag_realtime')
+union all
+select 'policy', schemaname || '.' || tablename || ' ' || policyname || ' ' || qual
+  from pg_policies
+union all
+select 'trigger', tgrelid::regclass::text || ' ' || tgname
+  from pg_trigger where not tgisinternal
+union all
+select 'extension', extname from pg_extension
+"""
+
+
+def shape(url: str) -> set[tuple[str, str]]:
+    """What the migrations make: relations, functions, policies, triggers, extensions."""
+    with connect(url) as conn:
+        return {(r["kind"], r["what"]) for r in conn.execute(SHAPE)}
+
+
+def test_db_reset_replays_the_migrations(pg_server, supabase, db_url):
+    """CLI 3 resets a database given by URL without Docker: it drops what the migrations
+    made, with the data, and truncates auth's tables (as on Supabase), then applies every
+    migration again. The result is what a fresh push makes, and the queue's trigger works."""
+    url, cli_url = standin_database(pg_server)
+    supabase("db", "push", f"--remote={cli_url}")
+    with connect(url) as conn:
+        owner = add_user(conn, "before@example.com").id
+        conn.execute("insert into public.documents (owner_id, title, content)"
+                     " values (%s, 'before', 'written before the reset')", (owner,))
+        conn.commit()
+
+    reset = supabase("db", "reset", f"--remote={cli_url}", "--no-seed")
+    assert f"Applying migration {schema.discover()[-1].path.name}" in reset.stdout + reset.stderr
+    assert cli_history(supabase, cli_url) == all_applied()
+    assert shape(url) == shape(db_url)  # db_url: the template, migrated by suparag
+    with connect(url) as conn:
+        state = schema.state(conn)
+        assert state.pending == [] and state.unknown == []
+        assert conn.execute("select (select count(*) from public.documents) as docs,"
+                            " (select count(*) from suparag_private.embedding_jobs) as jobs,"
+                            " (select count(*) from auth.users) as users").fetchone() == {
+            "docs": 0, "jobs": 0, "users": 0}
+        owner = add_user(conn, "after@example.com").id
+        doc = conn.execute("insert into public.documents (owner_id, title, content)"
+                           " values (%s, 'after', 'written after the reset') returning id",
+                           (owner,)).fetchone()
+        job = conn.execute("select status from suparag_private.embedding_jobs"
+                           " where document_id = %s", (doc["id"],)).fetchone()
+        conn.commit()
+        assert job == {"status": "queued"}
