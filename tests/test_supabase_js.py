@@ -74,12 +74,15 @@ def users(conn) -> dict[str, User]:
 
 def node_command() -> list[str]:
     """`node`, with the flag Node 20 needs for the global WebSocket supabase-js uses; the
-    packages installed first if tests/js/node_modules is missing."""
+    packages (supabase-js; typescript for test_typed_client.py) installed first if
+    tests/js/node_modules lacks them."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         pytest.fail("node and npm are needed for the supabase-js tests: install Node >= 20 "
                     "(with npm) and run again")
-    if not (JS / "node_modules" / "@supabase" / "supabase-js").is_dir():
+    modules = JS / "node_modules"
+    if not ((modules / "@supabase" / "supabase-js").is_dir()
+            and (modules / ".bin" / "tsc").exists()):
         installed = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS,
                                    capture_output=True, text=True, timeout=600)
         if installed.returncode != 0:
