@@ -78,6 +78,12 @@ def worker(
                                  "one call on every core when the cores are shared; README); "
                                  "else 1.", show_default=False)
     ] = None,
+    pin_lanes: Annotated[
+        bool, typer.Option("--pin-lanes/--no-pin-lanes", envvar="SUPARAG_WORKER_PIN_LANES",
+                           help="With exactly as many lanes as the CPUs this process may run "
+                           "on, pin each lane's thread to one of them (a preempted lane "
+                           "resumes on its own core's warm caches).")
+    ] = True,
     sweep: Annotated[
         float, typer.Option(min=0.5, envvar="SUPARAG_WORKER_SWEEP",
                             help="Seconds between sweeps of the queue when no "
@@ -169,7 +175,7 @@ def worker(
             url, MeteredEmbedder(embedder, url, feature="embedding.documents"),
             config=WorkerConfig(batch_size=batch_size, max_attempts=max_attempts,
                                 lease_seconds=lease), token_budget=token_budget,
-            claim_budgets=claim_budgets, lanes=lanes))
+            claim_budgets=claim_budgets, lanes=lanes, pin_lanes=pin_lanes))
     if only != Only.embeddings:
         workers.append(AnswerWorker(url, embedder, llm=llm_from_settings(settings),
                                     config=AnswerConfig(max_attempts=max_attempts,

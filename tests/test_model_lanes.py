@@ -194,16 +194,16 @@ def test_the_lanes_first_batch_runs_its_first_call_alone_then_the_rest_side_by_s
     assert [len(v) for v in vectors] == [2] * 6
 
 
-def test_as_many_lanes_as_cpus_are_pinned_one_cpu_each_and_more_are_not(embedder, monkeypatch):
+def test_as_many_lanes_as_cpus_are_pinned_one_cpu_each_and_more_are_not(embedder):
     cpus = sorted(os.sched_getaffinity(0))
     assert len(cpus) >= 2  # the suite's machines have two cores or more
     calls = [TEXTS[i:i + 2] for i in range(0, len(TEXTS), 2)]
 
-    def affinities(lanes_count: int) -> list[set[int]]:
+    def affinities(lanes_count: int, pin: bool = True) -> list[set[int]]:
         seen: dict[int, set[int]] = {}
         watched = Watched(embedder, lambda texts: seen.__setitem__(
             threading.get_ident(), os.sched_getaffinity(0)))
-        lanes = Lanes(watched, lanes_count)
+        lanes = Lanes(watched, lanes_count, pin=pin)
         try:
             lanes.embed_calls(calls)
         finally:
@@ -218,6 +218,5 @@ def test_as_many_lanes_as_cpus_are_pinned_one_cpu_each_and_more_are_not(embedder
     assert lane_cores(len(cpus) + 1) is None and lane_cores(1) is None
     more = affinities(len(cpus) + 1)  # more lanes than CPUs: left to the scheduler
     assert len(more) == len(cpus) + 1 and all(s == set(cpus) for s in more)
-    monkeypatch.setenv("SUPARAG_PIN_LANES", "0")
-    off = affinities(len(cpus))
+    off = affinities(len(cpus), pin=False)  # suparag worker --no-pin-lanes
     assert len(off) == len(cpus) and all(s == set(cpus) for s in off)

@@ -62,16 +62,20 @@ def test_every_worker_option_is_also_an_environment_variable() -> None:
 def test_json_logs_one_line_per_batch_configured_by_environment(conn, db_url) -> None:
     ids = insert_docs(conn, 3)
     state = DoubleState(faults=Faults(), enabled=False, fixed=True)
+    cpus = len(os.sched_getaffinity(0))  # as many lanes: pinned, unless told not to
     with serve(state) as base_url:
         env = worker_env(base_url)
         env.update(SUPARAG_DB_URL=db_url, SUPARAG_WORKER_ONCE="1", SUPARAG_LOG_FORMAT="json",
-                   SUPARAG_WORKER_BATCH_SIZE="2", SUPARAG_WORKER_ONLY="embeddings")
+                   SUPARAG_WORKER_BATCH_SIZE="2", SUPARAG_WORKER_ONLY="embeddings",
+                   SUPARAG_WORKER_LANES=str(cpus), SUPARAG_WORKER_PIN_LANES="0")
         done = subprocess.run([sys.executable, "-m", "cli", "worker"], env=env,
                               capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stderr.splitlines() if line.strip()]
     batches = [e for e in lines if e.get("event") == "batch"]
     assert [b["embedded"] for b in batches] == [2, 1]
+    assert [e["message"] for e in lines if e["message"].startswith("model lanes")] == [
+        f"model lanes: {cpus}, left to the scheduler"]
     assert all(b["claim_ms"] > 0 and b["batch_ms"] > 0 and b["queue"] == "embeddings"
                and b["level"] == "info" for b in batches)
     row = conn.execute("select count(*) as n from public.documents where id = any(%s)"

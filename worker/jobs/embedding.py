@@ -149,7 +149,7 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
                  config: WorkerConfig | None = None,
                  token_budget: int = DEFAULT_TOKEN_BUDGET,
                  claim_budgets: int = DEFAULT_CLAIM_BUDGETS,
-                 lanes: int | None = None) -> None:
+                 lanes: int | None = None, pin_lanes: bool = True) -> None:
         super().__init__(db_url, BatchResult,
                          config=config or WorkerConfig(batch_size=DEFAULT_CLAIM_DOCUMENTS))
         if token_budget < 1:
@@ -162,6 +162,7 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
         # Model calls at once (worker/models/lanes.py); None: one per core for a local model
         # on the CPU, decided (and torch switched to a thread per call) at the first call.
         self._lanes_wanted = lanes
+        self._pin_lanes = pin_lanes
         self._lanes: Lanes | None = None
         self.spaces = SpaceFiller()
         self.token_budget = token_budget
@@ -196,7 +197,7 @@ class EmbeddingWorker(QueueWorker[BatchResult]):
         if self._lanes is None:
             wanted = self._lanes_wanted
             self._lanes = Lanes(self.embedder, wanted if wanted is not None
-                                else split_across_cores(self.embedder))
+                                else split_across_cores(self.embedder), pin=self._pin_lanes)
         return self._lanes
 
     def close(self) -> None:

@@ -24,12 +24,13 @@ often moved to the other core, and its call restarted on cold caches: the
 same calls took 1-3% more CPU in the worker than bare. Pinned, they took
 the same (README, "Measured", session 17). Lanes more or fewer than those
 CPUs are not pinned: which cores are free (or siblings of one core) is not
-theirs to know. SUPARAG_PIN_LANES=0 turns pinning off.
+theirs to know. `suparag worker --no-pin-lanes` turns pinning off.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -37,6 +38,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from worker.models.base import Embedder
+
+log = logging.getLogger(__name__)
 
 _switched: int | None = None  # the cores torch had, once split_across_cores switched it
 _switch_lock = threading.Lock()
@@ -80,11 +83,12 @@ def split_across_cores(embedder: Embedder) -> int:
 class Lanes:
     """Runs an embedder's calls, up to `lanes` at once, on threads of its own."""
 
-    def __init__(self, embedder: Embedder, lanes: int) -> None:
+    def __init__(self, embedder: Embedder, lanes: int, *, pin: bool = True) -> None:
         if lanes < 1:
             raise ValueError("lanes must be at least 1")
         self.embedder = embedder
         self.lanes = lanes
+        self.pin = pin  # each lane's thread on a core of its own, where lane_cores allows
         self._pool: ThreadPoolExecutor | None = None
         self._first = True  # the first call runs alone (below)
 
@@ -151,7 +155,9 @@ class Lanes:
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
-            cores = lane_cores(self.lanes)
+            cores = lane_cores(self.lanes) if self.pin else None
+            log.info("model lanes: %d, %s", self.lanes, "left to the scheduler" if cores is None
+                     else "pinned to CPUs " + ", ".join(map(str, cores)))
             if cores is None:
                 self._pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="suparag-model")
             else:
@@ -169,9 +175,9 @@ class Lanes:
 
 def lane_cores(lanes: int) -> list[int] | None:
     """The CPUs to pin `lanes` lane threads to, one each: those this process may run on,
-    when there are exactly `lanes` of them; None (no pinning) otherwise, on a system
-    without sched_setaffinity, or with SUPARAG_PIN_LANES=0."""
-    if lanes < 2 or os.environ.get("SUPARAG_PIN_LANES", "1").strip() in ("0", "false", "no"):
+    when there are exactly `lanes` of them; None (no pinning) otherwise, or on a system
+    without sched_setaffinity."""
+    if lanes < 2:
         return None
     if not hasattr(os, "sched_getaffinity") or not hasattr(os, "sched_setaffinity"):
         return None
