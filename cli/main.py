@@ -113,8 +113,9 @@ def init(
     """Write suparag's migrations (and a config.toml if none) into a Supabase project,
     and the `embed` Edge Function (gte-small) unless --no-edge-function.
 
-    Then `supabase db push` deploys the migrations to your project, and
-    `supabase functions deploy embed` the function. Nothing already there is
+    Then `supabase db push --remote` (Supabase CLI 3; CLI 2: `supabase db push`) deploys
+    the migrations to your linked project, and `supabase functions deploy embed` the
+    function. Nothing already there is
     overwritten.
     """
     from cli._common import console
@@ -125,7 +126,7 @@ def init(
         console.print(f"wrote [green]{path}[/green]")
     for path in result.unchanged:
         console.print(f"kept  {path}")
-    console.print("Next: `supabase link` to your project, then `supabase db push`"
+    console.print("Next: `supabase link` to your project, then `supabase db push --remote`"
                   + (" (and `supabase functions deploy embed` for gte-small query "
                      "embeddings)." if edge_function else "."))
 

@@ -229,3 +229,22 @@ def test_db_reset_replays_the_migrations(pg_server, supabase, db_url):
                            " where document_id = %s", (doc["id"],)).fetchone()
         conn.commit()
         assert job == {"status": "queued"}
+
+
+def test_without_remote_the_cli_targets_the_local_server(pg_server, supabase, tmp_path):
+    """CLI 3 targets the local stack unless given --remote: 127.0.0.1 at config.toml's
+    [db] port, as postgres, database postgres. `suparag dev` serves there (54322, the
+    CLI's default), so with it running `supabase db push`, `migration list` and the rest
+    need no URL. Here the project's [db] port is the test server's, whose postgres
+    database has no migrations applied."""
+    project = tmp_path / "project"
+    init_project(project)
+    config = project / "supabase" / "config.toml"
+    text = config.read_text()
+    assert "[db]\nport = 54322\n" in text
+    config.write_text(text.replace("[db]\nport = 54322\n", f"[db]\nport = {pg_server.port}\n"))
+    cli = SupabaseCli(project)
+    listed = cli.json("migration", "list")["migrations"]
+    assert [(m["local"], m["remote"]) for m in listed] == [
+        (m.version, "") for m in schema.discover()]
+    assert f"127.0.0.1:{pg_server.port}" in cli("migration", "list").stderr
