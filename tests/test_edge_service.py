@@ -368,7 +368,7 @@ def test_a_search_is_bounded_by_the_callers_role_statement_timeout(service):
     with connect(service.db_url) as conn:
         database = conn.execute("select current_database() as d").fetchone()["d"]
         conn.execute(f'alter role authenticated in database "{database}"'
-                     " set statement_timeout = '300ms'")
+                     " set statement_timeout = '1s'")
         conn.commit()
         try:
             conn.execute("lock table public.documents in access exclusive mode")

@@ -82,17 +82,12 @@ def test_a_version_bump_while_the_batch_waits_in_the_pipeline_is_dropped(
     conn.execute("delete from suparag_private.embedding_jobs")
     conn.commit()
     first, waiting, last = insert_docs(conn, world, ["first", "second, old", "third"])
-    bumped = threading.Event()
+    bumped, read = threading.Event(), threading.Event()
 
     def hook(call, texts):
         if call == 1:  # the first batch embeds; the second is claimed and read meanwhile
+            assert read.wait(20), "the second batch was not read during the first's call"
             with connect(db_url) as other:
-                deadline = time.monotonic() + 20
-                while time.monotonic() < deadline and not other.execute(
-                        "select 1 from suparag_private.embedding_jobs where document_id = %s"
-                        " and leased_by is not null", (waiting,)).fetchone():
-                    time.sleep(0.01)
-                time.sleep(1.0)  # and its documents read
                 other.execute("update public.documents set content = 'second, new'"
                               " where id = %s", (waiting,))
                 other.commit()
@@ -100,6 +95,15 @@ def test_a_version_bump_while_the_batch_waits_in_the_pipeline_is_dropped(
 
     model = Hooked(embedder, hook)
     worker = EmbeddingWorker(db_url, model, config=WorkerConfig(batch_size=1))
+    plan = worker._plan
+
+    def planned(jobs, **kwargs):  # the documents of the waiting job have been read
+        plans = plan(jobs, **kwargs)
+        if any(job["document_id"] == waiting for job in jobs):
+            read.set()
+        return plans
+
+    worker._plan = planned
     try:
         total = worker.drain()
     finally:
@@ -157,11 +161,12 @@ def test_leases_are_renewed_while_a_batch_waits_behind_a_slow_model_call(
     conn.execute("delete from suparag_private.embedding_jobs")
     conn.commit()
     insert_docs(conn, world, ["slow one", "slow two", "slow three"])
-    config = WorkerConfig(batch_size=1, lease_seconds=1)
+    # Renewed every third of the lease: 2 s leaves a slow machine 1.3 s of slack a renewal.
+    config = WorkerConfig(batch_size=1, lease_seconds=2)
     expired: list[int] = []
 
     def hook(call, texts):
-        time.sleep(2.5)  # longer than the 1 s lease; the next batch waits behind this call
+        time.sleep(4.0)  # longer than the 2 s lease; the next batch waits behind this call
         with connect(db_url) as other:  # what another worker's claim would take from us
             expired.append(other.execute(
                 "select count(*) as n from suparag_private.embedding_jobs"
@@ -306,20 +311,36 @@ def test_an_edit_committed_during_a_big_bulk_claim_is_embedded_between_its_calls
     assert bulk_calls[0] < edit < bulk_calls[-1]  # ...and the edit did not wait for it
 
 
-def drain_with_an_edit_at_the_third_call(conn, world, db_url, embedder, hints, *, wait=None):
+def drain_with_an_edit_at_the_third_call(conn, world, db_url, embedder, hints, monkeypatch,
+                                         *, wait=None):
     """A bulk drain (one model call at a time, 0.1 s each) with an edit inserted at the start
-    of its third call, then wait() called; with worker.hints set to hints. The bulk
-    documents, the edit, the model's calls, and the call count at each question asked on
-    the urgent thread (with the time it was asked)."""
+    of its third call, then wait(hints before the edit) called; with worker.hints set to
+    hints. The bulk documents, the edit, the model's calls, and the call count at each
+    question asked on the urgent thread (with the time the drain decided to ask)."""
+    # Each boundary waits for its question's answer (about a millisecond; 50 ms at most in
+    # the worker, beyond which the next boundary takes it): the count read on the urgent
+    # thread is then the calls made before that boundary, however slow the machine.
+    monkeypatch.setattr(pipeline, "PATIENCE", 10.0)
+    decided: list[float] = []  # when the drain decided to ask, as _WorthAsking saw it
+    worth_asking = pipeline._WorthAsking.__call__
+
+    def recorded(self):
+        ask = worth_asking(self)
+        if ask:
+            decided.append(time.monotonic() if self._hinted is None else self._asked_at)
+        return ask
+
+    monkeypatch.setattr(pipeline._WorthAsking, "__call__", recorded)
     bulk = bulk_docs(conn, world, 32)
     edit: list[int] = []
 
     def hook(call, texts):
         time.sleep(0.1)
         if call == 3:
+            before = hints()
             edit.extend(insert_docs(conn, world, ["an urgent single edit"]))
             if wait is not None:
-                wait()
+                wait(before)
 
     model = Hooked(embedder, hook)
     worker = EmbeddingWorker(db_url, model, config=WorkerConfig(batch_size=64),
@@ -330,7 +351,7 @@ def drain_with_an_edit_at_the_third_call(conn, world, db_url, embedder, hints, *
 
     def counted():
         if threading.current_thread().name.startswith("suparag-embedding-urgent"):
-            asked.append((len(model.calls), time.monotonic()))
+            asked.append((len(model.calls), decided[-1]))
         return question()
 
     worker.prepare_urgent = counted
@@ -364,15 +385,14 @@ def test_with_wake_up_hints_a_drain_asks_about_edits_once_and_then_when_one_come
     try:
         assert listener.listening.wait(10)
         hints = functools.partial(wakeups.hints, EMBEDDINGS)
-        seen = hints()
 
-        def the_hint_arrives():
+        def the_hint_arrives(before):
             deadline = time.monotonic() + 10
-            while hints() == seen and time.monotonic() < deadline:
+            while hints() == before and time.monotonic() < deadline:
                 time.sleep(0.01)
 
         _, _, calls, asked = drain_with_an_edit_at_the_third_call(
-            conn, world, db_url, embedder, hints, wait=the_hint_arrives)
+            conn, world, db_url, embedder, hints, monkeypatch, wait=the_hint_arrives)
     finally:
         stopping.set()
         listener.join(timeout=5)
@@ -387,14 +407,11 @@ def test_hints_that_never_come_leave_an_edit_waiting_at_most_the_recheck(
     after it last asked, hint or not, and the edit goes between the bulk calls."""
     monkeypatch.setattr(pipeline, "RECHECK_SECONDS", 0.5)
     _, _, calls, asked = drain_with_an_edit_at_the_third_call(
-        conn, world, db_url, embedder, lambda: 0)
+        conn, world, db_url, embedder, lambda: 0, monkeypatch)
     assert edit_between_bulk_calls(calls)
     assert 2 <= len(asked) < len(calls)  # not at every boundary (0.1 s or more a call) ...
-    # ... but each recheck. The times are read on the urgent thread, a scheduling hand-off
-    # after the drain decided to ask, so two of them can be a little under 0.5 s apart; asking
-    # at every boundary would put them about 0.1 s apart.
-    times = [at for _, at in asked]
-    assert min(b - a for a, b in itertools.pairwise(times)) >= 0.45
+    times = [at for _, at in asked]  # when the drain decided: at least a recheck apart
+    assert min(b - a for a, b in itertools.pairwise(times)) >= 0.5
 
 
 def test_while_the_source_of_hints_is_not_connected_a_drain_asks_at_every_boundary(
@@ -403,7 +420,7 @@ def test_while_the_source_of_hints_is_not_connected_a_drain_asks_at_every_bounda
     service's), and a drain asks before every model call, as with no source at all."""
     monkeypatch.setattr(pipeline, "RECHECK_SECONDS", 60.0)
     _, _, calls, asked = drain_with_an_edit_at_the_third_call(
-        conn, world, db_url, embedder, lambda: None)
+        conn, world, db_url, embedder, lambda: None, monkeypatch)
     assert edit_between_bulk_calls(calls)
     # Each bulk boundary (the edit's own call, taken inside one, asks nothing).
     assert len(asked) >= len(calls) - 2
@@ -441,16 +458,18 @@ def test_an_edit_is_written_while_the_database_thread_is_busy_with_bulk_work(
     """The question "is an interactive job due?" and the edit's write-back go through a
     second connection on a thread of their own: with one thread, they waited behind the
     next bulk claim's read and chunking (and the last one's write-back), hundreds of
-    documents each at the default claim size. Here that read is held for 3 s."""
+    documents each at the default claim size. Here that read is held until the edit is
+    written (30 s at most)."""
     bulk = bulk_docs(conn, world, 24)
     urgent: list[object] = []
     slow_read: dict[str, float] = {}
     written: dict[object, float] = {}
+    reading, edit_written = threading.Event(), threading.Event()
 
     def hook(call, texts):
         time.sleep(0.2)  # model calls long enough for the questions between them
         if call == 1:
-            time.sleep(0.5)  # the next bulk claim has begun its (slow) read
+            assert reading.wait(20), "the next bulk claim's read never began"
             urgent.extend(insert_docs(conn, world, ["an urgent single edit"]))
 
     model = Hooked(embedder, hook)
@@ -465,13 +484,16 @@ def test_an_edit_is_written_while_the_database_thread_is_busy_with_bulk_work(
             bulk_reads.append(len(jobs))
         if len(bulk_reads) == 2 and "start" not in slow_read:  # the second bulk claim
             slow_read["start"] = time.monotonic()
-            time.sleep(3.0)
+            reading.set()
+            edit_written.wait(30)  # held: a write queued behind it would never come
             slow_read["end"] = time.monotonic()
         return plan(jobs, **kwargs)
 
     def timed_write(plans):
         result = write(plans)
         written.update((p.job["document_id"], time.monotonic()) for p in plans)
+        if urgent and urgent[0] in written:
+            edit_written.set()
         return result
 
     worker._plan, worker._write = slow_plan, timed_write

@@ -436,6 +436,12 @@ def test_an_import_chosen_as_a_deadlocks_victim_runs_its_batch_again(
     ids = {source: row["id"] for source, row in documents(conn).items()}
     write(kb / "a.md", "# A\n\nTwo.\n")
     write(kb / "b.md", "# B\n\nTwo.\n")
+    # PostgreSQL looks for a deadlock once, deadlock_timeout after a wait begins: the
+    # import's look must come after the write-back closes the cycle, however slow the
+    # machine (the test's own database: the import's connections start with it).
+    database = conn.execute("select current_database() as d").fetchone()["d"]
+    conn.execute(f'alter database "{database}" set deadlock_timeout = \'5s\'')
+    conn.commit()
     with connect(db_url) as worker:
         # A write-back that locks b, then a: the import locks a, then waits for b.
         worker.execute("set deadlock_timeout = '20s'")  # so the import's check finds the cycle

@@ -369,11 +369,13 @@ def test_searches_never_fail_or_come_back_empty_across_switches(conn, db_url, co
 
     thread = threading.Thread(target=search_loop)
     thread.start()
-    try:
-        for _ in range(10):
-            for name in (second.name, "all-MiniLM-L6-v2"):
-                activate(conn, name)
-                time.sleep(0.02)
+    try:  # 20 switches at least, and until the loop has searched more than 10 times
+        deadline, switches = time.monotonic() + 60, 0
+        while ((switches < 20 or len(outcomes) <= 10 or switches % 2)
+               and time.monotonic() < deadline):
+            activate(conn, (second.name, "all-MiniLM-L6-v2")[switches % 2])
+            switches += 1
+            time.sleep(0.02)
     finally:
         stop.set()
         thread.join()
