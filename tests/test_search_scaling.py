@@ -321,7 +321,7 @@ def test_candidates_are_checked_by_key_not_by_hashing_every_readable_document(co
         assert plan_text, "the HNSW branch ran"  # >= 3,000 readable chunks of 10,000
         assert "hashed SubPlan" not in plan_text, plan_text
         # a lookup by key per candidate (documents_pkey, or documents_public_idx for anon);
-        # PostgreSQL 17 and later print the subplan as EXISTS(SubPlan n), 15 as SubPlan n
+        # PostgreSQL 18 prints the subplan as EXISTS(SubPlan n), 15 as SubPlan n
         assert "SubPlan" in plan_text and "Index Cond: (id = c" in plan_text, plan_text
         assert len(titles) == 10 and set(titles) <= readable, (who, titles)
         returned[who] = titles
